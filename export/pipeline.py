@@ -1,0 +1,132 @@
+"""`facet export`: three runs -> a model folder that `facet predict` and `facet serve` load.
+
+The folder holds ``<attribute>.onnx`` (+ ``<attribute>.int8.onnx``), ``ensemble.onnx`` and
+``facet.json``, which names the files and the faster way to run them on this machine.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from facet.combine import ATTRIBUTES
+from facet.metrics import scores
+from facet.preprocess import ImageError, PreprocessSpec, load, normalize
+from facet.serve.predictor import ENSEMBLE, MANIFEST, Predictor
+
+from .ensemble import build_ensemble
+from .onnx_export import export_attribute
+
+log = logging.getLogger(__name__)
+
+
+def val_images(run: Path, limit: int) -> pd.DataFrame:
+    """The run's own validation images (path, label): never seen in training."""
+    csv = run / "val.csv"
+    if not csv.exists():
+        raise FileNotFoundError(f"{csv} not found: pass images to check with --parity-images")
+    frame = pd.read_csv(csv)
+    return frame.sample(n=min(limit, len(frame)), random_state=0) if limit else frame
+
+
+def export_all(runs: dict[str, Path], out_dir: Path, parity_images: list[str] | None = None,
+               parity_count: int = 64, ensemble: bool = True, quantize: bool = False,
+               eval_limit: int = 2000, echo=print) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest: dict = {"models": {"fp32": {}}, "parity": {}}
+    for attribute, run in runs.items():
+        images = parity_images or val_images(run, parity_count)["path"].tolist()
+        path = out_dir / f"{attribute}.onnx"
+        report = export_attribute(run, path, images)
+        manifest["models"]["fp32"][attribute] = path.name
+        manifest["parity"][attribute] = report
+        echo(f"{attribute}: {path} | parity on {report['images']} images: max |dp| "
+             f"{report['max_abs_diff']:.1e}, argmax mismatches {report['argmax_mismatches']}")
+    if quantize:
+        manifest["models"]["int8"] = {}
+        manifest["int8_eval"] = {}
+        for attribute, run in runs.items():
+            int8 = _quantize(out_dir / f"{attribute}.onnx")
+            manifest["models"]["int8"][attribute] = int8.name
+            manifest["int8_eval"][attribute] = result = _compare(
+                out_dir / f"{attribute}.onnx", int8, val_images(run, eval_limit))
+            echo(f"{attribute} int8: {int8} | macro-F1 {result['fp32_macro_f1']:.4f} -> "
+                 f"{result['int8_macro_f1']:.4f} ({result['delta']:+.4f}) on "
+                 f"{result['images']} val images, agreement {result['agreement']:.4f}")
+    manifest["default_mode"] = "separate"
+    _write(out_dir / MANIFEST, manifest)
+    if ensemble:
+        merged = build_ensemble({a: str(out_dir / f) for a, f in manifest["models"]["fp32"].items()})
+        import onnx
+        onnx.save(merged, str(out_dir / ENSEMBLE))
+        timing = time_modes(out_dir)
+        manifest["timing_ms_per_batch64"] = timing
+        manifest["default_mode"] = min(timing, key=timing.get)
+        echo(f"ensemble: {out_dir / ENSEMBLE} | median ms per 64 images: "
+             + ", ".join(f"{k} {v:.1f}" for k, v in timing.items())
+             + f" -> default mode: {manifest['default_mode']}")
+        _write(out_dir / MANIFEST, manifest)
+    return manifest
+
+
+def _write(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+
+
+def time_modes(model_dir: Path, batch: int = 64, repeats: int = 7) -> dict[str, float]:
+    """Median wall time per batch of the merged graph vs three sessions, interleaved."""
+    predictors = {m: Predictor(model_dir, mode=m, device="cpu") for m in ("separate", "ensemble")}
+    spec = predictors["separate"].distinct_specs[0]
+    images = np.random.default_rng(0).integers(0, 256, (batch, spec.height, spec.width, 3),
+                                                dtype=np.uint8)
+    times: dict[str, list[float]] = {m: [] for m in predictors}
+    for i in range(repeats + 1):
+        for mode, predictor in predictors.items():
+            t = time.perf_counter()
+            predictor.predict({spec: images})
+            if i:  # the first round warms up
+                times[mode].append((time.perf_counter() - t) * 1000)
+    return {m: statistics.median(v) for m, v in times.items()}
+
+
+def _quantize(path: Path) -> Path:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    out = path.with_name(path.stem + ".int8.onnx")
+    quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8)
+    return out
+
+
+def _compare(fp32: Path, int8: Path, frame: pd.DataFrame, batch: int = 128) -> dict:
+    import onnxruntime as ort
+    from facet.serve.metadata import parse
+    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (fp32, int8)]
+    meta = parse(sessions[0].get_modelmeta().custom_metadata_map)
+    spec = PreprocessSpec.from_dict(meta["preprocess"])
+    preds: list[list[np.ndarray]] = [[], []]
+    labels = []
+    rows = frame.to_dict("records")
+    for start in tqdm(range(0, len(rows), batch), desc=f"int8 check {meta['attribute']}",
+                      leave=False):
+        chunk, images = rows[start:start + batch], []
+        for r in chunk:
+            try:
+                images.append(load(r["path"], spec))
+                labels.append(r["label"])
+            except ImageError:
+                continue
+        x = normalize(np.stack(images), spec)
+        for k, s in enumerate(sessions):
+            preds[k].append(s.run(None, {"image": x})[0].argmax(1))
+    a, b = np.concatenate(preds[0]), np.concatenate(preds[1])
+    n = len(ATTRIBUTES[meta["attribute"]])
+    f32, f8 = scores(labels, a, n)["macro_f1"], scores(labels, b, n)["macro_f1"]
+    return {"images": len(labels), "fp32_macro_f1": f32, "int8_macro_f1": f8, "delta": f8 - f32,
+            "agreement": float((a == b).mean())}

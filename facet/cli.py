@@ -1,0 +1,280 @@
+"""`facet`: train, export, predict, score and serve. Heavy imports happen inside commands, so
+`facet predict` never loads torch."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from facet import privacy
+
+privacy.apply_defaults()
+
+app = typer.Typer(help="Face photos -> 18 classes (mask x gender x age).", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+Attribute = typer.Argument(..., help="mask, gender or age")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(f"error: {message}", fg="red", err=True)
+    raise typer.Exit(code)
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")):
+    # Third-party INFO chatter (e.g. the quantizer's) stays hidden unless --verbose.
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("facet").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+@app.command("make-data")
+def make_data(out: Path = typer.Argument(Path("demo/data"), help="Folder to write train/ and eval/ into."),
+              persons: int = typer.Option(60, help="Training persons (7 images each)."),
+              eval_persons: int = typer.Option(20, help="Eval persons (7 images each)."),
+              size: int = typer.Option(96, help="Image side in pixels."),
+              seed: int = typer.Option(0)):
+    """Write a small synthetic dataset in the competition layout (for smoke tests and the demo;
+    it says nothing about accuracy on real photos)."""
+    from facet.synthetic import make_dataset
+    t = time.perf_counter()
+    make_dataset(out, persons, eval_persons, size, seed)
+    typer.echo(f"wrote {persons} train + {eval_persons} eval persons to {out} "
+               f"in {time.perf_counter() - t:.1f}s")
+
+
+def _read_table(data: Optional[Path], manifest: Optional[Path], root: Optional[Path], group: str,
+                fixes: Optional[Path], strict: bool):
+    from facet.models.data import DataError, apply_fixes, read_competition, read_manifest
+    if (data is None) == (manifest is None):
+        _fail("give exactly one of --data (competition train/ folder) or --manifest (CSV)")
+    try:
+        table = read_competition(data, strict) if data else read_manifest(manifest, root, group, strict)
+        if fixes:
+            table = apply_fixes(table, fixes, strict)
+    except (DataError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    for problem in table.problems[:10]:
+        typer.secho(f"skipped: {problem}", fg="yellow", err=True)
+    if len(table.problems) > 10:
+        typer.secho(f"... and {len(table.problems) - 10} more", fg="yellow", err=True)
+    typer.echo(f"data: {table.summary()}")
+    return table
+
+
+@app.command()
+def train(attribute: str = Attribute,
+          data: Optional[Path] = typer.Option(None, help="Competition train/ folder (images/, train.csv)."),
+          manifest: Optional[Path] = typer.Option(None, help="CSV with path and mask/gender/age columns."),
+          root: Optional[Path] = typer.Option(None, help="Folder the manifest's paths are relative to."),
+          group: str = typer.Option("person", help="Manifest column that keeps images together in the split."),
+          fixes: Optional[Path] = typer.Option(None, help="Label fixes CSV (id,field,value)."),
+          strict: bool = typer.Option(False, help="Stop at the first data problem instead of skipping it."),
+          set_: list[str] = typer.Option([], "--set", help="Override a recipe field: --set lr=3e-4"),
+          out: Path = typer.Option(Path("runs"), help="Runs go to OUT/<attribute>/<timestamp>."),
+          run_dir: Optional[Path] = typer.Option(None, help="Exact run folder (overrides --out)."),
+          resume: bool = typer.Option(False, help="Continue the run in --run-dir from its last.pt."),
+          cache_dir: Path = typer.Option(Path(".cache/facet"), help="Decoded-image cache."),
+          device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
+          workers: Optional[int] = typer.Option(None, help="DataLoader workers (default: cores-1, max 4)."),
+          ):
+    """Train one attribute model with its recipe (models/<attribute>/recipe.py)."""
+    from facet.models.recipe import Recipe, load_recipe
+    from facet.models.train import Trainer
+    try:
+        recipe, augment = load_recipe(attribute)
+        if resume:
+            if run_dir is None or not (run_dir / "recipe.json").exists():
+                _fail("--resume needs --run-dir pointing at an earlier run")
+            recipe = Recipe(**json.loads((run_dir / "recipe.json").read_text())["recipe"])
+        recipe = recipe.override(set_)
+    except ValueError as exc:
+        _fail(str(exc))
+    table = _read_table(data, manifest, root, group, fixes, strict)
+    run_dir = run_dir or out / attribute / time.strftime("%Y%m%d-%H%M%S")
+    trainer = Trainer(recipe, augment, table, run_dir, cache_dir, device, workers,
+                      source=str(data or manifest))
+    result = trainer.fit(resume=resume)
+    typer.echo(f"{attribute}: best val macro-F1 {result.best_f1:.4f} at epoch {result.best_epoch}; "
+               f"run folder {result.run_dir}")
+
+
+@app.command()
+def export(runs: list[Path] = typer.Argument(..., help="Three run folders (or best.safetensors files), any order."),
+           out: Path = typer.Option(Path("artifacts"), help="Model folder to write."),
+           parity_images: list[Path] = typer.Option([], help="Images for the PyTorch/ONNX parity check "
+                                                    "(default: 64 of each run's own val images)."),
+           ensemble: bool = typer.Option(True, help="Also write the merged one-session graph."),
+           quantize: bool = typer.Option(False, help="Also write dynamic-int8 models and their F1 change."),
+           eval_limit: int = typer.Option(2000, help="Val images for the int8 accuracy check (0: all)."),
+           ):
+    """Export three trained attribute models to ONNX, with parity checks and metadata."""
+    from facet.export.onnx_export import ParityError
+    from facet.export.pipeline import export_all
+    from facet.models.checkpoint import find_checkpoint
+    by_attribute: dict[str, Path] = {}
+    for run in runs:
+        try:
+            meta = json.loads(find_checkpoint(run).with_suffix(".json").read_text())
+        except FileNotFoundError as exc:
+            _fail(str(exc))
+        if meta["attribute"] in by_attribute:
+            _fail(f"two {meta['attribute']} runs given: {by_attribute[meta['attribute']]} and {run}")
+        by_attribute[meta["attribute"]] = Path(run)
+    missing = {"mask", "gender", "age"} - set(by_attribute)
+    if missing:
+        _fail(f"no run for {sorted(missing)}: give one run folder per attribute")
+    try:
+        export_all(by_attribute, out, [str(p) for p in parity_images] or None,
+                   ensemble=ensemble, quantize=quantize, eval_limit=eval_limit, echo=typer.echo)
+    except ParityError as exc:
+        _fail(f"parity check failed: {exc}", code=1)
+
+
+@app.command()
+def predict(source: Path = typer.Argument(..., help="eval/ folder, info.csv, a CSV with a path column, or a folder of images."),
+            out: Path = typer.Option(..., "--out", "-o", help="Submission CSV to write (atomically)."),
+            models: Path = typer.Option(Path("artifacts"), help="Folder written by `facet export`."),
+            images: Optional[Path] = typer.Option(None, help="Folder the CSV's image names are relative to."),
+            path_column: Optional[str] = typer.Option(None, help="CSV column holding image paths."),
+            details: Optional[Path] = typer.Option(None, help="Also write per-attribute labels and probabilities."),
+            batch_size: int = typer.Option(64, min=1),
+            workers: int = typer.Option(2, min=1, help="Decoding threads."),
+            tta: bool = typer.Option(False, help="Average with the horizontally flipped image."),
+            mode: str = typer.Option("auto", help="auto, ensemble or separate."),
+            variant: str = typer.Option("fp32", help="fp32 or int8 (if exported)."),
+            device: str = typer.Option("auto", help="auto, cpu or cuda."),
+            threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads."),
+            ):
+    """Batch inference on onnxruntime: fills `ans` for every row it can read. Exit status 3 if
+    any image could not be read (see the .errors.csv file)."""
+    from facet.serve.batch import (InputError, details as details_frame, errors_frame,
+                                   predict_paths, read_inputs, submission, write_atomic)
+    from facet.serve.predictor import Predictor
+    try:
+        inputs = read_inputs(source, images, path_column)
+        predictor = Predictor(models, mode=mode, device=device, threads=threads, tta=tta,
+                              variant=variant)
+    except (InputError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        _fail(str(exc))
+    typer.echo(f"{len(inputs.paths):,} images | provider {predictor.provider} | mode "
+               f"{predictor.mode} | {variant}{' + flip TTA' if tta else ''}", err=True)
+    t = time.perf_counter()
+    result = predict_paths(predictor, inputs.paths, batch_size, workers)
+    elapsed = time.perf_counter() - t
+    write_atomic(submission(inputs, result), out)
+    if details:
+        write_atomic(details_frame(inputs, result), details)
+    done = int((result.labels >= 0).sum())
+    typer.echo(f"wrote {out}: {done:,} answered in {elapsed:.1f}s "
+               f"({len(inputs.paths) / max(elapsed, 1e-9):.0f} img/s)", err=True)
+    if result.errors:
+        errors_path = out.with_suffix(".errors.csv")
+        write_atomic(errors_frame(result), errors_path)
+        for _, path, message in result.errors[:5]:
+            typer.secho(f"unreadable: {path}: {message}", fg="yellow", err=True)
+        typer.secho(f"{len(result.errors)} image(s) could not be read and have no answer; "
+                    f"see {errors_path}", fg="red", err=True)
+        raise typer.Exit(3)
+
+
+@app.command()
+def score(pred: Path = typer.Option(..., help="Submission CSV (ImageID, ans)."),
+          answers: Path = typer.Option(..., help="Answers CSV (ImageID, ans)."),
+          plot: Optional[Path] = typer.Option(None, help="Write the 18-class confusion matrix here (PNG)."),
+          as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
+          ):
+    """18-class macro-F1 and accuracy, and per-attribute macro-F1, of a submission."""
+    from facet.score import ScoreError, plot as plot_result, score_files
+    try:
+        result = score_files(pred, answers)
+    except (ScoreError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        typer.echo(f"18-class macro-F1 {result['macro_f1']:.4f} | accuracy {result['accuracy']:.4f} "
+                   f"| {result['images']:,} images, {result['unanswered']} unanswered")
+        for name, s in result["attributes"].items():
+            typer.echo(f"  {name:<7} macro-F1 {s['macro_f1']:.4f} | accuracy {s['accuracy']:.4f}")
+    if plot:
+        plot_result(result, plot)
+        typer.echo(f"confusion matrix: {plot}")
+
+
+@app.command()
+def serve(models: Path = typer.Option(Path("artifacts"), help="Folder written by `facet export`."),
+          host: str = typer.Option("127.0.0.1", help="Address to bind (0.0.0.0 behind a load balancer)."),
+          port: int = typer.Option(3000),
+          config: Optional[Path] = typer.Option(None, help="TOML settings file (see README)."),
+          workers: Optional[int] = typer.Option(None, help="HTTP front-end processes."),
+          model_workers: Optional[int] = typer.Option(None, help="Model processes."),
+          batching: Optional[bool] = typer.Option(None, "--batching/--no-batching",
+                                                  help="Adaptive batching of concurrent requests."),
+          device: Optional[str] = typer.Option(None, help="auto, cpu or cuda."),
+          ):
+    """Run the HTTP prediction service (BentoML) on the exported models."""
+    import os
+    import subprocess
+    from facet.serve.config import ServeConfig
+    env = dict(os.environ)
+    if config:
+        env["FACET_CONFIG"] = str(config.resolve())
+    overrides = {"models": str(models.resolve()), "workers": workers, "model_workers": model_workers,
+                 "batching": batching, "device": device}
+    env.update({f"FACET_{k.upper()}": str(v) for k, v in overrides.items() if v is not None})
+    try:
+        settings = ServeConfig.load(env)
+    except (ValueError, OSError) as exc:
+        _fail(f"bad serve settings: {exc}")
+    if not (Path(settings.models) / "facet.json").exists():
+        _fail(f"{settings.models} holds no exported models (run `facet export` first)")
+    typer.echo(f"serving {settings.models} on http://{host}:{port}/v1 "
+               f"(batching {'on' if settings.batching else 'off'})", err=True)
+    cmd = [sys.executable, "-m", "bentoml", "serve", "facet.serve.service:Facet",
+           "--host", host, "--port", str(port)]
+    raise typer.Exit(subprocess.call(cmd, env=env))
+
+
+DEMO_RECIPE = ["backbone=test_efficientnet", "pretrained=none", "image_size=64", "epochs=4",
+               "samples_per_epoch=640", "lr=3e-3", "patience=4"]
+
+
+@app.command()
+def demo(out: Path = typer.Option(Path("demo"), help="Folder for the data, runs, models and results."),
+         persons: int = typer.Option(120, help="Synthetic training persons."),
+         ):
+    """The whole pipeline in minutes on the embedded synthetic dataset: make data, train the three
+    models (a tiny backbone), export to ONNX, predict the eval set and score it."""
+    import subprocess
+    data, runs, models = out / "data", out / "runs", out / "artifacts"
+    steps = [["make-data", str(data), "--persons", str(persons), "--eval-persons", str(persons // 4)]]
+    for attribute in ("mask", "gender", "age"):
+        steps.append(["train", attribute, "--data", str(data / "train"), "--run-dir",
+                      str(runs / attribute), "--cache-dir", str(out / "cache"),
+                      *[a for kv in DEMO_RECIPE for a in ("--set", kv)]])
+    steps += [["export", *(str(runs / a) for a in ("mask", "gender", "age")), "--out", str(models)],
+              ["predict", str(data / "eval"), "--models", str(models), "-o", str(out / "submission.csv"),
+               "--details", str(out / "details.csv")],
+              ["score", "--pred", str(out / "submission.csv"), "--answers",
+               str(data / "eval" / "answers.csv"), "--plot", str(out / "confusion.png")]]
+    for step in steps:  # each step exactly as a user would type it, progress bars and all
+        typer.secho(f"$ facet {' '.join(step)}", fg="cyan", err=True)
+        code = subprocess.call([sys.executable, "-m", "facet.cli", *step])
+        if code:
+            _fail(f"demo step failed: facet {' '.join(step)}", code)
+    typer.secho(f"done: models in {models}, submission {out / 'submission.csv'}, "
+                f"serve them with: facet serve --models {models}", fg="green", err=True)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app(prog_name="facet")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Scores and plots shared by training (per epoch) and `facet score` (submissions)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
+
+def scores(y_true, y_pred, n_classes: int) -> dict:
+    """Macro-F1 as the competition scored it (over classes present in truth or prediction);
+    per-class F1 and the confusion matrix over all ``n_classes``."""
+    labels = list(range(n_classes))
+    return {
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "per_class_f1": [float(x) for x in f1_score(y_true, y_pred, labels=labels, average=None,
+                                                     zero_division=0)],
+        "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+    }
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_confusion(confusion, class_names, path: str | Path, title: str) -> None:
+    plt = _pyplot()
+    cm = np.asarray(confusion)
+    n = len(class_names)
+    fig, ax = plt.subplots(figsize=(2 + 0.55 * n, 1.5 + 0.5 * n))
+    ax.imshow(cm, cmap="Blues")
+    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true", title=title)
+    ax.set_xticklabels(class_names, rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center")
+    ax.set_yticklabels(class_names)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8 if n > 6 else 10,
+                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_curves(history, path: str | Path, title: str) -> None:
+    """history: DataFrame with epoch, train_loss, val_loss, val_macro_f1, val_accuracy."""
+    plt = _pyplot()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    a.plot(history["epoch"], history["train_loss"], "o-", label="train")
+    a.plot(history["epoch"], history["val_loss"], "o-", label="val")
+    a.set(xlabel="epoch", ylabel="loss", title="loss")
+    a.legend()
+    b.plot(history["epoch"], history["val_macro_f1"], "o-", label="val macro-F1")
+    b.plot(history["epoch"], history["val_accuracy"], "s--", label="val accuracy")
+    b.set(xlabel="epoch", title="validation")
+    b.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,38 @@
+"""`facet score`: a submission against the answers, overall and per attribute."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from facet.combine import ATTRIBUTES, N_CLASSES, class_names, split_labels
+from facet.metrics import plot_confusion, scores
+
+
+class ScoreError(ValueError):
+    pass
+
+
+def score_files(pred: Path, answers: Path, key: str = "ImageID") -> dict:
+    p = pd.read_csv(pred, dtype={key: str})
+    a = pd.read_csv(answers, dtype={key: str})
+    for name, frame in (("prediction", p), ("answers", a)):
+        if key not in frame.columns or "ans" not in frame.columns:
+            raise ScoreError(f"{name} CSV needs columns {key} and ans, has {list(frame.columns)}")
+    merged = a[[key, "ans"]].merge(p[[key, "ans"]], on=key, how="left", suffixes=("", "_pred"))
+    missing = merged["ans_pred"].isna()
+    merged = merged[~missing]
+    y_true = merged["ans"].astype(int).to_numpy()
+    y_pred = merged["ans_pred"].astype(int).to_numpy()
+    result = {"images": int(len(merged)), "unanswered": int(missing.sum()),
+              **scores(y_true, y_pred, N_CLASSES)}
+    result["attributes"] = {}
+    for name, t, q in zip(ATTRIBUTES, split_labels(y_true), split_labels(y_pred)):
+        s = scores(t, q, len(ATTRIBUTES[name]))
+        result["attributes"][name] = {"macro_f1": s["macro_f1"], "accuracy": s["accuracy"]}
+    return result
+
+
+def plot(result: dict, path: Path) -> None:
+    plot_confusion(result["confusion"], class_names(), path,
+                   f"18-class confusion (macro-F1 {result['macro_f1']:.3f})")

@@ -1,0 +1,206 @@
+"""Reading training data: the competition folder layout, a generic manifest CSV, label fixes.
+
+Every reader returns a :class:`Table`: one row per image with the columns
+``path, person, mask, gender, age_years, age`` (codes; -1 where a label is unknown) and the
+problems met on the way. Rows with a problem are left out; ``strict=True`` raises instead.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from facet.combine import MASK_BY_STEM, TRUE_AGE_RULE, AgeRule, parse_code
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+FOLDER_RE = re.compile(r"^(?P<id>\d+)_(?P<gender>[A-Za-z]+)_(?P<race>[A-Za-z]+)_(?P<age>\d+)$")
+MAX_AGE = 120
+COLUMNS = ["path", "person", "mask", "gender", "age_years", "age"]
+
+
+class DataError(ValueError):
+    """Bad training data under ``--strict``; the message names the file."""
+
+
+@dataclass
+class Table:
+    frame: pd.DataFrame
+    problems: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        f = self.frame
+        text = f"{len(f):,} images of {f['person'].nunique():,} persons"
+        if self.problems:
+            text += f"; {len(self.problems)} problem(s) skipped"
+        return text
+
+
+class _Problems(list):
+    def __init__(self, strict: bool):
+        super().__init__()
+        self.strict = strict
+
+    def add(self, message: str) -> None:
+        if self.strict:
+            raise DataError(message)
+        self.append(message)
+
+
+def _is_hidden(p: Path) -> bool:
+    return p.name.startswith(".") or p.name.startswith("__")
+
+
+def read_competition(root: str | Path, strict: bool = False) -> Table:
+    """``root`` is the competition's ``train/`` folder (holding ``images/``, maybe ``train.csv``)."""
+    root = Path(root)
+    images = root / "images"
+    if not images.is_dir():
+        raise DataError(f"{images} does not exist: expected the competition layout "
+                        "train/images/<id>_<gender>_<race>_<age>/")
+    problems = _Problems(strict)
+    rows = []
+    for folder in sorted(p for p in images.iterdir() if not _is_hidden(p)):
+        if not folder.is_dir():
+            problems.add(f"{folder}: not a person folder, skipped")
+            continue
+        m = FOLDER_RE.match(folder.name)
+        if not m:
+            problems.add(f"{folder}: folder name is not <id>_<gender>_<race>_<age>")
+            continue
+        try:
+            gender = parse_code("gender", m["gender"])
+            age = _parse_age(m["age"])
+        except ValueError as exc:
+            problems.add(f"{folder}: {exc}")
+            continue
+        found = {}
+        for f in sorted(folder.iterdir()):
+            if _is_hidden(f) or f.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            if f.stem not in MASK_BY_STEM:
+                problems.add(f"{f}: unexpected image name (expected mask1..mask5, "
+                             "incorrect_mask, normal)")
+            elif f.stem in found:
+                problems.add(f"{f}: second image for {f.stem!r} in {folder.name}")
+            else:
+                found[f.stem] = f
+        for stem in MASK_BY_STEM:
+            if stem not in found:
+                problems.add(f"{folder / stem}.*: missing image")
+        for stem, f in found.items():
+            rows.append((str(f), m["id"], MASK_BY_STEM[stem], gender, age,
+                         TRUE_AGE_RULE.group(age)))
+    _check_train_csv(root, {r[1] for r in rows}, problems)
+    return Table(pd.DataFrame(rows, columns=COLUMNS), list(problems))
+
+
+def _check_train_csv(root: Path, persons: set[str], problems: _Problems) -> None:
+    csv = root / "train.csv"
+    if not csv.exists():
+        return
+    listed = pd.read_csv(csv, dtype=str)
+    if "id" not in listed.columns:
+        problems.add(f"{csv}: no 'id' column")
+        return
+    for pid in sorted(set(listed["id"]) - persons):
+        problems.add(f"{csv}: person {pid} is listed but has no usable image folder")
+
+
+def _parse_age(text) -> int:
+    try:
+        age = int(float(str(text).strip()))
+    except ValueError:
+        raise ValueError(f"age {text!r} is not a number") from None
+    if not 0 <= age <= MAX_AGE:
+        raise ValueError(f"age {age} is outside 0..{MAX_AGE}")
+    return age
+
+
+def read_manifest(csv: str | Path, root: str | Path | None = None, group: str = "person",
+                  strict: bool = False) -> Table:
+    """A CSV with ``path`` and any of ``mask``, ``gender``, ``age`` (years) or ``age_group``.
+
+    Paths are relative to ``root`` (default: the CSV's folder). ``group`` names the column that
+    keeps related images on one side of the split (a person, a source photo); without it each
+    image is its own group.
+    """
+    csv = Path(csv)
+    root = Path(root) if root else csv.parent
+    df = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    if "path" not in df.columns:
+        raise DataError(f"{csv}: needs a 'path' column, has {list(df.columns)}")
+    labels = [c for c in ("mask", "gender", "age", "age_group") if c in df.columns]
+    if not labels:
+        raise DataError(f"{csv}: needs at least one of mask, gender, age, age_group columns")
+    problems = _Problems(strict)
+    rows = []
+    for i, rec in enumerate(df.to_dict("records"), start=2):  # line 1 is the header
+        where = f"{csv}:{i} ({rec['path']})"
+        path = root / rec["path"]
+        if not path.is_file():
+            problems.add(f"{where}: image file not found")
+            continue
+        try:
+            codes = {a: parse_code(a, rec[a]) if rec.get(a, "") != "" else -1
+                     for a in ("mask", "gender")}
+            years = _parse_age(rec["age"]) if rec.get("age", "") != "" else -1
+            if years >= 0:
+                age = TRUE_AGE_RULE.group(years)
+            elif rec.get("age_group", "") != "":
+                age = parse_code("age", rec["age_group"])
+            else:
+                age = -1
+        except ValueError as exc:
+            problems.add(f"{where}: {exc}")
+            continue
+        person = rec[group] if group in rec else f"row{i}"
+        rows.append((str(path), person, codes["mask"], codes["gender"], years, age))
+    return Table(pd.DataFrame(rows, columns=COLUMNS), list(problems))
+
+
+def apply_fixes(table: Table, fixes_csv: str | Path, strict: bool = False) -> Table:
+    """Correct known wrong labels before splitting.
+
+    The CSV has ``id,field,value``: ``field`` is ``gender`` or ``age`` (the new value), or
+    ``mask_swap`` (value ignored) to swap that person's ``incorrect_mask`` and ``normal`` labels.
+    """
+    fixes = pd.read_csv(fixes_csv, dtype=str, keep_default_na=False)
+    missing = {"id", "field", "value"} - set(fixes.columns)
+    if missing:
+        raise DataError(f"{fixes_csv}: missing column(s) {sorted(missing)}")
+    problems = _Problems(strict)
+    problems.extend(table.problems)
+    df = table.frame.copy()
+    for i, fix in enumerate(fixes.to_dict("records"), start=2):
+        where = f"{fixes_csv}:{i}"
+        rows = df["person"] == fix["id"]
+        if not rows.any():
+            problems.add(f"{where}: person {fix['id']!r} is not in the data")
+            continue
+        try:
+            if fix["field"] == "gender":
+                df.loc[rows, "gender"] = parse_code("gender", fix["value"])
+            elif fix["field"] == "age":
+                years = _parse_age(fix["value"])
+                df.loc[rows, ["age_years", "age"]] = (years, TRUE_AGE_RULE.group(years))
+            elif fix["field"] == "mask_swap":
+                swap = rows & df["mask"].isin([1, 2])
+                df.loc[swap, "mask"] = 3 - df.loc[swap, "mask"]
+            else:
+                raise ValueError(f"unknown field {fix['field']!r} (gender, age or mask_swap)")
+        except ValueError as exc:
+            problems.add(f"{where}: {exc}")
+    return Table(df, list(problems))
+
+
+def training_labels(frame: pd.DataFrame, attribute: str, rule: AgeRule) -> pd.Series:
+    """Labels the model is *trained* on: for age, the recipe's rule (moved thresholds, dropped
+    boundary ages -> -1). Validation always uses the true ``frame[attribute]``."""
+    if attribute != "age":
+        return frame[attribute]
+    years = frame["age_years"]
+    moved = years.map(lambda y: -1 if y < 0 or rule.dropped(y) else rule.group(y))
+    # Manifests with an age group but no years keep their group: no rule can move it.
+    return moved.where(years >= 0, frame["age"])

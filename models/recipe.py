@@ -1,0 +1,119 @@
+"""A training recipe: everything that differs between the three attribute models.
+
+Each attribute keeps its recipe in ``models/<attribute>/recipe.py`` as ``RECIPE`` plus an
+``augmentations(recipe)`` function returning its albumentations pipeline (train only).
+Any field can be overridden from the command line with ``--set field=value``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+from dataclasses import dataclass, fields
+from typing import Any, get_type_hints
+
+from facet.combine import ATTRIBUTES, AgeRule
+from facet.preprocess import PreprocessSpec
+
+
+@dataclass(frozen=True)
+class Recipe:
+    attribute: str
+    # model
+    backbone: str = "mobilenetv2_100"
+    pretrained: str = "auto"  # auto (local file from $FACET_WEIGHTS_DIR, else hub) | hub | none | path
+    drop_rate: float = 0.2
+    # input: the preprocessing spec saved with the checkpoint and the ONNX file
+    image_size: int = 112
+    resize_mode: str = "stretch"
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    # optimisation
+    optimizer: str = "adamw"  # any timm.optim name
+    lr: float = 1e-3
+    weight_decay: float = 0.02
+    scheduler: str = "cosine"  # any timm.scheduler name
+    warmup_epochs: float = 0.5
+    epochs: int = 5
+    batch_size: int = 64
+    samples_per_epoch: int = 0  # 0: every training image once per epoch
+    patience: int = 3  # early stopping on val macro-F1
+    # loss and sampling
+    loss: str = "ce"  # ce | focal | f1
+    label_smoothing: float = 0.0
+    focal_gamma: float = 2.0
+    f1_weight: float = 0.0  # adds this much soft macro-F1 loss to ce/focal
+    class_weights: str = "none"  # none | balanced | comma-separated weights
+    sampler: str = "none"  # none | balanced | sqrt (oversample rare classes)
+    cutmix: float = 0.0  # probability that a batch is CutMix-ed
+    mixup: float = 0.0  # probability that a batch is MixUp-ed
+    # labels
+    age_thresholds: tuple[int, int] = (30, 60)
+    age_drop: tuple[int, int] | None = None  # boundary ages left out of training only
+    # split
+    folds: int = 5
+    fold: int = 0
+    stratify: str = "attribute"  # attribute | class18
+    seed: int = 42
+
+    def __post_init__(self):
+        if self.attribute not in ATTRIBUTES:
+            raise ValueError(f"attribute must be one of {list(ATTRIBUTES)}")
+        if not 0 <= self.fold < self.folds:
+            raise ValueError(f"fold {self.fold} is outside 0..{self.folds - 1}")
+        self.preprocess  # validates size and resize mode
+        self.age_rule  # validates thresholds
+
+    @property
+    def num_classes(self) -> int:
+        return len(ATTRIBUTES[self.attribute])
+
+    @property
+    def preprocess(self) -> PreprocessSpec:
+        return PreprocessSpec(self.image_size, self.image_size, self.resize_mode, self.mean, self.std)
+
+    @property
+    def age_rule(self) -> AgeRule:
+        return AgeRule(tuple(self.age_thresholds), tuple(self.age_drop) if self.age_drop else None)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def override(self, assignments: list[str]) -> "Recipe":
+        """Apply ``field=value`` strings; values are parsed by the field's type."""
+        hints = get_type_hints(Recipe)
+        changes: dict[str, Any] = {}
+        for item in assignments:
+            key, sep, text = item.partition("=")
+            key = key.strip().replace("-", "_")
+            if not sep or key not in hints:
+                known = ", ".join(f.name for f in fields(Recipe))
+                raise ValueError(f"cannot set {item!r}: expected field=value, fields: {known}")
+            changes[key] = _parse(hints[key], text.strip(), key)
+        return dataclasses.replace(self, **changes)
+
+
+def _parse(hint, text: str, key: str):
+    try:
+        if hint is str:
+            return text
+        if hint is int:
+            return int(text)
+        if hint is float:
+            return float(text)
+        # tuples and optionals: JSON or comma-separated
+        if text.lower() in ("none", "null", ""):
+            return None
+        parts = json.loads(text) if text.startswith("[") else text.split(",")
+        cast = float if "float" in str(hint) else int
+        return tuple(cast(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"cannot parse {key}={text!r} as {hint}") from None
+
+
+def load_recipe(attribute: str):
+    """(RECIPE, augmentations) of ``models/<attribute>/recipe.py``."""
+    if attribute not in ATTRIBUTES:
+        raise ValueError(f"unknown attribute {attribute!r}; choose from {list(ATTRIBUTES)}")
+    module = importlib.import_module(f"facet.models.{attribute}.recipe")
+    return module.RECIPE, module.augmentations

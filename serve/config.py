@@ -1,0 +1,58 @@
+"""HTTP service settings: defaults < a TOML file ($FACET_CONFIG) < FACET_* environment variables."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    models: str = "artifacts"  # folder written by `facet export`
+    device: str = "auto"  # auto | cpu | cuda
+    mode: str = "auto"  # auto | ensemble | separate
+    threads: int = 0  # onnxruntime intra-op threads (0: its default)
+    tta: bool = False
+    workers: int = 1  # HTTP front-end processes (decode and validate uploads)
+    model_workers: int = 1  # model processes (each loads the ONNX models once)
+    batching: bool = True  # adaptive batching of concurrent requests
+    max_batch_size: int = 32
+    max_latency_ms: int = 100
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_pixels: int = 40_000_000  # decompression-bomb guard
+    max_batch_files: int = 64
+
+    @classmethod
+    def load(cls, environ: dict[str, str] | None = None) -> "ServeConfig":
+        environ = os.environ if environ is None else environ
+        values: dict = {}
+        path = environ.get("FACET_CONFIG")
+        if path:
+            data = tomllib.loads(Path(path).read_text())
+            values.update(data.get("serve", data))
+        for f in fields(cls):
+            key = f"FACET_{f.name.upper()}"
+            if key in environ:
+                values[f.name] = environ[key]
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown serve setting(s) {sorted(unknown)}; known: "
+                             f"{[f.name for f in fields(cls)]}")
+        return cls(**{k: _coerce(cls, k, v) for k, v in values.items()})
+
+    def environ(self) -> dict[str, str]:
+        """These settings as FACET_* variables, for the server processes."""
+        return {f"FACET_{k.upper()}": str(v) for k, v in dataclasses.asdict(self).items()}
+
+
+def _coerce(cls, name: str, value):
+    kind = {f.name: f.type for f in fields(cls)}[name]
+    if kind == "bool" and isinstance(value, str):
+        if value.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+            raise ValueError(f"{name}={value!r} is not a boolean")
+        return value.lower() in ("1", "true", "yes", "on")
+    if kind == "int":
+        return int(value)
+    return str(value) if kind == "str" else value

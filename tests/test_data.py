@@ -1,0 +1,101 @@
+import shutil
+
+import pandas as pd
+import pytest
+
+from facet.combine import AgeRule
+from facet.models.data import (DataError, apply_fixes, read_competition, read_manifest,
+                               training_labels)
+
+
+@pytest.fixture
+def train_dir(dataset, tmp_path):
+    """A private copy of the synthetic train/ folder that a test may break."""
+    return shutil.copytree(dataset / "train", tmp_path / "train")
+
+
+def test_reads_the_competition_layout(dataset):
+    table = read_competition(dataset / "train")
+    f = table.frame
+    assert len(f) == 40 * 7 and f["person"].nunique() == 40 and not table.problems
+    per_person = f.groupby("person")["mask"].value_counts().unstack()
+    assert (per_person[0] == 5).all() and (per_person[1] == 1).all() and (per_person[2] == 1).all()
+    csv = pd.read_csv(dataset / "train" / "train.csv", dtype={"id": str})
+    row = csv.iloc[0]
+    person = f[f["person"] == row["id"]]
+    assert (person["age_years"] == row["age"]).all()
+    assert (person["gender"] == ("male", "female").index(row["gender"])).all()
+
+
+def test_problems_are_named_and_skipped(train_dir):
+    images = train_dir / "images"
+    folders = sorted(p for p in images.iterdir())
+    (folders[0] / "mask3.jpg").unlink()  # missing image
+    folders[1].rename(images / "000999_female_Asian")  # malformed name
+    folders[2].rename(images / f"{folders[2].name.rsplit('_', 1)[0]}_200")  # impossible age
+    (images / ".DS_Store").write_text("x")  # hidden: ignored silently
+    (folders[3] / "._mask1.jpg").write_text("x")
+    (folders[3] / "selfie.jpg").write_bytes((folders[3] / "mask1.jpg").read_bytes())
+    table = read_competition(train_dir)
+    text = "\n".join(table.problems)
+    assert "mask3.*: missing image" in text and folders[0].name in text
+    assert "000999_female_Asian: folder name" in text
+    assert "age 200 is outside" in text
+    assert "selfie.jpg: unexpected image name" in text
+    assert ".DS_Store" not in text and "._mask1" not in text
+    assert table.frame["person"].nunique() == 38  # two folders unusable
+    assert len(table.frame) == 38 * 7 - 1
+    with pytest.raises(DataError, match="missing image|folder name|outside|unexpected"):
+        read_competition(train_dir, strict=True)
+
+
+def test_missing_layout_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="images does not exist"):
+        read_competition(tmp_path)
+
+
+def test_manifest_with_groups_and_bad_rows(dataset, tmp_path):
+    images = sorted((dataset / "train" / "images").glob("*/normal.jpg"))[:4]
+    rows = [{"path": str(p), "mask": "not_wear", "photo": f"p{i // 2}"} for i, p in enumerate(images)]
+    rows.append({"path": "nowhere.jpg", "mask": "wear", "photo": "p9"})
+    rows.append({"path": str(images[0]), "mask": "sideways", "photo": "p9"})
+    csv = tmp_path / "labels.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    table = read_manifest(csv, group="photo")
+    assert len(table.frame) == 4 and (table.frame["mask"] == 2).all()
+    assert (table.frame["gender"] == -1).all() and (table.frame["age"] == -1).all()
+    assert table.frame["person"].tolist() == ["p0", "p0", "p1", "p1"]
+    assert any("labels.csv:6" in p and "not found" in p for p in table.problems)
+    assert any("labels.csv:7" in p and "sideways" in p for p in table.problems)
+    with pytest.raises(DataError, match="path"):
+        pd.DataFrame({"file": ["a"], "mask": [0]}).to_csv(tmp_path / "bad.csv", index=False)
+        read_manifest(tmp_path / "bad.csv")
+
+
+def test_label_fixes(dataset, tmp_path):
+    table = read_competition(dataset / "train")
+    pid = table.frame["person"].iloc[0]
+    before = table.frame[table.frame["person"] == pid].set_index("path")
+    fixes = tmp_path / "fixes.csv"
+    pd.DataFrame({"id": [pid, pid, pid, "nobody"], "field": ["gender", "age", "mask_swap", "age"],
+                  "value": ["female" if before["gender"].iloc[0] == 0 else "male", "61", "", "3"]}
+                 ).to_csv(fixes, index=False)
+    fixed = apply_fixes(table, fixes)
+    after = fixed.frame[fixed.frame["person"] == pid].set_index("path")
+    assert (after["gender"] == 1 - before["gender"]).all()
+    assert (after["age_years"] == 61).all() and (after["age"] == 2).all()
+    assert after.loc[[p for p in after.index if p.endswith("normal.jpg")], "mask"].tolist() == [1]
+    assert after.loc[[p for p in after.index if p.endswith("incorrect_mask.jpg")], "mask"].tolist() == [2]
+    assert (after["mask"] == 0).sum() == 5
+    assert any("nobody" in p for p in fixed.problems)
+    others = fixed.frame["person"] != pid
+    pd.testing.assert_frame_equal(fixed.frame[others], table.frame[others])
+
+
+def test_training_labels_move_and_drop_ages_but_truth_stays():
+    frame = pd.DataFrame({"age_years": [25, 57, 58, 59, 60, -1], "age": [0, 1, 1, 1, 2, 2],
+                          "gender": 0, "mask": 0})
+    labels = training_labels(frame, "age", AgeRule((30, 58), drop=(57, 57)))
+    assert labels.tolist() == [0, -1, 2, 2, 2, 2]
+    assert frame["age"].tolist() == [0, 1, 1, 1, 2, 2]  # validation truth untouched
+    assert training_labels(frame, "gender", AgeRule()).tolist() == [0] * 6

@@ -1,0 +1,140 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from facet.cli import app
+from facet.serve.batch import predict_paths, read_inputs
+from facet.serve.predictor import Predictor
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def eval_dir(dataset, tmp_path):
+    """The synthetic eval folder plus three broken rows in the middle of info.csv."""
+    d = shutil.copytree(dataset / "eval", tmp_path / "eval")
+    images = sorted((d / "images").glob("*.jpg"))
+    (d / "images" / "not_image.jpg").write_text("this is text")
+    data = images[0].read_bytes()
+    (d / "images" / "cut.jpg").write_bytes(data[: len(data) // 2])
+    info = pd.read_csv(d / "info.csv")
+    bad = pd.DataFrame({"ImageID": ["not_image.jpg", "cut.jpg", "gone.jpg"], "ans": 0})
+    pd.concat([info.iloc[:5], bad, info.iloc[5:]]).to_csv(d / "info.csv", index=False)
+    return d
+
+
+def test_predict_fills_answers_in_order_and_reports_bad_rows(exported, eval_dir, tmp_path):
+    out = tmp_path / "submission.csv"
+    result = runner.invoke(app, ["predict", str(eval_dir), "--models", str(exported), "-o", str(out),
+                                 "--details", str(tmp_path / "details.csv")])
+    assert result.exit_code == 3, result.output
+    info = pd.read_csv(eval_dir / "info.csv", dtype=str)
+    sub = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert sub["ImageID"].tolist() == info["ImageID"].tolist()
+    assert list(sub.columns) == ["ImageID", "ans"]
+    bad = sub["ImageID"].isin(["not_image.jpg", "cut.jpg", "gone.jpg"])
+    assert (sub.loc[bad, "ans"] == "").all()  # never a made-up label
+    assert sub.loc[~bad, "ans"].astype(int).between(0, 17).all()
+    errors = pd.read_csv(tmp_path / "submission.errors.csv")
+    assert errors["row"].tolist() == [6, 7, 8]
+    assert "not a recognised" in errors["error"][0] and "truncated" in errors["error"][1]
+    assert errors["error"][2] == "file not found"
+    details = pd.read_csv(tmp_path / "details.csv")
+    good = details[details["error"].isna()]
+    assert (good["label"] == sub.loc[~bad, "ans"].astype(int).to_numpy()).all()
+    np.testing.assert_allclose(good.filter(like="p_mask_").sum(axis=1), 1.0, atol=1e-4)
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_modes_and_batch_sizes_agree(exported, dataset):
+    inputs = read_inputs(dataset / "eval")
+    results = []
+    for mode, batch in (("separate", 64), ("ensemble", 7), ("separate", 1)):
+        predictor = Predictor(exported, mode=mode)
+        results.append(predict_paths(predictor, inputs.paths, batch_size=batch, progress=False))
+    for other in results[1:]:
+        assert (other.labels == results[0].labels).all()
+        np.testing.assert_allclose(other.probs, results[0].probs, atol=1e-5)
+
+
+def test_tta_and_int8_run(exported, dataset):
+    paths = read_inputs(dataset / "eval").paths[:10]
+    plain = predict_paths(Predictor(exported), paths, progress=False)
+    tta = predict_paths(Predictor(exported, tta=True), paths, progress=False)
+    int8 = predict_paths(Predictor(exported, variant="int8"), paths, progress=False)
+    assert not np.allclose(plain.probs, tta.probs)  # flipped views change the average
+    np.testing.assert_allclose(tta.probs.sum(1), 1.0, atol=1e-4)
+    assert int8.labels.min() >= 0
+
+
+def test_csv_with_path_column_and_plain_folder(exported, dataset, tmp_path):
+    images = sorted((dataset / "eval" / "images").glob("*.jpg"))[:4]
+    csv = tmp_path / "list.csv"
+    pd.DataFrame({"path": [str(p) for p in images], "note": list("abcd")}).to_csv(csv, index=False)
+    out = tmp_path / "out.csv"
+    assert runner.invoke(app, ["predict", str(csv), "--models", str(exported), "-o", str(out)]).exit_code == 0
+    sub = pd.read_csv(out)
+    assert sub["note"].tolist() == list("abcd") and sub["ans"].between(0, 17).all()
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for p in images:
+        shutil.copy(p, folder / p.name)
+    (folder / "readme.txt").write_text("not an image, not picked up")
+    out2 = tmp_path / "out2.csv"
+    assert runner.invoke(app, ["predict", str(folder), "--models", str(exported), "-o", str(out2)]).exit_code == 0
+    assert len(pd.read_csv(out2)) == 4
+
+
+def test_bad_arguments_are_clear(exported, dataset, tmp_path):
+    result = runner.invoke(app, ["predict", str(tmp_path / "nope.csv"), "--models", str(exported),
+                                 "-o", str(tmp_path / "o.csv")])
+    assert result.exit_code == 2 and "does not exist" in result.output
+    result = runner.invoke(app, ["predict", str(tmp_path), "--models", str(exported), "-o", "o.csv"])
+    assert result.exit_code == 2 and "holds no images" in result.output
+    result = runner.invoke(app, ["predict", str(dataset / "eval"), "--models", str(tmp_path),
+                                 "-o", str(tmp_path / "o.csv")])
+    assert result.exit_code == 2 and "facet.json" in result.output
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_score_reports_overall_and_per_attribute(exported, dataset, tmp_path):
+    out = tmp_path / "sub.csv"
+    assert runner.invoke(app, ["predict", str(dataset / "eval"), "--models", str(exported),
+                               "-o", str(out)]).exit_code == 0
+    result = runner.invoke(app, ["score", "--pred", str(out), "--answers",
+                                 str(dataset / "eval" / "answers.csv"), "--json",
+                                 "--plot", str(tmp_path / "cm.png")])
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.output[: result.output.rindex("}") + 1])
+    answers = pd.read_csv(dataset / "eval" / "answers.csv")
+    sub = pd.read_csv(out)
+    merged = answers.merge(sub, on="ImageID", suffixes=("", "_pred"))
+    assert scores["accuracy"] == pytest.approx((merged["ans"] == merged["ans_pred"]).mean())
+    assert set(scores["attributes"]) == {"mask", "gender", "age"}
+    assert (tmp_path / "cm.png").stat().st_size > 1000
+    perfect = runner.invoke(app, ["score", "--pred", str(dataset / "eval" / "answers.csv"),
+                                  "--answers", str(dataset / "eval" / "answers.csv")])
+    assert "18-class macro-F1 1.0000" in perfect.output
+
+
+def test_inference_path_never_imports_torch(exported, dataset, tmp_path):
+    code = f"""
+import sys
+from facet.serve.batch import predict_paths, read_inputs, submission, write_atomic
+from facet.serve.predictor import Predictor
+from facet.cli import app
+inputs = read_inputs({str(dataset / 'eval')!r})
+result = predict_paths(Predictor({str(exported)!r}), inputs.paths, progress=False)
+write_atomic(submission(inputs, result), __import__('pathlib').Path({str(tmp_path / 's.csv')!r}))
+heavy = [m for m in ('torch', 'timm', 'albumentations', 'torchvision') if m in sys.modules]
+print('HEAVY', heavy)
+assert (result.labels >= 0).all()
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "HEAVY []" in out.stdout

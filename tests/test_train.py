@@ -1,0 +1,113 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+from facet.models.checkpoint import load_model, recalibrate_batchnorm
+from facet.models.data import read_competition
+from facet.models.recipe import load_recipe
+from facet.models.train import Trainer
+
+
+def test_run_folder_has_everything(runs):
+    run = runs["age"]
+    for name in ("recipe.json", "metrics.csv", "best.safetensors", "best.json", "last.pt",
+                 "curves.png", "confusion.png", "val.csv"):
+        assert (run / name).is_file(), name
+    resolved = json.loads((run / "recipe.json").read_text())
+    assert resolved["recipe"]["backbone"] == "test_efficientnet"  # the override is recorded
+    assert resolved["recipe"]["age_thresholds"] == [30, 58]  # the age recipe's moved boundary
+    assert resolved["augmentations"]["transform"]["transforms"]
+    meta = json.loads((run / "best.json").read_text())
+    assert meta["preprocess"] == {"height": 48, "width": 48, "resize_mode": "stretch",
+                                  "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+    assert meta["age_rule"]["scored"]["thresholds"] == [30, 60]
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert {"val_macro_f1", "val_accuracy", "val_f1_>=60", "train_img_per_s"} <= set(metrics.columns)
+    assert len(meta["val_confusion"]) == 3
+
+
+def test_checkpoints_load_safely(runs):
+    run = runs["gender"]
+    state = load_file(str(run / "best.safetensors"))
+    assert state["classifier.weight"].shape[0] == 2
+    last = torch.load(run / "last.pt", weights_only=True)
+    assert {"model", "optimizer", "scheduler", "epoch"} <= set(last)
+    model, meta = load_model(run)
+    assert meta["attribute"] == "gender" and not model.training
+
+
+def test_validation_is_person_level_and_unaugmented(dataset, tmp_path):
+    recipe, augment = load_recipe("gender")
+    recipe = recipe.override(["image_size=32"])
+    trainer = Trainer(recipe, augment, read_competition(dataset / "train"), tmp_path / "run",
+                      tmp_path / "cache", device="cpu", workers=0)
+    trainer._prepare()
+    assert trainer.train_set.transform is not None and trainer.val_set.transform is None
+    frame = trainer.frame
+    train_persons = set(frame["person"].iloc[trainer.train_set.rows])
+    val_persons = set(frame["person"].iloc[trainer.val_set.rows])
+    assert train_persons and val_persons and not train_persons & val_persons
+    a, b = trainer.val_set[0][0], trainer.val_set[0][0]
+    assert torch.equal(a, b)  # deterministic preprocessing only
+
+
+def test_age_drop_removes_boundary_ages_from_training_only(dataset, tmp_path):
+    recipe, augment = load_recipe("age")
+    recipe = recipe.override(["image_size=32", "age_drop=30,45"])
+    trainer = Trainer(recipe, augment, read_competition(dataset / "train"), tmp_path / "run",
+                      tmp_path / "cache", device="cpu", workers=0)
+    trainer._prepare()
+    years = trainer.frame["age_years"]
+    assert not years.iloc[trainer.train_set.rows].between(30, 45).any()
+    assert trainer.split["dropped_boundary_ages"] == int(years.between(30, 45).sum())
+    val_years = years.iloc[trainer.val_set.rows]
+    # validation keeps every age and scores the true groups
+    assert (trainer.val_set.labels == (val_years >= 30).astype(int) + (val_years >= 60)).all()
+
+
+def test_resume_continues_from_last(dataset, tmp_path, train_tiny):
+    run = tmp_path / "run"
+    train_tiny("mask", dataset, run, tmp_path / "cache", extra=["epochs=2", "patience=5"])
+    first = pd.read_csv(run / "metrics.csv")
+    assert first["epoch"].tolist() == [1, 2]
+    # a crash after epoch 1: keep its metrics and last.pt, then resume with more epochs
+    train_tiny("mask", dataset, run, tmp_path / "cache", extra=["epochs=3", "patience=5"],
+               resume=True)
+    after = pd.read_csv(run / "metrics.csv")
+    assert after["epoch"].tolist() == [1, 2, 3]
+    assert after.iloc[:2]["val_macro_f1"].tolist() == first["val_macro_f1"].tolist()
+
+
+def test_training_learns_the_synthetic_mask(dataset, tmp_path, train_tiny):
+    result = train_tiny("mask", dataset, tmp_path / "run", tmp_path / "cache",
+                        extra=["epochs=4", "samples_per_epoch=640", "lr=3e-3", "patience=4"])
+    assert result.best_f1 > 0.8, result.history
+
+
+def test_early_stopping(dataset, tmp_path, train_tiny):
+    result = train_tiny("gender", dataset, tmp_path / "run", tmp_path / "cache",
+                        extra=["epochs=6", "patience=1", "lr=1e-9"])
+    assert len(result.history) < 6
+
+
+def test_batchnorm_recalibration_keeps_the_function():
+    torch.manual_seed(0)
+    model = timm.create_model("test_efficientnet", num_classes=3).eval()
+    for bn in model.modules():  # fold: identity statistics, as in converted TFLite weights
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            bn.running_mean.zero_()
+            bn.running_var.fill_(1.0)
+            bn.weight.data.uniform_(0.5, 2.0)
+    x = torch.randn(32, 3, 48, 48)
+    with torch.no_grad():
+        before = model(x)
+        assert recalibrate_batchnorm(model, x) > 0
+        torch.testing.assert_close(model(x), before, atol=1e-3, rtol=1e-3)
+        model.train()
+        torch.testing.assert_close(model(x), before, atol=1e-3, rtol=1e-3)  # batch stats agree
+    assert recalibrate_batchnorm(model, x) == 0  # real statistics now: nothing to do
