@@ -40,7 +40,7 @@ for attribute in args.attributes:
                  "wall_min": round(wall / 60, 1)})
     print(rows[-1], flush=True)
 
-table = pd.DataFrame(rows)
-print(table.to_markdown(index=False) if hasattr(table, "to_markdown") else table)
-print(f"total wall: {table['wall_min'].sum():.1f} min")
 (Path(args.out) / "bench.json").write_text(json.dumps(rows, indent=2))
+table = pd.DataFrame(rows)
+print(table.to_string(index=False))
+print(f"total wall: {table['wall_min'].sum():.1f} min")

@@ -24,7 +24,7 @@ class Recipe:
     pretrained: str = "auto"  # auto (local file from $FACET_WEIGHTS_DIR, else hub) | hub | none | path
     drop_rate: float = 0.2
     # input: the preprocessing spec saved with the checkpoint and the ONNX file
-    image_size: int = 112
+    image_size: int = 128
     resize_mode: str = "stretch"
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
@@ -38,6 +38,8 @@ class Recipe:
     batch_size: int = 64
     samples_per_epoch: int = 0  # 0: every training image once per epoch
     patience: int = 3  # early stopping on val macro-F1
+    ema: float = 0.0  # decay of an exponential moving average of the weights (0: off); when on,
+    #                   the average is what gets validated and saved
     # loss and sampling
     loss: str = "ce"  # ce | focal | f1
     label_smoothing: float = 0.0

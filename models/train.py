@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from timm.data.mixup import cutmix_bbox_and_lam
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomSampler
 from tqdm import tqdm
 
@@ -167,6 +168,7 @@ class Trainer:
             self.optimizer, sched=r.scheduler, num_epochs=r.epochs, min_lr=r.lr * 0.01,
             warmup_lr=r.lr * 0.05, warmup_epochs=r.warmup_epochs, step_on_epochs=False,
             updates_per_epoch=steps_per_epoch)
+        self.ema = ModelEmaV3(self.model, decay=r.ema, use_warmup=True) if r.ema else None
         counts = torch.bincount(torch.as_tensor(self.train_set.labels), minlength=r.num_classes)
         weight = class_weights(r.class_weights, counts)
         self.criterion = build_loss(r.loss, r.num_classes,
@@ -212,6 +214,8 @@ class Trainer:
             loss.backward()
             self.optimizer.step()
             step += 1
+            if self.ema is not None:
+                self.ema.update(self.model, step=step)
             self.scheduler.step_update(num_updates=step)
             target = y if lam >= 0.5 else y2
             cm += torch.bincount((target * r.num_classes + logits.argmax(1)).cpu(),
@@ -223,18 +227,22 @@ class Trainer:
 
     @torch.inference_mode()
     def evaluate(self, loader) -> tuple[float, np.ndarray, np.ndarray]:
-        """(mean CE loss, probabilities, true labels) on the validation set."""
-        self.model.eval()
+        """(mean CE loss, probabilities, true labels) of the validated model on the val set."""
+        model = self.validated_model.eval()
         probs, labels, total = [], [], 0.0
         for x, y in tqdm(loader, desc="validating", unit="batch", leave=False, dynamic_ncols=True):
             x = x.to(self.device, memory_format=torch.channels_last)
             with self.autocast:
-                logits = self.model(x).float()
+                logits = model(x).float()
             total += float(F.cross_entropy(logits, y.to(self.device), reduction="sum"))
             probs.append(logits.softmax(1).cpu().numpy())
             labels.append(y.numpy())
         y_true = np.concatenate(labels)
         return total / len(y_true), np.concatenate(probs), y_true
+
+    @property
+    def validated_model(self) -> torch.nn.Module:
+        return self.ema.module if self.ema is not None else self.model
 
     def _meta(self, epoch: int, metrics: dict) -> dict:
         r = self.recipe
@@ -276,6 +284,8 @@ class Trainer:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
+            if self.ema is not None:
+                self.ema.module.load_state_dict(state["ema"])
             start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
             best, stale = float(state["best"]), int(state["stale"])
             history = pd.read_csv(self.run_dir / "metrics.csv").to_dict("records")
@@ -295,7 +305,8 @@ class Trainer:
             improved = m["macro_f1"] > best
             if improved:
                 best, stale = m["macro_f1"], 0
-                save_weights(self.model, self._meta(epoch, m), self.run_dir / "best.safetensors")
+                save_weights(self.validated_model, self._meta(epoch, m),
+                             self.run_dir / "best.safetensors")
                 np.save(self.run_dir / "val_probs.npy", probs)
             else:
                 stale += 1
@@ -310,9 +321,12 @@ class Trainer:
 
     def _save_last(self, path: Path, epoch: int, step: int, best: float, stale: int) -> None:
         tmp = path.with_suffix(".tmp")
-        torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(), "epoch": epoch, "step": step,
-                    "best": best, "stale": stale}, tmp)
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "epoch": epoch, "step": step,
+                 "best": best, "stale": stale}
+        if self.ema is not None:
+            state["ema"] = self.ema.module.state_dict()
+        torch.save(state, tmp)
         os.replace(tmp, path)  # a crash while saving keeps the previous last.pt
 
     def _finish(self, history: pd.DataFrame) -> RunResult:

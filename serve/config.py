@@ -19,7 +19,7 @@ class ServeConfig:
     model_workers: int = 1  # model processes (each loads the ONNX models once)
     batching: bool = True  # adaptive batching of concurrent requests
     max_batch_size: int = 32
-    max_latency_ms: int = 100
+    max_latency_ms: int = 5000  # BentoML rejects requests it expects to finish later than this
     max_upload_bytes: int = 10 * 1024 * 1024
     max_pixels: int = 40_000_000  # decompression-bomb guard
     max_batch_files: int = 64

@@ -102,21 +102,22 @@ class Predictor:
         if mode == "ensemble" and (variant != "fp32" or not (self.model_dir / ENSEMBLE).exists()):
             raise FileNotFoundError(f"no fp32 {ENSEMBLE} in {self.model_dir} (export with --ensemble)")
         self.mode, self.variant, self.tta, self.max_pixels = mode, variant, tta, max_pixels
-        self.sessions: dict[str, ort.InferenceSession] = {}
-        self.info: dict[str, dict] = {}
-        for attribute in ATTRIBUTES:
-            path = self.model_dir / files[attribute]
-            session = _session(path, device, threads) if mode == "separate" else None
-            meta = parse((session or ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]))
-                         .get_modelmeta().custom_metadata_map, str(path))
-            if meta["attribute"] != attribute or meta["classes"] != list(ATTRIBUTES[attribute]):
-                raise ModelFileError(f"{path} holds {meta['attribute']} {meta['classes']}, "
-                                     f"expected {attribute} {list(ATTRIBUTES[attribute])}")
-            self.info[attribute] = meta
-            if session:
-                self.sessions[attribute] = session
-        if mode == "ensemble":
-            self.sessions["ensemble"] = _session(self.model_dir / ENSEMBLE, device, threads)
+        if mode == "ensemble":  # one session; the members' metadata rides in its own
+            path = self.model_dir / ENSEMBLE
+            self.sessions = {"ensemble": _session(path, device, threads)}
+            self.info = parse(self.sessions["ensemble"].get_modelmeta().custom_metadata_map,
+                              str(path))["members"]
+        else:
+            self.sessions = {a: _session(self.model_dir / files[a], device, threads)
+                             for a in ATTRIBUTES}
+            self.info = {a: parse(s.get_modelmeta().custom_metadata_map, files[a])
+                         for a, s in self.sessions.items()}
+        for attribute, classes in ATTRIBUTES.items():
+            meta = self.info.get(attribute, {})
+            if meta.get("attribute") != attribute or meta.get("classes") != list(classes):
+                raise ModelFileError(f"{self.model_dir}: the {attribute} model holds "
+                                     f"{meta.get('attribute')} {meta.get('classes')}, expected "
+                                     f"{attribute} {list(classes)}")
         self.specs = {a: PreprocessSpec.from_dict(m["preprocess"]) for a, m in self.info.items()}
         self.provider = next(iter(self.sessions.values())).get_providers()[0]
         # The merged graph has one input, so all three models share one spec there.

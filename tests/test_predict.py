@@ -138,3 +138,14 @@ assert (result.labels >= 0).all()
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "HEAVY []" in out.stdout
+
+
+def test_swapped_model_files_are_refused(exported, tmp_path):
+    from facet.serve.metadata import ModelFileError
+    models = shutil.copytree(exported, tmp_path / "models")
+    manifest = json.loads((models / "facet.json").read_text())
+    fp32 = manifest["models"]["fp32"]
+    fp32["mask"], fp32["age"] = fp32["age"], fp32["mask"]
+    (models / "facet.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelFileError, match="the mask model holds age"):
+        Predictor(models, mode="separate")

@@ -72,11 +72,12 @@ def test_age_drop_removes_boundary_ages_from_training_only(dataset, tmp_path):
 
 def test_resume_continues_from_last(dataset, tmp_path, train_tiny):
     run = tmp_path / "run"
-    train_tiny("mask", dataset, run, tmp_path / "cache", extra=["epochs=2", "patience=5"])
+    train_tiny("mask", dataset, run, tmp_path / "cache", extra=["epochs=2", "patience=5", "ema=0.9"])
     first = pd.read_csv(run / "metrics.csv")
+    assert "ema" in torch.load(run / "last.pt", weights_only=True)
     assert first["epoch"].tolist() == [1, 2]
-    # a crash after epoch 1: keep its metrics and last.pt, then resume with more epochs
-    train_tiny("mask", dataset, run, tmp_path / "cache", extra=["epochs=3", "patience=5"],
+    # resume from last.pt (as after a crash) with a longer schedule: epochs 1-2 are kept
+    train_tiny("mask", dataset, run, tmp_path / "cache", extra=["epochs=3", "patience=5", "ema=0.9"],
                resume=True)
     after = pd.read_csv(run / "metrics.csv")
     assert after["epoch"].tolist() == [1, 2, 3]

@@ -1,0 +1,37 @@
+import os
+
+import pytest
+
+from facet import privacy
+from facet.serve.config import ServeConfig
+
+
+def test_defaults_then_file_then_environment(tmp_path):
+    toml = tmp_path / "serve.toml"
+    toml.write_text('[serve]\nmodels = "from_file"\nmax_batch_size = 8\nbatching = false\n')
+    cfg = ServeConfig.load({"FACET_CONFIG": str(toml), "FACET_MAX_BATCH_SIZE": "16"})
+    assert cfg.models == "from_file" and cfg.max_batch_size == 16 and cfg.batching is False
+    assert cfg.max_pixels == ServeConfig().max_pixels
+    assert ServeConfig.load(cfg.environ()) == cfg  # round trip through the environment
+
+
+@pytest.mark.parametrize("env,match", [({"FACET_BATCHING": "maybe"}, "not a boolean"),
+                                       ({"FACET_WORKERS": "two"}, "invalid literal")])
+def test_bad_settings_are_refused(env, match):
+    with pytest.raises(ValueError, match=match):
+        ServeConfig.load(env)
+
+
+def test_unknown_setting_in_file(tmp_path):
+    toml = tmp_path / "serve.toml"
+    toml.write_text("[serve]\nmax_batchsize = 8\n")
+    with pytest.raises(ValueError, match="max_batchsize"):
+        ServeConfig.load({"FACET_CONFIG": str(toml)})
+
+
+def test_telemetry_is_off_by_default_but_overridable(monkeypatch):
+    monkeypatch.delenv("BENTOML_DO_NOT_TRACK", raising=False)
+    monkeypatch.setenv("ORT_DISABLE_TELEMETRY", "0")
+    privacy.apply_defaults()
+    assert os.environ["BENTOML_DO_NOT_TRACK"] == "True"
+    assert os.environ["ORT_DISABLE_TELEMETRY"] == "0"  # a user's explicit choice stands
