@@ -24,6 +24,7 @@ from .ensemble import build_ensemble
 from .onnx_export import export_attribute
 
 log = logging.getLogger(__name__)
+INT8_TOLERANCE = 0.01  # macro-F1 an int8 model may lose before export warns against it
 
 
 def val_images(run: Path, limit: int) -> pd.DataFrame:
@@ -59,6 +60,9 @@ def export_all(runs: dict[str, Path], out_dir: Path, parity_images: list[str] | 
             echo(f"{attribute} int8: {int8} | macro-F1 {result['fp32_macro_f1']:.4f} -> "
                  f"{result['int8_macro_f1']:.4f} ({result['delta']:+.4f}) on "
                  f"{result['images']} val images, agreement {result['agreement']:.4f}")
+            if result["delta"] < -INT8_TOLERANCE:
+                echo(f"WARNING: {attribute} int8 loses {-result['delta']:.4f} macro-F1; "
+                     "keep using fp32 (the default) for this model")
     manifest["default_mode"] = "separate"
     _write(out_dir / MANIFEST, manifest)
     if ensemble:

@@ -31,9 +31,10 @@ def plot_confusion(confusion, class_names, path: str | Path, title: str) -> None
     plt = _pyplot()
     cm = np.asarray(confusion)
     n = len(class_names)
-    fig, ax = plt.subplots(figsize=(2 + 0.55 * n, 1.5 + 0.5 * n))
+    fig, ax = plt.subplots(figsize=(max(5.0, 2 + 0.55 * n), max(4.0, 1.5 + 0.5 * n)))
     ax.imshow(cm, cmap="Blues")
-    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true", title=title)
+    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true")
+    ax.set_title(title, fontsize=10)
     ax.set_xticklabels(class_names, rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center")
     ax.set_yticklabels(class_names)
     for i in range(n):
