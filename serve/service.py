@@ -16,6 +16,7 @@ privacy.apply_defaults()  # before bentoml is imported: it reports usage otherwi
 
 import asyncio  # noqa: E402
 
+import aiohttp  # noqa: E402  (BentoML's own inter-service client)
 import bentoml  # noqa: E402
 import numpy as np  # noqa: E402
 from starlette.applications import Starlette  # noqa: E402
@@ -163,7 +164,6 @@ async def _infer(service, images: np.ndarray) -> np.ndarray:
     """Run the model service. Under sustained load BentoML's internal client sometimes loses a
     call (aiohttp ServerDisconnectedError, or no answer at all); inference is idempotent, so a
     lost call is sent again, and only repeated failure becomes a 503."""
-    import aiohttp
     for attempt in range(INFER_ATTEMPTS):
         try:
             return await asyncio.wait_for(service.model.to_async.infer(images), INFER_TIMEOUT_S)
