@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
 from facet.combine import ATTRIBUTES, combine_probs  # noqa: E402
-from facet.preprocess import ImageError, ImageTooLarge, PreprocessSpec, read_image, resize  # noqa: E402
+from facet.preprocess import ImageError, ImageTooLarge, PreprocessSpec, load  # noqa: E402
 
 from .config import ServeConfig  # noqa: E402
 from .openapi import OPENAPI  # noqa: E402
@@ -120,8 +120,7 @@ def _decode(name: str, data: bytes, spec: PreprocessSpec) -> np.ndarray:
     if not data:
         raise HTTPError(400, f"{name}: empty file")
     try:
-        return resize(read_image(data, min_side=min(spec.height, spec.width),
-                                 max_pixels=CONFIG.max_pixels), spec)
+        return load(data, spec, max_pixels=CONFIG.max_pixels)
     except ImageTooLarge as exc:
         raise HTTPError(413, f"{name}: {exc}") from None
     except ImageError as exc:
