@@ -1,6 +1,8 @@
 """Bounded HTTP load test on loopback: N concurrent clients send single-image requests for a
 fixed time (and at most --max-requests), against the real server with adaptive batching on,
-then off, in one run.
+then off (alternating for --rounds pairs; medians reported). First it times the models alone
+by batch size, to set what batching gains in the model against what it gains in the service.
+Writes benchmarks/results/load.json and load.png.
 
     python benchmarks/load_test.py --models artifacts/bench --images ../shared/data/maskfaces/eval/images
 """
@@ -14,10 +16,13 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import aiohttp
 import httpx
+import numpy as np
 
 
 def free_port() -> int:
@@ -26,12 +31,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(models: Path, batching: bool) -> tuple[subprocess.Popen, str]:
+def start_server(models: Path, batching: bool, log) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "facet.cli", "serve", "--models", str(models),
                              "--port", str(port), "--batching" if batching else "--no-batching"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -47,30 +51,34 @@ def start_server(models: Path, batching: bool) -> tuple[subprocess.Popen, str]:
 
 
 async def load(url: str, images: list[bytes], clients: int, seconds: float, max_requests: int):
+    """aiohttp, not httpx: the clients share the server's cores, and aiohttp spends less CPU
+    per request."""
     latencies: list[float] = []
     errors: dict[str, int] = {}
     sent = 0
     stop = time.monotonic() + seconds
 
-    async def client(k: int, http: httpx.AsyncClient):
+    async def client(k: int, http: aiohttp.ClientSession):
         nonlocal sent
         i = k
         while time.monotonic() < stop and sent < max_requests:
             sent += 1
             t = time.perf_counter()
             try:
-                r = await http.post(f"{url}/v1/predict", content=images[i % len(images)],
-                                    headers={"content-type": "image/jpeg"})
-                if r.status_code == 200:
+                async with http.post(f"{url}/v1/predict", data=images[i % len(images)],
+                                     headers={"content-type": "image/jpeg"}) as r:
+                    await r.read()
+                if r.status == 200:
                     latencies.append(time.perf_counter() - t)
                 else:
-                    errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
-            except httpx.HTTPError as exc:
+                    errors[str(r.status)] = errors.get(str(r.status), 0) + 1
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
             i += clients
 
-    limits = httpx.Limits(max_connections=clients)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=60)) as http:
         t = time.perf_counter()
         await asyncio.gather(*(client(k, http) for k in range(clients)))
         wall = time.perf_counter() - t
@@ -81,6 +89,73 @@ async def load(url: str, images: list[bytes], clients: int, seconds: float, max_
             "p99_ms": round(ms[min(len(ms) - 1, int(0.99 * len(ms)))], 1) if ms else None}
 
 
+def model_curve(models: Path, sizes=(1, 2, 4, 8, 16, 32), rounds: int = 15) -> dict[int, float]:
+    """Median ms per image of the served models alone, in this process, by batch size (32
+    images per size per round, sizes interleaved): the most any batching can gain here is the
+    batch-1 cost over the best batched cost."""
+    from facet.serve.predictor import Predictor
+
+    predictor = Predictor(models)
+    spec = predictor.distinct_specs[0]
+    images = np.random.default_rng(0).integers(0, 256, (32, spec.height, spec.width, 3),
+                                                dtype=np.uint8)
+    times: dict[int, list[float]] = {size: [] for size in sizes}
+    for r in range(rounds + 1):  # round 0 warms up
+        for size in sizes:
+            t = time.perf_counter()
+            for start in range(0, len(images), size):
+                predictor.predict({spec: images[start:start + size]})
+            if r:
+                times[size].append((time.perf_counter() - t) / len(images) * 1000)
+    return {size: round(statistics.median(v), 2) for size, v in times.items()}
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    curve = results["model_ms_per_image"]
+    left.plot(list(map(int, curve)), list(curve.values()), marker="o")
+    left.set(xscale="log", xlabel="batch size", ylabel="ms per image",
+             title=f"models alone: batch 1 / best = {results['model_only_ratio']:.2f}x")
+    left.set_xticks([int(k) for k in curve], [str(k) for k in curve])
+    left.set_ylim(bottom=0)
+    runs = ["batching_on", "batching_off"]
+    bars = right.bar(["batching on", "batching off"], [results[r]["throughput_rps"] for r in runs],
+                     color=["tab:green", "tab:gray"])
+    for bar, r in zip(bars, runs):
+        right.annotate(f"p50 {results[r]['p50_ms']:.0f} ms\np99 {results[r]['p99_ms']:.0f} ms",
+                       (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                       ha="center", va="bottom", fontsize=9)
+    right.set(ylabel="requests / s",
+              title=f"HTTP, {results['setup']['clients']} clients: on/off "
+                    f"{results['throughput_ratio_on_vs_off']:.2f}x (median of "
+                    f"{results['setup']['rounds']})")
+    right.margins(y=0.2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def run_once(args, images: list[bytes], batching: bool) -> dict:
+    log = tempfile.TemporaryFile("w+")
+    proc, url = start_server(args.models, batching, log)
+    try:
+        before = httpx.get(f"{url}/v1/info", timeout=30).json()["served"]
+        result = asyncio.run(load(url, images, args.clients, args.seconds, args.max_requests))
+        served = httpx.get(f"{url}/v1/info", timeout=30).json()["served"]
+        result["mean_batch_size"] = round((served["images"] - before["images"])
+                                          / max(1, served["batches"] - before["batches"]), 2)
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(30)
+    log.seek(0)
+    result["resent_model_calls"] = log.read().count("model service call failed")
+    return result
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", type=Path, required=True)
@@ -88,29 +163,32 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--seconds", type=float, default=60)
     p.add_argument("--max-requests", type=int, default=50_000)
+    p.add_argument("--rounds", type=int, default=1, help="on/off pairs; medians are reported")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/load.json"))
     args = p.parse_args()
     images = [f.read_bytes() for f in sorted(args.images.glob("*.jpg"))[:500]]
-    results = {}
-    for batching in (True, False):
-        proc, url = start_server(args.models, batching)
-        try:
-            info_before = httpx.get(f"{url}/v1/info", timeout=30).json()["served"]
-            result = asyncio.run(load(url, images, args.clients, args.seconds, args.max_requests))
-            served = httpx.get(f"{url}/v1/info", timeout=30).json()["served"]
-            result["mean_batch_size"] = round((served["images"] - info_before["images"])
-                                              / max(1, served["batches"] - info_before["batches"]), 2)
-        finally:
-            os.killpg(proc.pid, 15)
-            proc.wait(30)
-        key = "batching_on" if batching else "batching_off"
-        results[key] = result
-        print(key, json.dumps(result), flush=True)
-    results["throughput_ratio_on_vs_off"] = round(
-        results["batching_on"]["throughput_rps"] / results["batching_off"]["throughput_rps"], 2)
-    results["setup"] = {"clients": args.clients, "seconds": args.seconds, "cpus": os.cpu_count()}
+    curve = model_curve(args.models)
+    print("model ms per image by batch size:", curve, flush=True)
+    runs: dict[str, list[dict]] = {"batching_on": [], "batching_off": []}
+    for r in range(args.rounds):  # on and off alternate, so drift in the machine hits both
+        for batching in (True, False):
+            key = "batching_on" if batching else "batching_off"
+            runs[key].append(run_once(args, images, batching))
+            print(f"round {r + 1} {key}", json.dumps(runs[key][-1]), flush=True)
+    ratios = [on["throughput_rps"] / off["throughput_rps"]
+              for on, off in zip(runs["batching_on"], runs["batching_off"])]
+    results = {key: sorted(v, key=lambda x: x["throughput_rps"])[(len(v) - 1) // 2]
+               for key, v in runs.items()}  # the median run of each
+    results["throughput_ratio_on_vs_off"] = round(statistics.median(ratios), 2)
+    results["round_ratios"] = [round(x, 2) for x in ratios]
+    results["rounds"] = runs
+    results["model_ms_per_image"] = curve
+    results["model_only_ratio"] = round(curve[1] / min(curve.values()), 2)
+    results["setup"] = {"clients": args.clients, "seconds": args.seconds, "rounds": args.rounds,
+                        "cpus": os.cpu_count()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
+    plot(results, args.out.with_suffix(".png"))
     print(json.dumps(results, indent=2))
 
 

@@ -110,7 +110,7 @@ def export(runs: list[Path] = typer.Argument(..., help="Three run folders (or be
            parity_images: list[Path] = typer.Option([], help="Images for the PyTorch/ONNX parity check "
                                                     "(default: 64 of each run's own val images)."),
            ensemble: bool = typer.Option(True, help="Also write the merged one-session graph."),
-           quantize: bool = typer.Option(False, help="Also write dynamic-int8 models and their F1 change."),
+           quantize: bool = typer.Option(False, help="Also write int8 models (static, calibrated on val images) and their F1 change."),
            eval_limit: int = typer.Option(2000, help="Val images for the int8 accuracy check (0: all)."),
            ):
     """Export three trained attribute models to ONNX, with parity checks and metadata."""

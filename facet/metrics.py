@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
 
@@ -18,6 +19,40 @@ def scores(y_true, y_pred, n_classes: int) -> dict:
                                                      zero_division=0)],
         "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
+
+
+AGE_BANDS = (0, 13, 20, 30, 45, 60, 200)  # years; [lo, hi) per band
+
+
+def by_age_band(y_true, y_pred, years, bands=AGE_BANDS) -> pd.DataFrame:
+    """Macro-F1 and accuracy per band of real age: where an attribute's errors sit (for
+    gender, mostly in children). Images with unknown age (< 0) are left out."""
+    frame = pd.DataFrame({"true": np.asarray(y_true), "pred": np.asarray(y_pred),
+                          "years": np.asarray(years)})
+    frame = frame[frame["years"] >= 0]
+    frame["band"] = pd.cut(frame["years"], list(bands), right=False,
+                           labels=[f"{lo}-{hi - 1}" if hi < 200 else f"{lo}+"
+                                   for lo, hi in zip(bands, bands[1:])])
+    rows = []
+    for band, group in frame.groupby("band", observed=True):
+        rows.append({"ages": band, "images": len(group),
+                     "macro_f1": float(f1_score(group["true"], group["pred"], average="macro",
+                                                zero_division=0)),
+                     "accuracy": float(accuracy_score(group["true"], group["pred"]))})
+    return pd.DataFrame(rows, columns=["ages", "images", "macro_f1", "accuracy"])
+
+
+def plot_by_age_band(table: pd.DataFrame, path: str | Path, title: str) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    bars = ax.bar(table["ages"].astype(str), table["macro_f1"], color="tab:blue")
+    for bar, n in zip(bars, table["images"]):
+        ax.annotate(f"{n} img", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=8)
+    ax.set(xlabel="real age (years)", ylabel="val macro-F1", ylim=(0, 1.08), title=title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _pyplot():

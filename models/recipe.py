@@ -32,6 +32,8 @@ class Recipe:
     optimizer: str = "adamw"  # any timm.optim name
     lr: float = 1e-3
     weight_decay: float = 0.02
+    layer_decay: float = 0.0  # each block group down from the head gets lr x this (0: one lr);
+    #                           small data keeps more of the pretrained features that way
     scheduler: str = "cosine"  # any timm.scheduler name
     warmup_epochs: float = 0.5
     epochs: int = 5

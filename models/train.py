@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomS
 from tqdm import tqdm
 
 from facet.combine import ATTRIBUTES, TRUE_AGE_RULE, combine_labels
-from facet.metrics import plot_confusion, plot_curves, scores
+from facet.metrics import by_age_band, plot_by_age_band, plot_confusion, plot_curves, scores
 from facet.preprocess import PreprocessSpec, normalize
 
 from .cache import build_cache
@@ -163,7 +163,8 @@ class Trainer:
                 self.weights_origin += " (folded BatchNorm re-calibrated on 256 training images)"
         self.model = model.to(self.device, memory_format=torch.channels_last)
         self.optimizer = create_optimizer_v2(self.model, opt=r.optimizer, lr=r.lr,
-                                             weight_decay=r.weight_decay)
+                                             weight_decay=r.weight_decay,
+                                             layer_decay=r.layer_decay or None)
         self.scheduler, _ = create_scheduler_v2(
             self.optimizer, sched=r.scheduler, num_epochs=r.epochs, min_lr=r.lr * 0.01,
             warmup_lr=r.lr * 0.05, warmup_epochs=r.warmup_epochs, step_on_epochs=False,
@@ -270,7 +271,8 @@ class Trainer:
         self._prepare()
         train_loader, val_loader = self._loaders()
         self._build(len(train_loader))
-        pd.DataFrame({"path": self.frame["path"].iloc[self.val_rows],
+        val = self.frame.iloc[self.val_rows]
+        pd.DataFrame({"path": val["path"], "person": val["person"], "age_years": val["age_years"],
                       "label": self.val_set.labels}).to_csv(self.run_dir / "val.csv", index=False)
         if self.problems:
             (self.run_dir / "problems.txt").write_text("\n".join(self.problems) + "\n")
@@ -300,7 +302,8 @@ class Trainer:
             history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                             "val_macro_f1": m["macro_f1"], "val_accuracy": m["accuracy"],
                             **{f"val_f1_{c}": f for c, f in zip(self.classes, m["per_class_f1"])},
-                            "train_img_per_s": speed, "lr": self.optimizer.param_groups[0]["lr"]})
+                            "train_img_per_s": speed,
+                            "lr": max(g["lr"] for g in self.optimizer.param_groups)})
             pd.DataFrame(history).to_csv(self.run_dir / "metrics.csv", index=False)
             improved = m["macro_f1"] > best
             if improved:
@@ -337,5 +340,12 @@ class Trainer:
         plot_confusion(meta["val_confusion"], self.classes, self.run_dir / "confusion.png",
                        f"{r.attribute}: val confusion, epoch {meta['epoch']} "
                        f"(macro-F1 {meta['val_macro_f1']:.3f})")
+        val = pd.read_csv(self.run_dir / "val.csv")
+        bands = by_age_band(val["label"], np.load(self.run_dir / "val_probs.npy").argmax(1),
+                            val["age_years"])
+        if len(bands):  # needs real ages: the competition layout has them, a manifest may not
+            bands.to_csv(self.run_dir / "val_by_age.csv", index=False)
+            plot_by_age_band(bands, self.run_dir / "val_by_age.png",
+                             f"{r.attribute}: val macro-F1 by age, epoch {meta['epoch']}")
         return RunResult(self.run_dir, int(best_row["epoch"]), float(best_row["val_macro_f1"]),
                          history)

@@ -13,16 +13,21 @@ class ServeConfig:
     models: str = "artifacts"  # folder written by `facet export`
     device: str = "auto"  # auto | cpu | cuda
     mode: str = "auto"  # auto | ensemble | separate
+    variant: str = "fp32"  # fp32 | int8 (if exported with --quantize)
     threads: int = 0  # onnxruntime intra-op threads (0: its default)
     tta: bool = False
     workers: int = 1  # HTTP front-end processes (decode and validate uploads)
     model_workers: int = 1  # model processes (each loads the ONNX models once)
     batching: bool = True  # adaptive batching of concurrent requests
     max_batch_size: int = 32
+    calls_in_flight: int = 0  # batching on: model-service calls a front worker keeps out at
+    #                           once (0: one per model worker); requests arriving meanwhile
+    #                           leave together as the next call
     max_latency_ms: int = 5000  # BentoML rejects requests it expects to finish later than this
     max_upload_bytes: int = 10 * 1024 * 1024
     max_pixels: int = 40_000_000  # decompression-bomb guard
     max_batch_files: int = 64
+    access_log: bool = True  # one log line per request (model-service calls are never logged)
 
     @classmethod
     def load(cls, environ: dict[str, str] | None = None) -> "ServeConfig":

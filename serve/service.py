@@ -1,8 +1,9 @@
 """The HTTP prediction service (BentoML 1.4): ``bentoml serve facet.serve.service:Facet``.
 
 Two services: ``Facet`` takes uploads, checks and decodes them (the same preprocessing code as
-`facet predict`) and answers JSON; ``FacetModel`` holds the ONNX models once per worker and runs
-them with adaptive batching, so concurrent single-image requests are run together.
+`facet predict`), coalesces concurrent requests into shared model-service calls
+(``coalesce.py``) and answers JSON; ``FacetModel`` holds the ONNX models once per worker and
+runs them with BentoML's adaptive batching across front workers.
 
 Routes (under /v1): POST /predict (one image: multipart or raw body), POST /predict/batch
 (multipart, several images), GET /info, GET /openapi.json. BentoML's /healthz, /livez,
@@ -15,6 +16,7 @@ from facet import privacy
 privacy.apply_defaults()  # before bentoml is imported: it reports usage otherwise
 
 import asyncio  # noqa: E402
+import logging  # noqa: E402
 
 import aiohttp  # noqa: E402  (BentoML's own inter-service client)
 import bentoml  # noqa: E402
@@ -27,10 +29,12 @@ from starlette.routing import Route  # noqa: E402
 from facet.combine import ATTRIBUTES, combine_probs  # noqa: E402
 from facet.preprocess import ImageError, ImageTooLarge, PreprocessSpec, load  # noqa: E402
 
+from .coalesce import Coalescer  # noqa: E402
 from .config import ServeConfig  # noqa: E402
 from .openapi import OPENAPI  # noqa: E402
 from .predictor import Prediction, Predictor  # noqa: E402
 
+log = logging.getLogger(__name__)
 CONFIG = ServeConfig.load()
 RAW_TYPES = {"image/jpeg", "image/jpg", "image/png", "image/webp", "application/octet-stream"}
 SIZES = [len(c) for c in ATTRIBUTES.values()]  # 3 + 2 + 3 probability columns
@@ -49,13 +53,20 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 @bentoml.service(name="facet-model", workers=CONFIG.model_workers,
-                 traffic={"timeout": 60, "concurrency": 256})
+                 traffic={"timeout": 60, "concurrency": 256},
+                 # internal calls: the front's access log already has one line per request
+                 logging={"access": {"enabled": False}},
+                 # The front's client to this service closes its session every max_requests
+                 # calls (default 100) with other calls still in flight on it, which dropped
+                 # them under load (ServerDisconnectedError): keep one session for good.
+                 runner_connection={"max_requests": 2**31 - 1, "max_age": 1e9})
 class FacetModel:
     """The three attribute models, loaded once per worker; CUDA when present, else CPU."""
 
     def __init__(self):
         self.predictor = Predictor(CONFIG.models, mode=CONFIG.mode, device=CONFIG.device,
                                    threads=CONFIG.threads or None, tta=CONFIG.tta,
+                                   variant=CONFIG.variant,
                                    max_pixels=CONFIG.max_pixels)
         if len(self.predictor.distinct_specs) != 1:
             raise ValueError("the HTTP service needs the three models to share one input spec")
@@ -132,7 +143,7 @@ async def predict(request: Request) -> JSONResponse:
     name, data = (await _uploads(request, many=False))[0]
     info = await service.model_info()
     image = _decode(name, data, PreprocessSpec.from_dict(info["spec"]))
-    probs = await _infer(service, image[None])
+    probs = await service.infer(image[None])
     return JSONResponse(_answer(probs, info)[0])
 
 
@@ -152,7 +163,7 @@ async def predict_batch(request: Request) -> JSONResponse:
         except HTTPError as exc:
             results.append({"file": name, "error": {"status": exc.status, "message": exc.message}})
     if images:
-        probs = await _infer(service, np.stack(images))
+        probs = await service.infer(np.stack(images))
         for i, answer in zip(good, _answer(probs, info)):
             results[i] = {"file": files[i][0], **answer}
     return JSONResponse({"results": results, "answered": len(good), "failed": len(files) - len(good)},
@@ -160,13 +171,15 @@ async def predict_batch(request: Request) -> JSONResponse:
 
 
 async def _infer(service, images: np.ndarray) -> np.ndarray:
-    """Run the model service. Under sustained load BentoML's internal client sometimes loses a
-    call (aiohttp ServerDisconnectedError, or no answer at all); inference is idempotent, so a
-    lost call is sent again, and only repeated failure becomes a 503."""
+    """Run the model service. A call can still be lost (a model worker restarting, a dropped
+    connection) even with the session recycling off; inference is idempotent, so a lost call
+    is sent again, and only repeated failure becomes a 503."""
     for attempt in range(INFER_ATTEMPTS):
         try:
             return await asyncio.wait_for(service.model.to_async.infer(images), INFER_TIMEOUT_S)
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, asyncio.TimeoutError):
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, asyncio.TimeoutError) as exc:
+            log.warning("model service call failed (%s), attempt %d of %d",
+                        type(exc).__name__, attempt + 1, INFER_ATTEMPTS)
             if attempt == INFER_ATTEMPTS - 1:
                 raise HTTPError(503, "the model service is unavailable; retry later") from None
     raise AssertionError("unreachable")
@@ -208,7 +221,8 @@ api = Starlette(routes=[
 ])
 
 
-@bentoml.service(name="facet", workers=CONFIG.workers, traffic={"timeout": 60, "concurrency": 256})
+@bentoml.service(name="facet", workers=CONFIG.workers, traffic={"timeout": 60, "concurrency": 256},
+                  logging={"access": {"enabled": CONFIG.access_log}})
 @bentoml.asgi_app(api, path="/v1")
 class Facet:
     """The public face of the service: uploads in, JSON out."""
@@ -217,6 +231,14 @@ class Facet:
 
     def __init__(self):
         self._info: dict | None = None
+        self._coalescer = Coalescer(lambda images: _infer(self, images), CONFIG.max_batch_size,
+                                    CONFIG.calls_in_flight or CONFIG.model_workers)
+
+    async def infer(self, images: np.ndarray) -> np.ndarray:
+        """(N, 8) probabilities; with batching on, concurrent calls share one model-service call."""
+        if CONFIG.batching:
+            return await self._coalescer(images)
+        return await _infer(self, images)
 
     async def model_info(self) -> dict:
         if self._info is None:  # asked once per worker, when the model service is up

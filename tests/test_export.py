@@ -74,3 +74,19 @@ def test_int8_variant_is_measured(exported):
         assert (exported / manifest["models"]["int8"][attribute]).exists()
         assert result["images"] > 0 and 0 <= result["agreement"] <= 1
         assert result["delta"] == pytest.approx(result["int8_macro_f1"] - result["fp32_macro_f1"])
+
+
+def test_int8_is_calibrated_and_tracks_fp32(exported, dataset):
+    """Static QDQ int8 (activation ranges from real images): dynamic int8 collapsed CNNs."""
+    from facet.serve.batch import read_inputs
+    from facet.serve.predictor import Predictor
+
+    manifest = json.loads((exported / "facet.json").read_text())
+    for name in manifest["models"]["int8"].values():
+        ops = {n.op_type for n in onnx.load(str(exported / name)).graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "DynamicQuantizeLinear" not in ops
+    fp32, int8 = Predictor(exported, mode="separate"), Predictor(exported, variant="int8")
+    batch = fp32.stack([fp32.load(p) for p in read_inputs(dataset / "eval").paths[:32]])
+    a, b = fp32.predict(batch), int8.predict(batch)
+    for attribute in a.attributes:
+        assert np.abs(a.attributes[attribute] - b.attributes[attribute]).mean() < 0.05

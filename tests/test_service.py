@@ -30,9 +30,10 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(exported, tmp_path_factory):
+def server_and_log(exported, tmp_path_factory):
     port = _free_port()
-    log = open(tmp_path_factory.mktemp("server") / "server.log", "w+")
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    log = open(log_path, "w+")
     env = {**os.environ, "FACET_MAX_PIXELS": str(MAX_PIXELS),
            "FACET_MAX_UPLOAD_BYTES": str(MAX_UPLOAD), "FACET_MAX_LATENCY_MS": "200"}
     proc = subprocess.Popen([sys.executable, "-m", "facet.cli", "serve", "--models", str(exported),
@@ -50,9 +51,14 @@ def server(exported, tmp_path_factory):
             log.seek(0)
             pytest.fail(f"server did not start:\n{log.read()[-3000:]}")
         time.sleep(0.5)
-    yield url
+    yield url, log_path
     os.killpg(proc.pid, 15)
     proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def server(server_and_log):
+    return server_and_log[0]
 
 
 def _png(image: Image.Image) -> bytes:
@@ -160,6 +166,28 @@ def test_concurrent_requests_are_batched(server, dataset):
     after = httpx.get(f"{server}/v1/info").json()["served"]
     images, batches = after["images"] - before["images"], after["batches"] - before["batches"]
     assert images == 48 and batches < 48  # several requests shared a model run
+
+
+def test_sustained_concurrent_load_loses_no_model_call(server_and_log, dataset):
+    """BentoML's client recycles its session every 100 calls by default, closing it with calls
+    in flight: those calls were lost. Hundreds of model calls under concurrency must all land
+    on the first try (no retry logged)."""
+    server, log_path = server_and_log
+    before = httpx.get(f"{server}/v1/info").json()["served"]["batches"]
+    paths = read_inputs(dataset / "eval").paths
+    data = [p.read_bytes() for p in paths[:20]]
+
+    def call(i):
+        with httpx.Client(timeout=60) as http:
+            return [http.post(f"{server}/v1/predict", content=data[(i + k) % len(data)],
+                              headers={"content-type": "image/jpeg"}).status_code
+                    for k in range(80)]
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = [c for chunk in pool.map(call, range(8)) for c in chunk]
+    assert codes == [200] * 640
+    assert httpx.get(f"{server}/v1/info").json()["served"]["batches"] - before > 100
+    assert "model service call failed" not in log_path.read_text()
 
 
 def test_info_and_bentoml_endpoints(server):

@@ -31,6 +31,29 @@ def test_run_folder_has_everything(runs):
     assert len(meta["val_confusion"]) == 3
 
 
+def test_val_scores_by_age_band_cover_the_val_set(runs):
+    run = runs["gender"]
+    val = pd.read_csv(run / "val.csv")
+    bands = pd.read_csv(run / "val_by_age.csv")
+    assert (run / "val_by_age.png").is_file()
+    assert bands["images"].sum() == len(val)  # every val image has a real age in one band
+    pred = np.load(run / "val_probs.npy").argmax(1)
+    band = bands.iloc[0]
+    lo, _, hi = band["ages"].partition("-")
+    rows = val["age_years"].between(int(lo), int(hi) if hi else 999)
+    assert band["images"] == rows.sum()
+    assert band["accuracy"] == pytest.approx((pred[rows] == val["label"][rows]).mean())
+
+
+def test_by_age_band_skips_unknown_ages():
+    from facet.metrics import by_age_band
+
+    table = by_age_band([0, 1, 1, 0], [0, 1, 0, 0], [5, 70, 40, -1])
+    assert table["ages"].tolist() == ["0-12", "30-44", "60+"]
+    assert table["images"].tolist() == [1, 1, 1]
+    assert table["accuracy"].tolist() == [1.0, 0.0, 1.0]
+
+
 def test_checkpoints_load_safely(runs):
     run = runs["gender"]
     state = load_file(str(run / "best.safetensors"))
@@ -54,6 +77,22 @@ def test_validation_is_person_level_and_unaugmented(dataset, tmp_path):
     assert train_persons and val_persons and not train_persons & val_persons
     a, b = trainer.val_set[0][0], trainer.val_set[0][0]
     assert torch.equal(a, b)  # deterministic preprocessing only
+
+
+def test_layer_decay_gives_lower_layers_smaller_steps(dataset, tmp_path):
+    recipe, augment = load_recipe("gender")
+    recipe = recipe.override(["backbone=test_efficientnet", "pretrained=none", "image_size=32",
+                              "layer_decay=0.5", "warmup_epochs=0"])
+    trainer = Trainer(recipe, augment, read_competition(dataset / "train"), tmp_path / "run",
+                      tmp_path / "cache", device="cpu", workers=0)
+    trainer._prepare()
+    trainer._build(steps_per_epoch=10)
+    lrs = [g["lr"] for g in trainer.optimizer.param_groups]
+    assert max(lrs) == pytest.approx(recipe.lr)  # the head keeps the recipe's lr
+    assert min(lrs) <= recipe.lr * 0.5 ** 2  # the stem, several groups down, far less
+    stem = trainer.model.conv_stem.weight
+    assert next(g["lr"] for g in trainer.optimizer.param_groups
+                if any(p is stem for p in g["params"])) == min(lrs)
 
 
 def test_age_drop_removes_boundary_ages_from_training_only(dataset, tmp_path):
