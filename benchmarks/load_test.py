@@ -91,8 +91,8 @@ async def load(url: str, images: list[bytes], clients: int, seconds: float, max_
 
 def model_curve(models: Path, sizes=(1, 2, 4, 8, 16, 32), rounds: int = 15) -> dict[int, float]:
     """Median ms per image of the served models alone, in this process, by batch size (32
-    images per size per round, sizes interleaved): the most any batching can gain here is the
-    batch-1 cost over the best batched cost."""
+    images per size per round, sizes interleaved): what batching gains inside the model, apart
+    from what it saves in per-call work around it."""
     from facet.serve.predictor import Predictor
 
     predictor = Predictor(models)

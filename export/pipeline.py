@@ -21,7 +21,7 @@ from facet.preprocess import ImageError, PreprocessSpec, load, normalize
 from facet.serve.predictor import ENSEMBLE, MANIFEST, Predictor
 
 from .ensemble import build_ensemble
-from .onnx_export import export_attribute
+from .onnx_export import export_attribute, read_info
 
 log = logging.getLogger(__name__)
 INT8_TOLERANCE = 0.01  # macro-F1 an int8 model may lose before export warns against it
@@ -103,6 +103,18 @@ def time_modes(model_dir: Path, batch: int = 64, repeats: int = 7) -> dict[str, 
     return {m: statistics.median(v) for m, v in times.items()}
 
 
+def _readable(paths: list[str], spec: PreprocessSpec) -> tuple[list[np.ndarray], list[int]]:
+    """The images that decode, and their positions in ``paths`` (unreadable ones are skipped)."""
+    images, kept = [], []
+    for i, path in enumerate(paths):
+        try:
+            images.append(load(path, spec))
+            kept.append(i)
+        except ImageError:
+            continue
+    return images, kept
+
+
 def _calibration_images(run: Path, check: pd.DataFrame, count: int = CALIBRATION_IMAGES) -> list[str]:
     """Val images outside the accuracy check where the run has enough of them."""
     frame = val_images(run, 0)
@@ -117,21 +129,12 @@ def _quantize(path: Path, calibration: list[str], batch: int = 32) -> Path:
     run time, collapsed these CNNs (mask macro-F1 1.00 -> 0.09)."""
     import tempfile
 
-    import onnxruntime as ort
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
-    from facet.serve.metadata import parse
 
-    meta = parse(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-                 .get_modelmeta().custom_metadata_map)
-    spec = PreprocessSpec.from_dict(meta["preprocess"])
-    images = []
-    for p in calibration:
-        try:
-            images.append(load(p, spec))
-        except ImageError:
-            continue
+    spec = PreprocessSpec.from_dict(read_info(path)["preprocess"])
+    images, _ = _readable(calibration, spec)
     if not images:
         raise ValueError(f"no readable calibration image for {path.name}")
     x = normalize(np.stack(images), spec)
@@ -155,22 +158,17 @@ def _quantize(path: Path, calibration: list[str], batch: int = 32) -> Path:
 
 def _compare(fp32: Path, int8: Path, frame: pd.DataFrame, batch: int = 128) -> dict:
     import onnxruntime as ort
-    from facet.serve.metadata import parse
     sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (fp32, int8)]
-    meta = parse(sessions[0].get_modelmeta().custom_metadata_map)
+    meta = read_info(fp32)
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     preds: list[list[np.ndarray]] = [[], []]
     labels = []
     rows = frame.to_dict("records")
     for start in tqdm(range(0, len(rows), batch), desc=f"int8 check {meta['attribute']}",
                       leave=False):
-        chunk, images = rows[start:start + batch], []
-        for r in chunk:
-            try:
-                images.append(load(r["path"], spec))
-                labels.append(r["label"])
-            except ImageError:
-                continue
+        chunk = rows[start:start + batch]
+        images, kept = _readable([r["path"] for r in chunk], spec)
+        labels += [chunk[i]["label"] for i in kept]
         x = normalize(np.stack(images), spec)
         for k, s in enumerate(sessions):
             preds[k].append(s.run(None, {"image": x})[0].argmax(1))

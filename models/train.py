@@ -340,9 +340,8 @@ class Trainer:
         plot_confusion(meta["val_confusion"], self.classes, self.run_dir / "confusion.png",
                        f"{r.attribute}: val confusion, epoch {meta['epoch']} "
                        f"(macro-F1 {meta['val_macro_f1']:.3f})")
-        val = pd.read_csv(self.run_dir / "val.csv")
-        bands = by_age_band(val["label"], np.load(self.run_dir / "val_probs.npy").argmax(1),
-                            val["age_years"])
+        bands = by_age_band(self.val_set.labels, np.load(self.run_dir / "val_probs.npy").argmax(1),
+                            self.frame["age_years"].iloc[self.val_rows])
         if len(bands):  # needs real ages: the competition layout has them, a manifest may not
             bands.to_csv(self.run_dir / "val_by_age.csv", index=False)
             plot_by_age_band(bands, self.run_dir / "val_by_age.png",

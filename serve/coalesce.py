@@ -9,6 +9,7 @@ idle server adds no latency and a busy one sends fewer, larger calls.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from typing import Awaitable, Callable
 
 import numpy as np
@@ -18,7 +19,7 @@ class Coalescer:
     def __init__(self, call: Callable[[np.ndarray], Awaitable[np.ndarray]], max_batch: int,
                  max_in_flight: int = 1):
         self.call, self.max_batch, self.max_in_flight = call, max_batch, max_in_flight
-        self.waiting: list[tuple[np.ndarray, asyncio.Future]] = []
+        self.waiting: deque[tuple[np.ndarray, asyncio.Future]] = deque()
         self.in_flight = 0
         self.calls = 0
 
@@ -33,7 +34,7 @@ class Coalescer:
         while self.waiting and self.in_flight < self.max_in_flight:
             batch, size = [], 0
             while self.waiting and (not batch or size + len(self.waiting[0][0]) <= self.max_batch):
-                batch.append(self.waiting.pop(0))
+                batch.append(self.waiting.popleft())
                 size += len(batch[-1][0])
             self.in_flight += 1
             self.calls += 1
