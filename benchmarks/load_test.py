@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import importlib.util
 import json
 import os
 import socket
@@ -23,6 +25,9 @@ from pathlib import Path
 import aiohttp
 import httpx
 import numpy as np
+import psutil
+
+from facet.serve.config import ServeConfig
 
 
 def free_port() -> int:
@@ -95,7 +100,8 @@ def model_curve(models: Path, sizes=(1, 2, 4, 8, 16, 32), rounds: int = 15) -> d
     from what it saves in per-call work around it."""
     from facet.serve.predictor import Predictor
 
-    predictor = Predictor(models)
+    settings = ServeConfig.load()  # the threads and spinning the server will use
+    predictor = Predictor(models, threads=settings.threads or None, spinning=settings.spinning)
     spec = predictor.distinct_specs[0]
     images = np.random.default_rng(0).integers(0, 256, (32, spec.height, spec.width, 3),
                                                 dtype=np.uint8)
@@ -127,7 +133,8 @@ def plot(results: dict, path: Path) -> None:
     bars = right.bar(["batching on", "batching off"], [results[r]["throughput_rps"] for r in runs],
                      color=["tab:green", "tab:gray"])
     for bar, r in zip(bars, runs):
-        right.annotate(f"p50 {results[r]['p50_ms']:.0f} ms\np99 {results[r]['p99_ms']:.0f} ms",
+        right.annotate(f"p50 {results[r]['p50_ms']:.0f} ms\np99 {results[r]['p99_ms']:.0f} ms\n"
+                       f"{results[r]['server_cpu_ms_per_request']:.1f} CPU-ms / request",
                        (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                        ha="center", va="bottom", fontsize=9)
     right.set(ylabel="requests / s",
@@ -139,13 +146,24 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the server: the CLI process and every worker under it."""
+    root = psutil.Process(pid)
+    return sum(sum(p.cpu_times()[:2]) for p in [root, *root.children(recursive=True)])
+
+
 def run_once(args, images: list[bytes], batching: bool) -> dict:
     log = tempfile.TemporaryFile("w+")
     proc, url = start_server(args.models, batching, log)
     try:
         before = httpx.get(f"{url}/v1/info", timeout=30).json()["served"]
+        cpu = cpu_seconds(proc.pid)
         result = asyncio.run(load(url, images, args.clients, args.seconds, args.max_requests))
+        cpu = cpu_seconds(proc.pid) - cpu
         served = httpx.get(f"{url}/v1/info", timeout=30).json()["served"]
+        # CPU per answer is steadier than throughput on a noisy machine
+        result["server_cpu_cores"] = round(cpu / result["seconds"], 2)
+        result["server_cpu_ms_per_request"] = round(cpu * 1000 / max(1, result["requests_ok"]), 2)
         result["mean_batch_size"] = round((served["images"] - before["images"])
                                           / max(1, served["batches"] - before["batches"]), 2)
     finally:
@@ -180,12 +198,17 @@ def main() -> None:
     results = {key: sorted(v, key=lambda x: x["throughput_rps"])[(len(v) - 1) // 2]
                for key, v in runs.items()}  # the median run of each
     results["throughput_ratio_on_vs_off"] = round(statistics.median(ratios), 2)
+    results["ratio_of_median_throughputs"] = round(results["batching_on"]["throughput_rps"]
+                                                   / results["batching_off"]["throughput_rps"], 2)
     results["round_ratios"] = [round(x, 2) for x in ratios]
     results["rounds"] = runs
     results["model_ms_per_image"] = curve
     results["model_only_ratio"] = round(curve[1] / min(curve.values()), 2)
+    settings = dataclasses.asdict(ServeConfig.load())  # the server inherits this environment
+    settings.pop("models"), settings.pop("batching")
     results["setup"] = {"clients": args.clients, "seconds": args.seconds, "rounds": args.rounds,
-                        "cpus": os.cpu_count()}
+                        "cpus": os.cpu_count(), "server": settings,
+                        "uvloop": importlib.util.find_spec("uvloop") is not None}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     plot(results, args.out.with_suffix(".png"))

@@ -39,11 +39,13 @@ def providers(device: str = "auto") -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def _session(path: Path, device: str, threads: int | None) -> ort.InferenceSession:
+def _session(path: Path, device: str, threads: int | None, spinning: bool) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         opts.intra_op_num_threads = threads
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), opts, providers=providers(device))
 
 
@@ -80,11 +82,14 @@ class Predictor:
 
     mode: ``ensemble`` runs the merged graph (one session), ``separate`` runs one session per
     attribute, ``auto`` takes what `facet export` measured to be faster on the export machine.
+    spinning: onnxruntime's worker threads busy-wait between runs (its default). Fastest when
+    the models have the cores to themselves; where other processes share them (the HTTP
+    service's front end), the spinning takes cores they need.
     """
 
     def __init__(self, model_dir: str | Path, mode: str = "auto", device: str = "auto",
                  threads: int | None = None, tta: bool = False, variant: str = "fp32",
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, spinning: bool = True):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         self.model_dir = Path(model_dir)
@@ -104,11 +109,11 @@ class Predictor:
         self.mode, self.variant, self.tta, self.max_pixels = mode, variant, tta, max_pixels
         if mode == "ensemble":  # one session; the members' metadata rides in its own
             path = self.model_dir / ENSEMBLE
-            self.sessions = {"ensemble": _session(path, device, threads)}
+            self.sessions = {"ensemble": _session(path, device, threads, spinning)}
             self.info = parse(self.sessions["ensemble"].get_modelmeta().custom_metadata_map,
                               str(path))["members"]
         else:
-            self.sessions = {a: _session(self.model_dir / files[a], device, threads)
+            self.sessions = {a: _session(self.model_dir / files[a], device, threads, spinning)
                              for a in ATTRIBUTES}
             self.info = {a: parse(s.get_modelmeta().custom_metadata_map, files[a])
                          for a, s in self.sessions.items()}

@@ -67,7 +67,7 @@ class FacetModel:
         self.predictor = Predictor(CONFIG.models, mode=CONFIG.mode, device=CONFIG.device,
                                    threads=CONFIG.threads or None, tta=CONFIG.tta,
                                    variant=CONFIG.variant,
-                                   max_pixels=CONFIG.max_pixels)
+                                   max_pixels=CONFIG.max_pixels, spinning=CONFIG.spinning)
         if len(self.predictor.distinct_specs) != 1:
             raise ValueError("the HTTP service needs the three models to share one input spec")
         self.batches = self.images = 0

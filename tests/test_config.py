@@ -12,6 +12,7 @@ def test_defaults_then_file_then_environment(tmp_path):
     cfg = ServeConfig.load({"FACET_CONFIG": str(toml), "FACET_MAX_BATCH_SIZE": "16"})
     assert cfg.models == "from_file" and cfg.max_batch_size == 16 and cfg.batching is False
     assert cfg.max_pixels == ServeConfig().max_pixels
+    assert cfg.spinning is False and ServeConfig.load({"FACET_SPINNING": "on"}).spinning is True
     assert ServeConfig.load(cfg.environ()) == cfg  # round trip through the environment
 
 

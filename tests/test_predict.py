@@ -63,6 +63,17 @@ def test_modes_and_batch_sizes_agree(exported, dataset):
         np.testing.assert_allclose(other.probs, results[0].probs, atol=1e-5)
 
 
+def test_spinning_off_reaches_onnxruntime_and_changes_no_answer(exported, dataset):
+    paths = read_inputs(dataset / "eval").paths[:10]
+    quiet = Predictor(exported, mode="separate", spinning=False)
+    for session in quiet.sessions.values():
+        options = session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    spinning = predict_paths(Predictor(exported, mode="separate"), paths, progress=False)
+    np.testing.assert_allclose(predict_paths(quiet, paths, progress=False).probs, spinning.probs,
+                               atol=1e-6)
+
+
 def test_tta_and_int8_run(exported, dataset):
     paths = read_inputs(dataset / "eval").paths[:10]
     plain = predict_paths(Predictor(exported), paths, progress=False)
