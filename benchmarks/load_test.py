@@ -94,13 +94,13 @@ async def load(url: str, images: list[bytes], clients: int, seconds: float, max_
             "p99_ms": round(ms[min(len(ms) - 1, int(0.99 * len(ms)))], 1) if ms else None}
 
 
-def model_curve(models: Path, sizes=(1, 2, 4, 8, 16, 32), rounds: int = 15) -> dict[int, float]:
-    """Median ms per image of the served models alone, in this process, by batch size (32
-    images per size per round, sizes interleaved): what batching gains inside the model, apart
-    from what it saves in per-call work around it."""
+def model_curve(models: Path, settings: ServeConfig, sizes=(1, 2, 4, 8, 16, 32),
+                rounds: int = 15) -> dict[int, float]:
+    """Median ms per image of the served models alone (the server's threads and spinning), in
+    this process, by batch size (32 images per size per round, sizes interleaved): what
+    batching gains inside the model, apart from what it saves in per-call work around it."""
     from facet.serve.predictor import Predictor
 
-    settings = ServeConfig.load()  # the threads and spinning the server will use
     predictor = Predictor(models, threads=settings.threads or None, spinning=settings.spinning)
     spec = predictor.distinct_specs[0]
     images = np.random.default_rng(0).integers(0, 256, (32, spec.height, spec.width, 3),
@@ -185,7 +185,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/load.json"))
     args = p.parse_args()
     images = [f.read_bytes() for f in sorted(args.images.glob("*.jpg"))[:500]]
-    curve = model_curve(args.models)
+    settings = ServeConfig.load()  # the server inherits this environment
+    curve = model_curve(args.models, settings)
     print("model ms per image by batch size:", curve, flush=True)
     runs: dict[str, list[dict]] = {"batching_on": [], "batching_off": []}
     for r in range(args.rounds):  # on and off alternate, so drift in the machine hits both
@@ -204,10 +205,10 @@ def main() -> None:
     results["rounds"] = runs
     results["model_ms_per_image"] = curve
     results["model_only_ratio"] = round(curve[1] / min(curve.values()), 2)
-    settings = dataclasses.asdict(ServeConfig.load())  # the server inherits this environment
-    settings.pop("models"), settings.pop("batching")
+    server = dataclasses.asdict(settings)
+    server.pop("models"), server.pop("batching")  # set per run by the command line
     results["setup"] = {"clients": args.clients, "seconds": args.seconds, "rounds": args.rounds,
-                        "cpus": os.cpu_count(), "server": settings,
+                        "cpus": os.cpu_count(), "server": server,
                         "uvloop": importlib.util.find_spec("uvloop") is not None}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))

@@ -22,6 +22,7 @@ class Coalescer:
         self.waiting: deque[tuple[np.ndarray, asyncio.Future]] = deque()
         self.in_flight = 0
         self.calls = 0
+        self._sending: set[asyncio.Task] = set()  # the loop holds tasks weakly: keep them alive
 
     async def __call__(self, images: np.ndarray) -> np.ndarray:
         """``images``: (n, H, W, 3); returns the model service's (n, k) rows for them."""
@@ -38,7 +39,9 @@ class Coalescer:
                 size += len(batch[-1][0])
             self.in_flight += 1
             self.calls += 1
-            asyncio.get_running_loop().create_task(self._send(batch))
+            task = asyncio.get_running_loop().create_task(self._send(batch))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
 
     async def _send(self, batch: list[tuple[np.ndarray, asyncio.Future]]) -> None:
         try:
