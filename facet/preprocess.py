@@ -143,11 +143,15 @@ def _resize_to(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def normalize(images: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """uint8 (N)HWC RGB -> float32 (N)CHW, (x / 255 - mean) / std."""
-    scale = (1.0 / (255.0 * np.asarray(spec.std, np.float32))).astype(np.float32)
-    bias = (-np.asarray(spec.mean, np.float32) / np.asarray(spec.std, np.float32)).astype(np.float32)
-    out = images.astype(np.float32) * scale + bias
-    axes = (0, 3, 1, 2) if out.ndim == 4 else (2, 0, 1)
-    return np.ascontiguousarray(out.transpose(axes))
+    std, mean = np.asarray(spec.std, np.float32), np.asarray(spec.mean, np.float32)
+    scale = (1.0 / (255.0 * std)).astype(np.float32).reshape(3, 1, 1)
+    bias = (-mean / std).astype(np.float32).reshape(3, 1, 1)
+    # Transpose the uint8 pixels, then convert: transposing the 4x larger float array instead
+    # was 5-6x slower (benchmarks/preprocess_bench.py), for the same values.
+    chw = np.ascontiguousarray(images.transpose((0, 3, 1, 2) if images.ndim == 4 else (2, 0, 1)))
+    out = np.multiply(chw, scale, dtype=np.float32)
+    out += bias
+    return out
 
 
 def load(source: bytes | str | Path, spec: PreprocessSpec,

@@ -109,3 +109,17 @@ def test_spec_round_trip_and_validation():
     assert PreprocessSpec.from_dict(spec.to_dict()) == spec
     with pytest.raises(ValueError):
         PreprocessSpec(resize_mode="crop")
+
+
+def test_normalize_matches_the_plain_formula_bit_for_bit():
+    # Models trained before normalize() was made faster must see exactly the same inputs.
+    spec = PreprocessSpec(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    images = np.random.default_rng(0).integers(0, 256, (5, 17, 23, 3), dtype=np.uint8)
+    scale = (1.0 / (255.0 * np.asarray(spec.std, np.float32))).astype(np.float32)
+    bias = (-np.asarray(spec.mean, np.float32) / np.asarray(spec.std, np.float32)).astype(np.float32)
+    expected = (images.astype(np.float32) * scale + bias).transpose(0, 3, 1, 2)
+    out = normalize(images, spec)
+    assert out.flags.c_contiguous and out.dtype == np.float32
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_allclose(out, (images / 255.0 - spec.mean).transpose(0, 3, 1, 2)
+                               / np.asarray(spec.std)[:, None, None], atol=1e-5)
