@@ -36,11 +36,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(models: Path, batching: bool, log) -> tuple[subprocess.Popen, str]:
+def start_server(models: Path, batching: bool, log, env: dict[str, str] | None = None
+                 ) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "facet.cli", "serve", "--models", str(models),
                              "--port", str(port), "--batching" if batching else "--no-batching"],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -129,9 +131,9 @@ def plot(results: dict, path: Path) -> None:
              title=f"models alone: batch 1 / best = {results['model_only_ratio']:.2f}x")
     left.set_xticks([int(k) for k in curve], [str(k) for k in curve])
     left.set_ylim(bottom=0)
-    runs = ["batching_on", "batching_off"]
-    bars = right.bar(["batching on", "batching off"], [results[r]["throughput_rps"] for r in runs],
-                     color=["tab:green", "tab:gray"])
+    runs = ["batching_on", "batching_off", *results["also"]]
+    bars = right.bar([r.replace("_", " ") for r in runs], [results[r]["throughput_rps"] for r in runs],
+                     color=["tab:green", "tab:gray", *["tab:olive"] * len(results["also"])])
     for bar, r in zip(bars, runs):
         right.annotate(f"p50 {results[r]['p50_ms']:.0f} ms\np99 {results[r]['p99_ms']:.0f} ms\n"
                        f"{results[r]['server_cpu_ms_per_request']:.1f} CPU-ms / request",
@@ -152,9 +154,9 @@ def cpu_seconds(pid: int) -> float:
     return sum(sum(p.cpu_times()[:2]) for p in [root, *root.children(recursive=True)])
 
 
-def run_once(args, images: list[bytes], batching: bool) -> dict:
+def run_once(args, images: list[bytes], batching: bool, env: dict[str, str]) -> dict:
     log = tempfile.TemporaryFile("w+")
-    proc, url = start_server(args.models, batching, log)
+    proc, url = start_server(args.models, batching, log, env)
     try:
         before = httpx.get(f"{url}/v1/info", timeout=30).json()["served"]
         cpu = cpu_seconds(proc.pid)
@@ -166,6 +168,8 @@ def run_once(args, images: list[bytes], batching: bool) -> dict:
         result["server_cpu_ms_per_request"] = round(cpu * 1000 / max(1, result["requests_ok"]), 2)
         result["mean_batch_size"] = round((served["images"] - before["images"])
                                           / max(1, served["batches"] - before["batches"]), 2)
+        # share of the run the model worker spent running the models (the rest: waiting)
+        result["model_busy"] = round((served["busy_s"] - before["busy_s"]) / result["seconds"], 2)
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(30)
@@ -182,32 +186,45 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=60)
     p.add_argument("--max-requests", type=int, default=50_000)
     p.add_argument("--rounds", type=int, default=1, help="on/off pairs; medians are reported")
+    p.add_argument("--also", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+                   help="a further batching-on server with these FACET_* settings, run in turn "
+                        "with on and off in every round, e.g. old:FACET_CALLS_IN_FLIGHT=1")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/load.json"))
     args = p.parse_args()
+    # (name, batching, extra environment) of each server, in the order they take turns
+    variants = [("batching_on", True, {}), ("batching_off", False, {})]
+    for spec in args.also:
+        name, _, assignments = spec.partition(":")
+        variants.append((name, True, dict(a.split("=", 1) for a in assignments.split(","))))
     images = [f.read_bytes() for f in sorted(args.images.glob("*.jpg"))[:500]]
     settings = ServeConfig.load()  # the server inherits this environment
     curve = model_curve(args.models, settings)
     print("model ms per image by batch size:", curve, flush=True)
-    runs: dict[str, list[dict]] = {"batching_on": [], "batching_off": []}
-    for r in range(args.rounds):  # on and off alternate, so drift in the machine hits both
-        for batching in (True, False):
-            key = "batching_on" if batching else "batching_off"
-            runs[key].append(run_once(args, images, batching))
-            print(f"round {r + 1} {key}", json.dumps(runs[key][-1]), flush=True)
-    ratios = [on["throughput_rps"] / off["throughput_rps"]
-              for on, off in zip(runs["batching_on"], runs["batching_off"])]
+    runs: dict[str, list[dict]] = {name: [] for name, _, _ in variants}
+    for r in range(args.rounds):  # the servers take turns, so drift in the machine hits all
+        for name, batching, env in variants:
+            runs[name].append(run_once(args, images, batching, env))
+            print(f"round {r + 1} {name}", json.dumps(runs[name][-1]), flush=True)
+    ratios = {name: [x["throughput_rps"] / off["throughput_rps"]
+                     for x, off in zip(runs[name], runs["batching_off"])]
+              for name, batching, _ in variants if batching}
     results = {key: sorted(v, key=lambda x: x["throughput_rps"])[(len(v) - 1) // 2]
                for key, v in runs.items()}  # the median run of each
-    results["throughput_ratio_on_vs_off"] = round(statistics.median(ratios), 2)
+    results["throughput_ratio_on_vs_off"] = round(statistics.median(ratios["batching_on"]), 2)
     results["ratio_of_median_throughputs"] = round(results["batching_on"]["throughput_rps"]
                                                    / results["batching_off"]["throughput_rps"], 2)
-    results["round_ratios"] = [round(x, 2) for x in ratios]
+    results["round_ratios"] = [round(x, 2) for x in ratios["batching_on"]]
+    results["also"] = {name: {"settings": env,
+                              "throughput_ratio_vs_off": round(statistics.median(ratios[name]), 2),
+                              "round_ratios": [round(x, 2) for x in ratios[name]]}
+                       for name, _, env in variants[2:]}
     results["rounds"] = runs
     results["model_ms_per_image"] = curve
     results["model_only_ratio"] = round(curve[1] / min(curve.values()), 2)
     server = dataclasses.asdict(settings)
     server.pop("models"), server.pop("batching")  # set per run by the command line
-    results["setup"] = {"clients": args.clients, "seconds": args.seconds, "rounds": args.rounds,
+    results["setup"] = {"models": str(args.models), "clients": args.clients,
+                        "seconds": args.seconds, "rounds": args.rounds,
                         "cpus": os.cpu_count(), "server": server,
                         "uvloop": importlib.util.find_spec("uvloop") is not None}
     args.out.parent.mkdir(parents=True, exist_ok=True)

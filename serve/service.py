@@ -17,6 +17,7 @@ privacy.apply_defaults()  # before bentoml is imported: it reports usage otherwi
 
 import asyncio  # noqa: E402
 import logging  # noqa: E402
+import time  # noqa: E402
 
 import aiohttp  # noqa: E402  (BentoML's own inter-service client)
 import bentoml  # noqa: E402
@@ -71,13 +72,16 @@ class FacetModel:
         if len(self.predictor.distinct_specs) != 1:
             raise ValueError("the HTTP service needs the three models to share one input spec")
         self.batches = self.images = 0
+        self.busy_s = 0.0  # time spent running the models: busy_s / wall time is utilisation
 
     @bentoml.api(batchable=CONFIG.batching, batch_dim=0, max_batch_size=CONFIG.max_batch_size,
                  max_latency_ms=CONFIG.max_latency_ms)
     def infer(self, images: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W, 3) resized images -> (N, 8) probabilities: mask | gender | age."""
         spec = self.predictor.distinct_specs[0]
+        start = time.perf_counter()
         out = self.predictor.predict({spec: images})
+        self.busy_s += time.perf_counter() - start
         self.batches, self.images = self.batches + 1, self.images + len(images)
         return np.concatenate([out.attributes[a] for a in ATTRIBUTES], axis=1)
 
@@ -85,7 +89,8 @@ class FacetModel:
     def info(self) -> dict:
         return {**self.predictor.model_info(), "versions": self.predictor.versions(),
                 "spec": self.predictor.distinct_specs[0].to_dict(),
-                "served": {"batches": self.batches, "images": self.images}}
+                "served": {"batches": self.batches, "images": self.images,
+                           "busy_s": round(self.busy_s, 3)}}
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

@@ -166,6 +166,7 @@ def test_concurrent_requests_are_batched(server, dataset):
     after = httpx.get(f"{server}/v1/info").json()["served"]
     images, batches = after["images"] - before["images"], after["batches"] - before["batches"]
     assert images == 48 and batches < 48  # several requests shared a model run
+    assert after["busy_s"] > before["busy_s"]  # the model worker counts its running time
 
 
 def test_sustained_concurrent_load_loses_no_model_call(server_and_log, dataset):
