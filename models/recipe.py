@@ -55,6 +55,8 @@ class Recipe:
     age_thresholds: tuple[int, int] = (30, 60)
     age_drop: tuple[int, int] | None = None  # boundary ages left out of training only
     # split
+    train_fraction: float = 1.0  # train on this share of the training persons (seeded), for
+    #                              learning curves: does more data help? Val stays the same
     folds: int = 5
     fold: int = 0
     stratify: str = "attribute"  # attribute | class18
@@ -63,6 +65,8 @@ class Recipe:
     def __post_init__(self):
         if self.attribute not in ATTRIBUTES:
             raise ValueError(f"attribute must be one of {list(ATTRIBUTES)}")
+        if not 0 < self.train_fraction <= 1:
+            raise ValueError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
         if not 0 <= self.fold < self.folds:
             raise ValueError(f"fold {self.fold} is outside 0..{self.folds - 1}")
         self.preprocess  # validates size and resize mode

@@ -124,6 +124,11 @@ class Trainer:
         train_labels = training_labels(frame, r.attribute, r.age_rule).to_numpy()
         train_rows = np.array([i for i in train_rows if i not in bad_rows and train_labels[i] >= 0])
         val_rows = np.array([i for i in val_rows if i not in bad_rows])
+        if r.train_fraction < 1:
+            persons = frame["person"].iloc[train_rows]
+            kept = np.random.default_rng(r.seed).choice(
+                persons.unique(), max(1, round(persons.nunique() * r.train_fraction)), replace=False)
+            train_rows = train_rows[persons.isin(kept).to_numpy()]
         self.split = {
             "train_images": len(train_rows), "val_images": len(val_rows),
             "train_persons": int(frame["person"].iloc[train_rows].nunique()),

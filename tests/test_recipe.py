@@ -33,7 +33,9 @@ def test_override_parses_by_field_type():
 @pytest.mark.parametrize("bad,match", [(["lrr=1"], "cannot set 'lrr=1'"), (["lr"], "field=value"),
                                        (["epochs=many"], "cannot parse"),
                                        (["resize_mode=crop"], "resize_mode"),
-                                       (["fold=7"], "fold 7")])
+                                       (["fold=7"], "fold 7"),
+                                       (["train_fraction=0"], "train_fraction"),
+                                       (["train_fraction=1.5"], "train_fraction")])
 def test_override_errors_are_clear(bad, match):
     with pytest.raises(ValueError, match=match):
         Recipe("mask").override(bad)

@@ -109,6 +109,26 @@ def test_age_drop_removes_boundary_ages_from_training_only(dataset, tmp_path):
     assert (trainer.val_set.labels == (val_years >= 30).astype(int) + (val_years >= 60)).all()
 
 
+def test_train_fraction_keeps_whole_persons_and_the_same_val_set(dataset, tmp_path):
+    def prepared(fraction: float) -> Trainer:
+        recipe, augment = load_recipe("gender")
+        recipe = recipe.override(["image_size=32", f"train_fraction={fraction}"])
+        trainer = Trainer(recipe, augment, read_competition(dataset / "train"), tmp_path / "run",
+                          tmp_path / "cache", device="cpu", workers=0)
+        trainer._prepare()
+        return trainer
+
+    full, half = prepared(1.0), prepared(0.5)
+    assert np.array_equal(full.val_set.rows, half.val_set.rows)  # scored on the same images
+    persons = full.frame["person"]
+    kept = set(persons.iloc[half.train_set.rows])
+    assert kept < set(persons.iloc[full.train_set.rows])
+    assert len(kept) == round(full.split["train_persons"] * 0.5) == half.split["train_persons"]
+    # a kept person brings all of their images
+    assert len(half.train_set.rows) == persons.iloc[full.train_set.rows].isin(kept).sum()
+    assert np.array_equal(prepared(0.5).train_set.rows, half.train_set.rows)  # seeded
+
+
 def test_resume_continues_from_last(dataset, tmp_path, train_tiny):
     run = tmp_path / "run"
     train_tiny("mask", dataset, run, tmp_path / "cache", extra=["epochs=2", "patience=5", "ema=0.9"])
