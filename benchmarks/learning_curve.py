@@ -66,9 +66,11 @@ def plot(runs, persons, best, slope: float, path: Path) -> None:
     attribute = runs[0][0]["attribute"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     left.plot(persons, best, marker="o")
-    left.set(xscale="log", xlabel="training persons", ylabel="best val macro-F1",
+    left.set_xscale("log", base=2)
+    left.set(xlabel="training persons", ylabel="best val macro-F1",
              title=f"{attribute}: {slope:+.3f} per doubling of the persons")
     left.set_xticks(persons, [str(int(p)) for p in persons])
+    left.minorticks_off()
     for info, history in runs:
         right.plot(history["epoch"], history["val_macro_f1"], marker=".",
                    label=f"{info['train_persons']} persons")

@@ -185,7 +185,8 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--seconds", type=float, default=60)
     p.add_argument("--max-requests", type=int, default=50_000)
-    p.add_argument("--rounds", type=int, default=1, help="on/off pairs; medians are reported")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="rounds, each running every server once (on, off, --also); medians are reported")
     p.add_argument("--also", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
                    help="a further batching-on server with these FACET_* settings, run in turn "
                         "with on and off in every round, e.g. old:FACET_CALLS_IN_FLIGHT=1")
