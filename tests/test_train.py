@@ -64,12 +64,17 @@ def test_checkpoints_load_safely(runs):
     assert meta["attribute"] == "gender" and not model.training
 
 
-def test_validation_is_person_level_and_unaugmented(dataset, tmp_path):
-    recipe, augment = load_recipe("gender")
-    recipe = recipe.override(["image_size=32"])
-    trainer = Trainer(recipe, augment, read_competition(dataset / "train"), tmp_path / "run",
-                      tmp_path / "cache", device="cpu", workers=0)
+def _prepared(attribute: str, dataset, tmp_path, overrides: list[str]) -> Trainer:
+    """A trainer for the synthetic data with its split, cache and datasets made (no model)."""
+    recipe, augment = load_recipe(attribute)
+    trainer = Trainer(recipe.override(overrides), augment, read_competition(dataset / "train"),
+                      tmp_path / "run", tmp_path / "cache", device="cpu", workers=0)
     trainer._prepare()
+    return trainer
+
+
+def test_validation_is_person_level_and_unaugmented(dataset, tmp_path):
+    trainer = _prepared("gender", dataset, tmp_path, ["image_size=32"])
     assert trainer.train_set.transform is not None and trainer.val_set.transform is None
     frame = trainer.frame
     train_persons = set(frame["person"].iloc[trainer.train_set.rows])
@@ -80,12 +85,10 @@ def test_validation_is_person_level_and_unaugmented(dataset, tmp_path):
 
 
 def test_layer_decay_gives_lower_layers_smaller_steps(dataset, tmp_path):
-    recipe, augment = load_recipe("gender")
-    recipe = recipe.override(["backbone=test_efficientnet", "pretrained=none", "image_size=32",
-                              "layer_decay=0.5", "warmup_epochs=0"])
-    trainer = Trainer(recipe, augment, read_competition(dataset / "train"), tmp_path / "run",
-                      tmp_path / "cache", device="cpu", workers=0)
-    trainer._prepare()
+    trainer = _prepared("gender", dataset, tmp_path,
+                        ["backbone=test_efficientnet", "pretrained=none", "image_size=32",
+                         "layer_decay=0.5", "warmup_epochs=0"])
+    recipe = trainer.recipe
     trainer._build(steps_per_epoch=10)
     lrs = [g["lr"] for g in trainer.optimizer.param_groups]
     assert max(lrs) == pytest.approx(recipe.lr)  # the head keeps the recipe's lr
@@ -96,11 +99,7 @@ def test_layer_decay_gives_lower_layers_smaller_steps(dataset, tmp_path):
 
 
 def test_age_drop_removes_boundary_ages_from_training_only(dataset, tmp_path):
-    recipe, augment = load_recipe("age")
-    recipe = recipe.override(["image_size=32", "age_drop=30,45"])
-    trainer = Trainer(recipe, augment, read_competition(dataset / "train"), tmp_path / "run",
-                      tmp_path / "cache", device="cpu", workers=0)
-    trainer._prepare()
+    trainer = _prepared("age", dataset, tmp_path, ["image_size=32", "age_drop=30,45"])
     years = trainer.frame["age_years"]
     assert not years.iloc[trainer.train_set.rows].between(30, 45).any()
     assert trainer.split["dropped_boundary_ages"] == int(years.between(30, 45).sum())
@@ -111,12 +110,7 @@ def test_age_drop_removes_boundary_ages_from_training_only(dataset, tmp_path):
 
 def test_train_fraction_keeps_whole_persons_and_the_same_val_set(dataset, tmp_path):
     def prepared(fraction: float) -> Trainer:
-        recipe, augment = load_recipe("gender")
-        recipe = recipe.override(["image_size=32", f"train_fraction={fraction}"])
-        trainer = Trainer(recipe, augment, read_competition(dataset / "train"), tmp_path / "run",
-                          tmp_path / "cache", device="cpu", workers=0)
-        trainer._prepare()
-        return trainer
+        return _prepared("gender", dataset, tmp_path, ["image_size=32", f"train_fraction={fraction}"])
 
     full, half = prepared(1.0), prepared(0.5)
     assert np.array_equal(full.val_set.rows, half.val_set.rows)  # scored on the same images
