@@ -47,11 +47,11 @@ def main() -> None:
     cv2.setNumThreads(1)
     spec = PreprocessSpec()
     data = [f.read_bytes() for f in sorted(args.images.glob("*.jpg"))[:args.count]]
-    decoded = [read_image(d, min_side=spec.height) for d in data]
+    decoded = [read_image(d, decode_side=spec.height) for d in data]
     resized = np.stack([resize(rgb, spec) for rgb in decoded])
     results: dict = {"images": len(data), "size": f"{decoded[0].shape[1]}x{decoded[0].shape[0]}",
                      "per_image_us": {}, "normalize_us_per_image": {}}
-    steps = {"decode": (lambda d: read_image(d, min_side=spec.height), data),
+    steps = {"decode": (lambda d: read_image(d, decode_side=spec.height), data),
              "resize": (lambda rgb: resize(rgb, spec), decoded),
              "load (decode + resize)": (lambda d: load(d, spec), data)}
     for name, (fn, items) in steps.items():

@@ -5,7 +5,6 @@ numpy-free and torch-free on purpose: training, export and serving all import it
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Iterable
 
 MASK = ("wear", "incorrect", "not_wear")
 GENDER = ("male", "female")
@@ -93,9 +92,6 @@ class AgeRule:
 
     def dropped(self, years: int) -> bool:
         return self.drop is not None and self.drop[0] <= years <= self.drop[1]
-
-    def groups(self, ages: Iterable[int]) -> list[int]:
-        return [self.group(a) for a in ages]
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,14 +1,12 @@
 """`facet export`: three runs -> a model folder that `facet predict` and `facet serve` load.
 
 The folder holds ``<attribute>.onnx`` (+ ``<attribute>.int8.onnx``), ``ensemble.onnx`` and
-``facet.json``, which names the files and the faster way to run them on this machine.
+``facet.json``, which names the files.
 """
 from __future__ import annotations
 
 import json
 import logging
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,7 @@ from tqdm import tqdm
 from facet.combine import ATTRIBUTES
 from facet.metrics import scores
 from facet.preprocess import ImageError, PreprocessSpec, load, normalize
-from facet.serve.predictor import ENSEMBLE, MANIFEST, Predictor
+from facet.serve.predictor import ENSEMBLE, INDEX
 
 from .ensemble import build_ensemble
 from .onnx_export import export_attribute, read_info
@@ -41,23 +39,23 @@ def export_all(runs: dict[str, Path], out_dir: Path, parity_images: list[str] | 
                parity_count: int = 64, ensemble: bool = True, quantize: bool = False,
                eval_limit: int = 2000, echo=print) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest: dict = {"models": {"fp32": {}}, "parity": {}}
+    index: dict = {"models": {"fp32": {}}, "parity": {}}
     for attribute, run in runs.items():
         images = parity_images or val_images(run, parity_count)["path"].tolist()
         path = out_dir / f"{attribute}.onnx"
         report = export_attribute(run, path, images)
-        manifest["models"]["fp32"][attribute] = path.name
-        manifest["parity"][attribute] = report
+        index["models"]["fp32"][attribute] = path.name
+        index["parity"][attribute] = report
         echo(f"{attribute}: {path} | parity on {report['images']} images: max |dp| "
              f"{report['max_abs_diff']:.1e}, argmax mismatches {report['argmax_mismatches']}")
     if quantize:
-        manifest["models"]["int8"] = {}
-        manifest["int8_eval"] = {}
+        index["models"]["int8"] = {}
+        index["int8_eval"] = {}
         for attribute, run in runs.items():
             check = val_images(run, eval_limit)
             int8 = _quantize(out_dir / f"{attribute}.onnx", _calibration_images(run, check))
-            manifest["models"]["int8"][attribute] = int8.name
-            manifest["int8_eval"][attribute] = result = _compare(
+            index["models"]["int8"][attribute] = int8.name
+            index["int8_eval"][attribute] = result = _compare(
                 out_dir / f"{attribute}.onnx", int8, check)
             echo(f"{attribute} int8: {int8} | macro-F1 {result['fp32_macro_f1']:.4f} -> "
                  f"{result['int8_macro_f1']:.4f} ({result['delta']:+.4f}) on "
@@ -65,42 +63,26 @@ def export_all(runs: dict[str, Path], out_dir: Path, parity_images: list[str] | 
             if result["delta"] < -INT8_TOLERANCE:
                 echo(f"WARNING: {attribute} int8 loses {-result['delta']:.4f} macro-F1; "
                      "keep using fp32 (the default) for this model")
-    manifest["default_mode"] = "separate"
-    _write(out_dir / MANIFEST, manifest)
-    if ensemble:
-        merged = build_ensemble({a: str(out_dir / f) for a, f in manifest["models"]["fp32"].items()})
+    (out_dir / ENSEMBLE).unlink(missing_ok=True)  # never a merged graph of older members
+    specs = {json.dumps(read_info(out_dir / f)["preprocess"], sort_keys=True)
+             for f in index["models"]["fp32"].values()}
+    if ensemble and len(specs) > 1:
+        echo("ensemble: not written: the models have different input specs, so they run as "
+             "three sessions (one decode per image, one resize per spec)")
+    elif ensemble:
         import onnx
+        merged = build_ensemble({a: str(out_dir / f) for a, f in index["models"]["fp32"].items()})
         onnx.save(merged, str(out_dir / ENSEMBLE))
-        timing = time_modes(out_dir)
-        manifest["timing_ms_per_batch64"] = timing
-        manifest["default_mode"] = min(timing, key=timing.get)
-        echo(f"ensemble: {out_dir / ENSEMBLE} | median ms per 64 images: "
-             + ", ".join(f"{k} {v:.1f}" for k, v in timing.items())
-             + f" -> default mode: {manifest['default_mode']}")
-        _write(out_dir / MANIFEST, manifest)
-    return manifest
+        echo(f"ensemble: {out_dir / ENSEMBLE} (predict and serve time it against three "
+             "sessions where they run, and keep the faster)")
+    _write(out_dir / INDEX, index)
+    return index
 
 
 def _write(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2))
     tmp.replace(path)
-
-
-def time_modes(model_dir: Path, batch: int = 64, repeats: int = 7) -> dict[str, float]:
-    """Median wall time per batch of the merged graph vs three sessions, interleaved."""
-    predictors = {m: Predictor(model_dir, mode=m, device="cpu") for m in ("separate", "ensemble")}
-    spec = predictors["separate"].distinct_specs[0]
-    images = np.random.default_rng(0).integers(0, 256, (batch, spec.height, spec.width, 3),
-                                                dtype=np.uint8)
-    times: dict[str, list[float]] = {m: [] for m in predictors}
-    for i in range(repeats + 1):
-        for mode, predictor in predictors.items():
-            t = time.perf_counter()
-            predictor.predict({spec: images})
-            if i:  # the first round warms up
-                times[mode].append((time.perf_counter() - t) * 1000)
-    return {m: statistics.median(v) for m, v in times.items()}
 
 
 def _readable(paths: list[str], spec: PreprocessSpec) -> tuple[list[np.ndarray], list[int]]:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -12,6 +15,7 @@ from typing import Optional
 import typer
 
 from facet import privacy
+from facet.preprocess import DEFAULT_RULES
 
 privacy.apply_defaults()
 
@@ -72,20 +76,23 @@ def train(attribute: str = Attribute,
           data: Optional[Path] = typer.Option(None, help="Competition train/ folder (images/, train.csv)."),
           manifest: Optional[Path] = typer.Option(None, help="CSV with path and mask/gender/age columns."),
           root: Optional[Path] = typer.Option(None, help="Folder the manifest's paths are relative to."),
-          group: str = typer.Option("person", help="Manifest column that keeps images together in the split."),
+          group: str = typer.Option("person", help="Manifest column that keeps a person's images on one "
+                                    "side of the split; 'none': each image its own group (val scores "
+                                    "optimistic)."),
           fixes: Optional[Path] = typer.Option(None, help="Label fixes CSV (id,field,value)."),
           strict: bool = typer.Option(False, help="Stop at the first data problem instead of skipping it."),
           set_: list[str] = typer.Option([], "--set", help="Override a recipe field: --set lr=3e-4"),
           out: Path = typer.Option(Path("runs"), help="Runs go to OUT/<attribute>/<timestamp>."),
           run_dir: Optional[Path] = typer.Option(None, help="Exact run folder (overrides --out)."),
-          resume: bool = typer.Option(False, help="Continue the run in --run-dir from its last.pt."),
+          resume: bool = typer.Option(False, help="Continue the run in --run-dir from its last.pt, with "
+                                      "its recipe (--set may change only patience)."),
           cache_dir: Path = typer.Option(Path(".cache/facet"), help="Decoded-image cache."),
           device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
           workers: Optional[int] = typer.Option(None, help="DataLoader workers (default: cores-1, max 4)."),
           ):
     """Train one attribute model with its recipe (models/<attribute>/recipe.py)."""
     from facet.models.recipe import Recipe, load_recipe
-    from facet.models.train import Trainer
+    from facet.models.train import ResumeError, Trainer
     try:
         recipe, augment = load_recipe(attribute)
         if resume:
@@ -99,7 +106,10 @@ def train(attribute: str = Attribute,
     run_dir = run_dir or out / attribute / time.strftime("%Y%m%d-%H%M%S")
     trainer = Trainer(recipe, augment, table, run_dir, cache_dir, device, workers,
                       source=str(data or manifest))
-    result = trainer.fit(resume=resume)
+    try:
+        result = trainer.fit(resume=resume)
+    except ResumeError as exc:
+        _fail(str(exc))
     typer.echo(f"{attribute}: best val macro-F1 {result.best_f1:.4f} at epoch {result.best_epoch}; "
                f"run folder {result.run_dir}")
 
@@ -142,6 +152,7 @@ def predict(source: Path = typer.Argument(..., help="eval/ folder, info.csv, a C
             models: Path = typer.Option(Path("artifacts"), help="Folder written by `facet export`."),
             images: Optional[Path] = typer.Option(None, help="Folder the CSV's image names are relative to."),
             path_column: Optional[str] = typer.Option(None, help="CSV column holding image paths."),
+            allow_outside: bool = typer.Option(False, help="Let the CSV's relative paths leave the images folder."),
             details: Optional[Path] = typer.Option(None, help="Also write per-attribute labels and probabilities."),
             batch_size: int = typer.Option(64, min=1),
             workers: int = typer.Option(2, min=1, help="Decoding threads."),
@@ -150,22 +161,38 @@ def predict(source: Path = typer.Argument(..., help="eval/ folder, info.csv, a C
             variant: str = typer.Option("fp32", help="fp32 or int8 (if exported)."),
             device: str = typer.Option("auto", help="auto, cpu or cuda."),
             threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads."),
+            max_bytes: int = typer.Option(DEFAULT_RULES.max_bytes, help="Largest image file read."),
+            max_pixels: int = typer.Option(DEFAULT_RULES.max_pixels, help="Largest image (pixels, from its header)."),
+            min_side: int = typer.Option(DEFAULT_RULES.min_side, help="Smallest image side accepted as a face (px)."),
+            max_aspect: float = typer.Option(DEFAULT_RULES.max_aspect, help="Longest/shortest side accepted as a face."),
             ):
     """Batch inference on onnxruntime: fills `ans` for every row it can read. Exit status 3 if
     any image could not be read (see the .errors.csv file)."""
-    from facet.serve.batch import (InputError, details as details_frame, errors_frame,
-                                   predict_paths, read_inputs, submission, write_atomic)
+    from facet.preprocess import ImageRules
+    from facet.serve.batch import (InputError, check_writable, details as details_frame,
+                                   errors_frame, predict_paths, read_inputs, submission,
+                                   write_atomic)
     from facet.serve.predictor import Predictor
+    errors_path = out.with_suffix(".errors.csv")
     try:
-        inputs = read_inputs(source, images, path_column)
+        for path in (out, details, errors_path):
+            if path is not None:
+                check_writable(path)
+        inputs = read_inputs(source, images, path_column, allow_outside)
+        rules = ImageRules(max_bytes, max_pixels, min_side, max_aspect)
         predictor = Predictor(models, mode=mode, device=device, threads=threads, tta=tta,
-                              variant=variant)
+                              variant=variant, rules=rules)
     except (InputError, FileNotFoundError, ValueError, RuntimeError) as exc:
         _fail(str(exc))
+    if inputs.skipped:
+        names = ", ".join(p.name for p in inputs.skipped[:5])
+        more = f" and {len(inputs.skipped) - 5} more" if len(inputs.skipped) > 5 else ""
+        typer.secho(f"skipped {len(inputs.skipped)} file(s) that are not JPEG, PNG, WebP or "
+                    f"BMP: {names}{more}", fg="yellow", err=True)
     typer.echo(f"{len(inputs.paths):,} images | provider {predictor.provider} | mode "
                f"{predictor.mode} | {variant}{' + flip TTA' if tta else ''}", err=True)
     t = time.perf_counter()
-    result = predict_paths(predictor, inputs.paths, batch_size, workers)
+    result = predict_paths(predictor, inputs.paths, batch_size, workers, refused=inputs.refused)
     elapsed = time.perf_counter() - t
     write_atomic(submission(inputs, result), out)
     if details:
@@ -174,7 +201,6 @@ def predict(source: Path = typer.Argument(..., help="eval/ folder, info.csv, a C
     typer.echo(f"wrote {out}: {done:,} answered in {elapsed:.1f}s "
                f"({len(inputs.paths) / max(elapsed, 1e-9):.0f} img/s)", err=True)
     if result.errors:
-        errors_path = out.with_suffix(".errors.csv")
         write_atomic(errors_frame(result), errors_path)
         for _, path, message in result.errors[:5]:
             typer.secho(f"unreadable: {path}: {message}", fg="yellow", err=True)
@@ -219,9 +245,8 @@ def serve(models: Path = typer.Option(Path("artifacts"), help="Folder written by
           device: Optional[str] = typer.Option(None, help="auto, cpu or cuda."),
           ):
     """Run the HTTP prediction service (BentoML) on the exported models."""
-    import os
-    import subprocess
     from facet.serve.config import ServeConfig
+    from facet.serve.predictor import Predictor
     env = dict(os.environ)
     if config:
         env["FACET_CONFIG"] = str(config.resolve())
@@ -232,13 +257,54 @@ def serve(models: Path = typer.Option(Path("artifacts"), help="Folder written by
         settings = ServeConfig.load(env)
     except (ValueError, OSError) as exc:
         _fail(f"bad serve settings: {exc}")
-    if not (Path(settings.models) / "facet.json").exists():
-        _fail(f"{settings.models} holds no exported models (run `facet export` first)")
+    try:  # a broken model folder is one clear line here, not a traceback per worker
+        Predictor(settings.models, mode=settings.mode, device=settings.device,
+                  variant=settings.variant, threads=1)
+    except (ValueError, RuntimeError) as exc:
+        _fail(str(exc))
     typer.echo(f"serving {settings.models} on http://{host}:{port}/v1 "
                f"(batching {'on' if settings.batching else 'off'})", err=True)
     cmd = [sys.executable, "-m", "bentoml", "serve", "facet.serve.service:Facet",
            "--host", host, "--port", str(port)]
-    raise typer.Exit(subprocess.call(cmd, env=env))
+    raise typer.Exit(_run_server(cmd, env))
+
+
+def _run_server(cmd: list[str], env: dict[str, str], grace_s: float = 8.0) -> int:
+    """Run the BentoML server in its own process group and stop that whole group on SIGTERM
+    or SIGINT: SIGTERM first, SIGKILL for whatever is left after ``grace_s``, so no worker
+    outlives `facet serve`."""
+    server = subprocess.Popen(cmd, env=env, start_new_session=True)
+    stopping: list[int] = []
+
+    def stop(signum, _frame):
+        stopping.append(signum)
+        _signal_group(server.pid, signal.SIGTERM)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
+    deadline = None
+    while server.poll() is None or (stopping and _group_alive(server.pid)):
+        if stopping and deadline is None:
+            deadline = time.monotonic() + grace_s
+        if deadline is not None and time.monotonic() > deadline:
+            _signal_group(server.pid, signal.SIGKILL)
+        time.sleep(0.1)
+    return 128 + stopping[0] if stopping else server.returncode
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 DEMO_RECIPE = ["backbone=test_efficientnet", "pretrained=none", "image_size=64", "epochs=4",
@@ -251,7 +317,6 @@ def demo(out: Path = typer.Option(Path("demo"), help="Folder for the data, runs,
          ):
     """The whole pipeline in minutes on the embedded synthetic dataset: make data, train the three
     models (a tiny backbone), export to ONNX, predict the eval set and score it."""
-    import subprocess
     data, runs, models = out / "data", out / "runs", out / "artifacts"
     steps = [["make-data", str(data), "--persons", str(persons), "--eval-persons", str(persons // 4)]]
     for attribute in ("mask", "gender", "age"):

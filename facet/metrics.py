@@ -10,15 +10,27 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
 def scores(y_true, y_pred, n_classes: int) -> dict:
     """Macro-F1 as the competition scored it (over classes present in truth or prediction);
-    per-class F1 and the confusion matrix over all ``n_classes``."""
+    per-class F1 and the confusion matrix over all ``n_classes``. A prediction < 0 is no answer:
+    wrong, a miss for its true class, but no class of its own (it leaves the confusion matrix)."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    present = np.union1d(y_true, y_pred[y_pred >= 0])
     labels = list(range(n_classes))
     return {
-        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro",
+                                   zero_division=0)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "per_class_f1": [float(x) for x in f1_score(y_true, y_pred, labels=labels, average=None,
                                                      zero_division=0)],
         "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
+
+
+def macro_f1_from_confusion(confusion) -> float:
+    """The macro-F1 of :func:`scores` from a confusion matrix (rows true, columns predicted)."""
+    cm = np.asarray(confusion, dtype=np.float64)
+    support = cm.sum(0) + cm.sum(1)
+    present = support > 0
+    return float((2 * np.diag(cm)[present] / support[present]).mean()) if present.any() else 0.0
 
 
 AGE_BANDS = (0, 13, 20, 30, 45, 60, 200)  # years; [lo, hi) per band

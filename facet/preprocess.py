@@ -1,25 +1,31 @@
-"""The one definition of image preprocessing, shared by training, export and serving.
+"""The one definition of image loading and preprocessing, shared by training, export and serving.
 
-Only numpy, OpenCV and Pillow: the serving path must not import torch.
+Only numpy, OpenCV, Pillow and simplejpeg: the serving path must not import torch.
 Images are RGB uint8 HWC until :func:`normalize`, which yields float32 NCHW.
+
+:func:`read_image` is the one image loader, and :class:`ImageRules` its bad-input rules:
+training skips (and counts) exactly the files that `facet predict` and the HTTP service refuse.
 """
 from __future__ import annotations
 
 import io
+import os
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-#: Decompression-bomb guard: images with more pixels than this are refused before decoding.
-DEFAULT_MAX_PIXELS = 40_000_000
 RESIZE_MODES = ("stretch", "letterbox")
-
-# OpenCV decodes JPEG ~2x faster than Pillow and can decode at 1/2, 1/4, 1/8 scale for free.
-_REDUCED = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
-            (2, cv2.IMREAD_REDUCED_COLOR_2))
+#: What the loader decodes. MPO is the multi-picture JPEG that many phone cameras write.
+FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "WEBP": "WebP", "BMP": "BMP"}
+SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+# Pillow's own bomb check raises inside Image.open (from ~179 MP) before a caller can look at
+# the header; ImageRules.max_pixels is checked from the header instead, for every image.
+Image.MAX_IMAGE_PIXELS = None
 
 
 class ImageError(ValueError):
@@ -27,7 +33,36 @@ class ImageError(ValueError):
 
 
 class ImageTooLarge(ImageError):
-    """More pixels than allowed: refused before decoding (decompression bombs)."""
+    """More bytes or pixels than allowed: refused before decoding (decompression bombs)."""
+
+
+@dataclass(frozen=True)
+class ImageRules:
+    """What the loader accepts. Sizes come from the header, before any pixel is decoded.
+
+    ``min_side`` and ``max_aspect`` refuse what cannot be a face (a 1x1 pixel, a 3x5000 strip)
+    instead of stretching it into a confident answer.
+    """
+
+    max_bytes: int = 50 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    min_side: int = 16
+    max_aspect: float = 5.0
+
+    def check_size(self, width: int, height: int) -> None:
+        if width * height > self.max_pixels:
+            raise ImageTooLarge(f"image is {width}x{height} = {width * height:,} pixels, over "
+                                f"the pixel limit of {self.max_pixels:,}")
+        if max(width, height) > self.max_aspect * min(width, height):
+            raise ImageError(f"image is {width}x{height}: aspect ratio "
+                             f"{max(width, height) / min(width, height):.1f} is over the "
+                             f"maximum of {self.max_aspect:g} for a face")
+        if min(width, height) < self.min_side:
+            raise ImageError(f"image is {width}x{height}: under the minimum side of "
+                             f"{self.min_side} px for a face")
+
+
+DEFAULT_RULES = ImageRules()
 
 
 @dataclass(frozen=True)
@@ -55,59 +90,114 @@ class PreprocessSpec:
                    tuple(float(x) for x in d["mean"]), tuple(float(x) for x in d["std"]))
 
 
-def read_image(source: bytes | str | Path, min_side: int | None = None,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode JPEG/PNG/WebP/... bytes or a file into RGB uint8 HWC, EXIF orientation applied.
+def read_bytes(path: str | Path, max_bytes: int = DEFAULT_RULES.max_bytes) -> bytes:
+    """A regular file's bytes. FIFOs, devices and folders are refused without reading (a named
+    pipe would block, /dev/zero never ends); links are followed to what they name."""
+    try:  # O_NONBLOCK: opening a FIFO must not wait for a writer
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise ImageError("file not found") from None
+    except PermissionError:
+        raise ImageError("permission denied") from None
+    except OSError as exc:
+        raise ImageError(f"cannot open: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ImageError("is a folder, not an image")
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageError("not a regular file (a pipe, device or socket): refused")
+        if st.st_size > max_bytes:
+            raise ImageTooLarge(f"file is {st.st_size:,} bytes, over the limit of {max_bytes:,}")
+        with open(fd, "rb", closefd=False) as f:
+            data = f.read(max_bytes + 1)
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:  # grew while being read
+        raise ImageTooLarge(f"file is over the limit of {max_bytes:,} bytes")
+    return data
 
-    ``min_side``: the caller only needs this many pixels on the short side, so large JPEGs may
-    be decoded at a reduced scale. Raises :class:`ImageError` for empty, non-image, truncated
-    or oversized input.
+
+def read_image(source: bytes | str | Path, rules: ImageRules = DEFAULT_RULES,
+               decode_side: int | None = None) -> np.ndarray:
+    """Decode JPEG/PNG/WebP/BMP bytes or a file into RGB uint8 HWC, EXIF orientation applied.
+
+    ``decode_side``: the caller needs only this many pixels on the short side, so a large JPEG
+    may be decoded at 1/2, 1/4 or 1/8 scale. Raises :class:`ImageError` (or
+    :class:`ImageTooLarge`) for anything that breaks ``rules``, is not an image, or is
+    truncated or corrupt: never a guess from a partial decode.
     """
-    data = Path(source).read_bytes() if isinstance(source, (str, Path)) else bytes(source)
+    if isinstance(source, (str, Path)):
+        data = read_bytes(source, rules.max_bytes)
+    else:
+        data = bytes(source)
+        if len(data) > rules.max_bytes:
+            raise ImageTooLarge(f"{len(data):,} bytes, over the limit of {rules.max_bytes:,}")
     if not data:
         raise ImageError("empty input: no image bytes")
+    header = _open(data)
+    rules.check_size(*header.size)
     try:
-        header = Image.open(io.BytesIO(data))  # reads the header only
+        if FORMATS[header.format] == "JPEG":
+            return _decode_jpeg(data, header, decode_side)
+        return _decode_pillow(header)
+    except ImageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever a hostile file makes a decoder throw
+        raise ImageError(f"corrupt or truncated image: {type(exc).__name__}: {exc}") from None
+
+
+def pixel_count(data: bytes) -> int:
+    """Width x height from the header alone (0 if it is not readable: decoding will say why)."""
+    try:
+        width, height = Image.open(io.BytesIO(data)).size
+    except Exception:  # noqa: BLE001
+        return 0
+    return width * height
+
+
+def _open(data: bytes) -> Image.Image:
+    """Pillow reads the header only; the size is checked before any decoding."""
+    try:
+        header = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        raise ImageError("not a recognised image (JPEG, PNG, WebP, BMP, ...)") from None
-    except OSError as exc:  # a header cut short
-        raise ImageError(f"corrupt or truncated image: {exc}") from None
+        raise ImageError("not a recognised image (JPEG, PNG, WebP or BMP)") from None
+    except Exception as exc:  # noqa: BLE001 - a header cut short or malformed
+        raise ImageError(f"corrupt or truncated image header: {exc}") from None
+    if header.format not in FORMATS:
+        raise ImageError(f"{header.format} images are not accepted (JPEG, PNG, WebP or BMP)")
+    return header
+
+
+def _decode_jpeg(data: bytes, header: Image.Image, decode_side: int | None) -> np.ndarray:
     width, height = header.size
-    if width * height > max_pixels:
-        raise ImageTooLarge(f"image is {width}x{height} = {width * height:,} pixels, "
-                         f"over the limit of {max_pixels:,}")
-    if header.format == "JPEG" and header.mode in ("RGB", "L"):
-        return _decode_jpeg(data, header, min_side)
-    return _decode_pillow(header)
-
-
-def _decode_jpeg(data: bytes, header: Image.Image, min_side: int | None) -> np.ndarray:
-    # libjpeg fills a cut-off JPEG with grey and only warns; the end-of-image marker tells.
-    if not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
-        raise ImageError("truncated JPEG: no end-of-image marker")
-    flags = cv2.IMREAD_COLOR
-    if min_side:
-        short = min(header.size)
-        flags = next((f for k, f in _REDUCED if short // k >= min_side), cv2.IMREAD_COLOR)
-    # Orientation is applied below from Pillow's reading of EXIF, the same for every decoder.
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flags | cv2.IMREAD_IGNORE_ORIENTATION)
-    if bgr is None:
-        raise ImageError("corrupt JPEG: could not be decoded")
-    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    k = next((k for k in (8, 4, 2) if decode_side and min(width, height) // k >= decode_side), 1)
+    colorspace = "CMYK" if header.mode == "CMYK" else "RGB"
+    try:  # strict: libjpeg's "premature end" warnings (it fills the rest with grey) are errors
+        rgb = simplejpeg.decode_jpeg(data, colorspace, strict=True, min_height=-(-height // k),
+                                     min_width=-(-width // k))
+    except ValueError as exc:
+        if "extraneous bytes" not in str(exc):  # junk between segments: the image is whole
+            raise ImageError(f"truncated or corrupt JPEG: {exc}") from None
+        rgb = simplejpeg.decode_jpeg(data, colorspace, strict=False, min_height=-(-height // k),
+                                     min_width=-(-width // k))
+    if colorspace == "CMYK":  # checked whole above; Pillow knows Adobe's inverted CMYK
+        return _decode_pillow(header)
     return _orient(rgb, header.getexif().get(0x0112, 1))
 
 
 def _decode_pillow(image: Image.Image) -> np.ndarray:
-    try:
-        image.load()
-        image = ImageOps.exif_transpose(image)
-        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-            rgba = image.convert("RGBA")
-            canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            image = Image.alpha_composite(canvas, rgba)
-        return np.asarray(image.convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as exc:  # Pillow's errors for broken files
-        raise ImageError(f"corrupt or truncated image: {exc}") from None
+    image.load()  # raises on truncated data (Pillow's LOAD_TRUNCATED_IMAGES stays off)
+    image = ImageOps.exif_transpose(image)
+    if image.mode.startswith("I;16") or image.mode == "I":
+        # 16-bit grey: Pillow's convert("RGB") clips at 255 and would make it all white
+        grey = np.asarray(image).astype(np.uint32).clip(0, 65535)
+        return np.repeat(((grey * 255 + 32767) // 65535).astype(np.uint8)[..., None], 3, axis=2)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(canvas, rgba)
+    return np.asarray(image.convert("RGB"))
 
 
 def _orient(rgb: np.ndarray, orientation: int) -> np.ndarray:
@@ -155,7 +245,6 @@ def normalize(images: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 
 def load(source: bytes | str | Path, spec: PreprocessSpec,
-         max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+         rules: ImageRules = DEFAULT_RULES) -> np.ndarray:
     """Decode and resize: the uint8 model-sized image that training caches and serving batches."""
-    return resize(read_image(source, min_side=min(spec.height, spec.width),
-                             max_pixels=max_pixels), spec)
+    return resize(read_image(source, rules, decode_side=min(spec.height, spec.width)), spec)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from facet.combine import ATTRIBUTES, N_CLASSES, class_names, split_labels
@@ -20,15 +21,16 @@ def score_files(pred: Path, answers: Path, key: str = "ImageID") -> dict:
         if key not in frame.columns or "ans" not in frame.columns:
             raise ScoreError(f"{name} CSV needs columns {key} and ans, has {list(frame.columns)}")
     merged = a[[key, "ans"]].merge(p[[key, "ans"]], on=key, how="left", suffixes=("", "_pred"))
-    missing = merged["ans_pred"].isna()
-    merged = merged[~missing]
+    # An image with no answer (no row, or an empty ans) counts as wrong, never as left out:
+    # leaving failures out would raise the score. -1 is a miss for the true class, no class itself.
     y_true = merged["ans"].astype(int).to_numpy()
-    y_pred = merged["ans_pred"].astype(int).to_numpy()
-    result = {"images": int(len(merged)), "unanswered": int(missing.sum()),
+    y_pred = merged["ans_pred"].fillna(-1).astype(int).to_numpy()
+    answered = y_pred >= 0
+    result = {"images": int(len(merged)), "unanswered": int((~answered).sum()),
               **scores(y_true, y_pred, N_CLASSES)}
     result["attributes"] = {}
-    for name, t, q in zip(ATTRIBUTES, split_labels(y_true), split_labels(y_pred)):
-        s = scores(t, q, len(ATTRIBUTES[name]))
+    for name, t, q in zip(ATTRIBUTES, split_labels(y_true), split_labels(y_pred.clip(0))):
+        s = scores(t, np.where(answered, q, -1), len(ATTRIBUTES[name]))
         result["attributes"][name] = {"macro_f1": s["macro_f1"], "accuracy": s["accuracy"]}
     return result
 

@@ -49,7 +49,7 @@ def build_cache(paths: list[str], spec: PreprocessSpec, cache_dir: str | Path,
         except (ImageError, OSError) as exc:
             bad.append((i, f"{paths[i]}: {exc}"))
 
-    # OpenCV releases the GIL while decoding, so threads scale.
+    # The decoders (libjpeg-turbo, zlib, OpenCV) release the GIL, so threads scale.
     with ThreadPoolExecutor(workers) as pool:
         list(tqdm(pool.map(work, range(len(paths))), total=len(paths), unit="img",
                   desc=f"caching {spec.height}x{spec.width}", leave=False))

@@ -6,6 +6,7 @@ problems met on the way. Rows with a problem are left out; ``strict=True`` raise
 """
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 FOLDER_RE = re.compile(r"^(?P<id>\d+)_(?P<gender>[A-Za-z]+)_(?P<race>[A-Za-z]+)_(?P<age>\d+)$")
 MAX_AGE = 120
 COLUMNS = ["path", "person", "mask", "gender", "age_years", "age"]
+NO_GROUP = "none"
+
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -28,10 +32,13 @@ class DataError(ValueError):
 class Table:
     frame: pd.DataFrame
     problems: list[str] = field(default_factory=list)
+    group: str = "person"  # what keeps images together in the split; "none": nothing
 
     def summary(self) -> str:
         f = self.frame
-        text = f"{len(f):,} images of {f['person'].nunique():,} persons"
+        text = (f"{len(f):,} images of {f['person'].nunique():,} persons"
+                if self.group != NO_GROUP
+                else f"{len(f):,} images, each its own group (val scores optimistic)")
         if self.problems:
             text += f"; {len(self.problems)} problem(s) skipped"
         return text
@@ -123,8 +130,8 @@ def read_manifest(csv: str | Path, root: str | Path | None = None, group: str = 
     """A CSV with ``path`` and any of ``mask``, ``gender``, ``age`` (years) or ``age_group``.
 
     Paths are relative to ``root`` (default: the CSV's folder). ``group`` names the column that
-    keeps related images on one side of the split (a person, a source photo); without it each
-    image is its own group.
+    keeps related images on one side of the split (a person, a source photo); ``"none"`` makes
+    each image its own group, which lets one person's images land on both sides.
     """
     csv = Path(csv)
     root = Path(root) if root else csv.parent
@@ -134,6 +141,13 @@ def read_manifest(csv: str | Path, root: str | Path | None = None, group: str = 
     labels = [c for c in ("mask", "gender", "age", "age_group") if c in df.columns]
     if not labels:
         raise DataError(f"{csv}: needs at least one of mask, gender, age, age_group columns")
+    if group == NO_GROUP:
+        log.warning("%s: no group column: each image is its own group, so a person's images can "
+                    "be in both train and val and val scores will be optimistic", csv)
+    elif group not in df.columns:
+        raise DataError(f"{csv}: no group column {group!r} (columns: {list(df.columns)}); name "
+                        "the column that keeps a person's images together (--group), or split "
+                        f"image by image with --group {NO_GROUP}")
     problems = _Problems(strict)
     rows = []
     for i, rec in enumerate(df.to_dict("records"), start=2):  # line 1 is the header
@@ -155,9 +169,9 @@ def read_manifest(csv: str | Path, root: str | Path | None = None, group: str = 
         except ValueError as exc:
             problems.add(f"{where}: {exc}")
             continue
-        person = rec[group] if group in rec else f"row{i}"
+        person = f"row{i}" if group == NO_GROUP else rec[group]
         rows.append((str(path), person, codes["mask"], codes["gender"], years, age))
-    return Table(pd.DataFrame(rows, columns=COLUMNS), list(problems))
+    return Table(pd.DataFrame(rows, columns=COLUMNS), list(problems), group)
 
 
 def apply_fixes(table: Table, fixes_csv: str | Path, strict: bool = False) -> Table:
@@ -192,7 +206,7 @@ def apply_fixes(table: Table, fixes_csv: str | Path, strict: bool = False) -> Ta
                 raise ValueError(f"unknown field {fix['field']!r} (gender, age or mask_swap)")
         except ValueError as exc:
             problems.add(f"{where}: {exc}")
-    return Table(df, list(problems))
+    return Table(df, list(problems), table.group)
 
 
 def training_labels(frame: pd.DataFrame, attribute: str, rule: AgeRule) -> pd.Series:

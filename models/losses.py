@@ -6,8 +6,31 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _probs(target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Class indices or (N, C) probabilities (CutMix/MixUp targets) -> (N, C) probabilities."""
+    return F.one_hot(target, num_classes).float() if target.ndim == 1 else target.float()
+
+
+class CrossEntropy(nn.Module):
+    """Cross-entropy on class indices or probabilities, with optional class weights and label
+    smoothing. The mean is over the targets' total weight, so a one-hot target gives exactly
+    ``nn.CrossEntropyLoss`` (torch's own mean over probability targets divides by N instead)."""
+
+    def __init__(self, weight: torch.Tensor | None = None, label_smoothing: float = 0.0):
+        super().__init__()
+        self.label_smoothing = label_smoothing
+        self.register_buffer("weight", weight)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        probs = _probs(target, logits.shape[-1])
+        ce = F.cross_entropy(logits, probs, weight=self.weight, reduction="none",
+                             label_smoothing=self.label_smoothing)
+        return ce.sum() / ((probs * self.weight).sum() if self.weight is not None else len(ce))
+
+
 class FocalLoss(nn.Module):
-    """Focal loss (Lin et al.): down-weights easy examples by (1 - p_t) ** gamma."""
+    """Focal loss (Lin et al.): down-weights easy examples by (1 - p_t) ** gamma, where p_t is
+    the probability the model gives the target (its expectation under a soft target)."""
 
     def __init__(self, gamma: float = 2.0, weight: torch.Tensor | None = None,
                  label_smoothing: float = 0.0):
@@ -16,9 +39,10 @@ class FocalLoss(nn.Module):
         self.register_buffer("weight", weight)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        ce = F.cross_entropy(logits, target, weight=self.weight, reduction="none",
+        probs = _probs(target, logits.shape[-1])
+        ce = F.cross_entropy(logits, probs, weight=self.weight, reduction="none",
                              label_smoothing=self.label_smoothing)
-        p_t = logits.softmax(-1).gather(1, target[:, None]).squeeze(1)
+        p_t = (logits.softmax(-1) * probs).sum(1)
         return ((1 - p_t).pow(self.gamma) * ce).mean()
 
 
@@ -31,10 +55,10 @@ class SoftF1Loss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         prob = logits.float().softmax(-1)
-        onehot = F.one_hot(target, self.num_classes).float()
-        tp = (prob * onehot).sum(0)
-        fp = (prob * (1 - onehot)).sum(0)
-        fn = ((1 - prob) * onehot).sum(0)
+        truth = _probs(target, self.num_classes)
+        tp = (prob * truth).sum(0)
+        fp = (prob * (1 - truth)).sum(0)
+        fn = ((1 - prob) * truth).sum(0)
         f1 = 2 * tp / (2 * tp + fp + fn + self.eps)
         return 1 - f1.mean()
 
@@ -65,7 +89,7 @@ def build_loss(name: str, num_classes: int, weight: torch.Tensor | None = None,
                label_smoothing: float = 0.0, focal_gamma: float = 2.0,
                f1_weight: float = 0.0) -> nn.Module:
     if name == "ce":
-        loss = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
+        loss = CrossEntropy(weight, label_smoothing)
     elif name == "focal":
         loss = FocalLoss(focal_gamma, weight, label_smoothing)
     elif name == "f1":

@@ -23,6 +23,8 @@ class Recipe:
     backbone: str = "mobilenetv2_100"
     pretrained: str = "auto"  # auto (local file from $FACET_WEIGHTS_DIR, else hub) | hub | none | path
     drop_rate: float = 0.2
+    bn_calibration_images: int = 256  # training images that re-estimate folded BatchNorm
+    #                                   statistics of TFLite-converted weights
     # input: the preprocessing spec saved with the checkpoint and the ONNX file
     image_size: int = 128
     resize_mode: str = "stretch"
@@ -36,6 +38,8 @@ class Recipe:
     #                           small data keeps more of the pretrained features that way
     scheduler: str = "cosine"  # any timm.scheduler name
     warmup_epochs: float = 0.5
+    warmup_lr_factor: float = 0.05  # warmup starts at lr x this
+    min_lr_factor: float = 0.01  # the schedule ends at lr x this
     epochs: int = 5
     batch_size: int = 64
     samples_per_epoch: int = 0  # 0: every training image once per epoch
@@ -51,6 +55,8 @@ class Recipe:
     sampler: str = "none"  # none | balanced | sqrt (oversample rare classes)
     cutmix: float = 0.0  # probability that a batch is CutMix-ed
     mixup: float = 0.0  # probability that a batch is MixUp-ed
+    cutmix_alpha: float = 1.0  # Beta(alpha, alpha) draws the share of the image CutMix keeps
+    mixup_alpha: float = 0.4  # Beta(alpha, alpha) draws the weight MixUp gives each image
     # labels
     age_thresholds: tuple[int, int] = (30, 60)
     age_drop: tuple[int, int] | None = None  # boundary ages left out of training only
@@ -67,6 +73,15 @@ class Recipe:
             raise ValueError(f"attribute must be one of {list(ATTRIBUTES)}")
         if not 0 < self.train_fraction <= 1:
             raise ValueError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
+        if self.cutmix < 0 or self.mixup < 0 or self.cutmix + self.mixup > 1:
+            raise ValueError(f"cutmix and mixup are probabilities summing to at most 1, got "
+                             f"{self.cutmix} and {self.mixup}")
+        if self.cutmix_alpha <= 0 or self.mixup_alpha <= 0:
+            raise ValueError("cutmix_alpha and mixup_alpha must be positive (cutmix=0 or "
+                             "mixup=0 turns one off)")
+        if self.cutmix + self.mixup and self.batch_size % 2:
+            raise ValueError(f"CutMix and MixUp pair each image with another: batch_size must be "
+                             f"even, got {self.batch_size}")
         if not 0 <= self.fold < self.folds:
             raise ValueError(f"fold {self.fold} is outside 0..{self.folds - 1}")
         self.preprocess  # validates size and resize mode

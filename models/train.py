@@ -16,15 +16,17 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from timm.data.mixup import cutmix_bbox_and_lam
+from timm.data import Mixup
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
-from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomSampler
+from torch.utils.data import (DataLoader, Dataset, RandomSampler, WeightedRandomSampler,
+                              get_worker_info)
 from tqdm import tqdm
 
 from facet.combine import ATTRIBUTES, TRUE_AGE_RULE, combine_labels
-from facet.metrics import by_age_band, plot_by_age_band, plot_confusion, plot_curves, scores
+from facet.metrics import (by_age_band, macro_f1_from_confusion, plot_by_age_band, plot_confusion,
+                           plot_curves, scores)
 from facet.preprocess import PreprocessSpec, normalize
 
 from .cache import build_cache
@@ -35,6 +37,13 @@ from .recipe import Recipe
 from .split import split_by_person
 
 log = logging.getLogger(__name__)
+
+#: Recipe fields a resumed run may change: neither alters what was trained nor the schedule.
+RESUME_MAY_CHANGE = ("patience",)
+
+
+class ResumeError(ValueError):
+    """A run cannot be resumed: no last.pt, or a recipe that differs from the saved one."""
 
 
 class CachedImages(Dataset):
@@ -63,14 +72,8 @@ class RunResult:
     history: pd.DataFrame
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _sampler(labels: np.ndarray, kind: str, num_samples: int, seed: int):
-    generator = torch.Generator().manual_seed(seed)
+def _sampler(labels: np.ndarray, kind: str, num_samples: int):
+    generator = torch.Generator()  # seeded at the start of every epoch
     if kind == "none":
         return RandomSampler(range(len(labels)), num_samples=num_samples, generator=generator)
     power = {"balanced": 1.0, "sqrt": 0.5}.get(kind)
@@ -81,10 +84,10 @@ def _sampler(labels: np.ndarray, kind: str, num_samples: int, seed: int):
     return WeightedRandomSampler(weights, num_samples, replacement=True, generator=generator)
 
 
-def _macro_f1_from_confusion(cm: torch.Tensor) -> float:
-    tp = cm.diag().float()
-    denom = cm.sum(0).float() + cm.sum(1).float()
-    return float((2 * tp / denom.clamp(min=1)).mean())
+def _seed_worker(worker_id: int) -> None:
+    """A DataLoader worker's augmentations follow its own torch seed (the loader's base seed +
+    worker id): every worker augments differently, the same way in every run."""
+    get_worker_info().dataset.transform.set_random_seed(torch.initial_seed() % 2**32)
 
 
 class Trainer:
@@ -146,35 +149,59 @@ class Trainer:
         r = self.recipe
         labels = self.train_set.labels
         n = r.samples_per_epoch or len(labels)
-        common = dict(num_workers=self.workers, persistent_workers=self.workers > 0,
-                      pin_memory=self.device.type == "cuda")
+        common = dict(num_workers=self.workers, pin_memory=self.device.type == "cuda")
+        # Training workers start afresh every epoch (not persistent), so their seeds come from
+        # that epoch's seeded generator; drop_last keeps batches even, as Mixup needs.
         train = DataLoader(self.train_set, batch_size=r.batch_size, drop_last=True,
-                           sampler=_sampler(labels, r.sampler, n, r.seed), **common)
-        val = DataLoader(self.val_set, batch_size=r.batch_size * 2, shuffle=False, **common)
+                           sampler=_sampler(labels, r.sampler, n), worker_init_fn=_seed_worker,
+                           generator=torch.Generator(), **common)
+        val = DataLoader(self.val_set, batch_size=r.batch_size * 2, shuffle=False,
+                         persistent_workers=self.workers > 0, **common)
         return train, val
+
+    def _seed_epoch(self, loader: DataLoader, epoch: int) -> None:
+        """Every random draw of an epoch follows from (seed, epoch) alone, so a resumed run
+        replays the epochs it missed exactly: sampling order, augmentations (in this process or
+        per worker), CutMix/MixUp (timm draws from numpy's global generator) and dropout."""
+        sampler, workers, transform, others = (
+            np.random.SeedSequence([self.recipe.seed, epoch]).generate_state(4).tolist())
+        loader.sampler.generator.manual_seed(sampler)
+        loader.generator.manual_seed(workers)
+        self.train_set.transform.set_random_seed(transform)  # used when there are no workers
+        random.seed(others)
+        np.random.seed(others)
+        torch.manual_seed(others)  # CUDA generators too
 
     # ---- model ------------------------------------------------------------------------
     def _build(self, steps_per_epoch: int):
         r = self.recipe
         self.pretrained_from = resolve_pretrained(r.pretrained, r.backbone)
+        torch.manual_seed(r.seed)  # weights not loaded from a file start the same in every run
         model, self.weights_origin = create_model(r.backbone, r.num_classes, self.pretrained_from,
                                                   r.drop_rate)
         if not self.weights_origin.startswith("none"):
-            sample = torch.stack([self.train_set[i][0] for i in
-                                  np.random.default_rng(r.seed).choice(len(self.train_set),
-                                                                       min(256, len(self.train_set)),
-                                                                       replace=False)])
+            n = min(r.bn_calibration_images, len(self.train_set))
+            rows = np.random.default_rng(r.seed).choice(len(self.train_set), n, replace=False)
+            sample = torch.stack([self.train_set[i][0] for i in rows])
             if recalibrate_batchnorm(model, sample):
-                self.weights_origin += " (folded BatchNorm re-calibrated on 256 training images)"
+                self.weights_origin += (f" (folded BatchNorm re-calibrated on {len(sample)} "
+                                        "training images)")
         self.model = model.to(self.device, memory_format=torch.channels_last)
         self.optimizer = create_optimizer_v2(self.model, opt=r.optimizer, lr=r.lr,
                                              weight_decay=r.weight_decay,
                                              layer_decay=r.layer_decay or None)
         self.scheduler, _ = create_scheduler_v2(
-            self.optimizer, sched=r.scheduler, num_epochs=r.epochs, min_lr=r.lr * 0.01,
-            warmup_lr=r.lr * 0.05, warmup_epochs=r.warmup_epochs, step_on_epochs=False,
-            updates_per_epoch=steps_per_epoch)
+            self.optimizer, sched=r.scheduler, num_epochs=r.epochs,
+            min_lr=r.lr * r.min_lr_factor, warmup_lr=r.lr * r.warmup_lr_factor,
+            warmup_epochs=r.warmup_epochs, step_on_epochs=False, updates_per_epoch=steps_per_epoch)
         self.ema = ModelEmaV3(self.model, decay=r.ema, use_warmup=True) if r.ema else None
+        # The recipe's cutmix and mixup are the shares of batches each gets; label smoothing
+        # stays with the loss, which takes Mixup's (N, C) targets.
+        mixed = r.cutmix + r.mixup
+        self.mixer = Mixup(mixup_alpha=r.mixup_alpha if r.mixup else 0.0,
+                           cutmix_alpha=r.cutmix_alpha if r.cutmix else 0.0, prob=mixed,
+                           switch_prob=r.cutmix / mixed, label_smoothing=0.0,
+                           num_classes=r.num_classes) if mixed else None
         counts = torch.bincount(torch.as_tensor(self.train_set.labels), minlength=r.num_classes)
         weight = class_weights(r.class_weights, counts)
         self.criterion = build_loss(r.loss, r.num_classes,
@@ -185,22 +212,7 @@ class Trainer:
                                        enabled=self.device.type == "cuda")
 
     # ---- loop -------------------------------------------------------------------------
-    def _mix(self, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator):
-        r = self.recipe
-        draw = rng.random()
-        if draw < r.cutmix:
-            (yl, yh, xl, xh), lam = cutmix_bbox_and_lam(x.shape, rng.beta(1.0, 1.0))
-            perm = torch.randperm(len(x))
-            x = x.clone()
-            x[:, :, yl:yh, xl:xh] = x[perm][:, :, yl:yh, xl:xh]
-            return x, y[perm], lam
-        if draw < r.cutmix + r.mixup:
-            lam = float(rng.beta(0.4, 0.4))
-            perm = torch.randperm(len(x))
-            return lam * x + (1 - lam) * x[perm], y[perm], lam
-        return x, y, 1.0
-
-    def _train_epoch(self, loader, epoch: int, step: int, rng) -> tuple[float, float, int]:
+    def _train_epoch(self, loader, epoch: int, step: int) -> tuple[float, float, int]:
         r = self.recipe
         self.model.train()
         cm = torch.zeros(r.num_classes, r.num_classes, dtype=torch.long)
@@ -210,12 +222,10 @@ class Trainer:
         for x, y in bar:
             x = x.to(self.device, non_blocking=True, memory_format=torch.channels_last)
             y = y.to(self.device, non_blocking=True)
-            x, y2, lam = self._mix(x, y, rng)
+            x, target = self.mixer(x, y) if self.mixer else (x, y)
             with self.autocast:
                 logits = self.model(x)
-                loss = lam * self.criterion(logits, y)
-                if lam < 1.0:
-                    loss = loss + (1 - lam) * self.criterion(logits, y2)
+                loss = self.criterion(logits, target)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -223,12 +233,13 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update(self.model, step=step)
             self.scheduler.step_update(num_updates=step)
-            target = y if lam >= 0.5 else y2
-            cm += torch.bincount((target * r.num_classes + logits.argmax(1)).cpu(),
+            hard = target.argmax(1) if target.ndim == 2 else target  # a mix's larger share
+            cm += torch.bincount((hard * r.num_classes + logits.argmax(1)).cpu(),
                                  minlength=r.num_classes ** 2).view(r.num_classes, -1)
             total += loss.item() * len(x)
             seen += len(x)
-            bar.set_postfix(loss=f"{total / seen:.4f}", f1=f"{_macro_f1_from_confusion(cm):.3f}")
+            bar.set_postfix(loss=f"{total / seen:.4f}",
+                            f1=f"{macro_f1_from_confusion(cm.numpy()):.3f}")
         return total / max(seen, 1), seen / (time.perf_counter() - start), step
 
     @torch.inference_mode()
@@ -264,14 +275,19 @@ class Trainer:
     def _resolved(self) -> dict:
         return {
             "recipe": self.recipe.to_dict(), "augmentations": A.to_dict(self.augment),
-            "data": {"source": self.source, "summary": self.table.summary(), **self.split,
+            "data": {"source": self.source, "group": self.table.group,
+                     "summary": self.table.summary(), **self.split,
                      "problems": len(self.problems)},
             "pretrained": self.weights_origin, "device": str(self.device),
             "workers": self.workers, "torch": torch.__version__, "python": platform.python_version(),
         }
 
     def fit(self, resume: bool = False) -> RunResult:
+        """Train; ``resume`` continues from the run folder's last.pt, which must exist and hold
+        the same recipe (but for :data:`RESUME_MAY_CHANGE`)."""
         r = self.recipe
+        last = self.run_dir / "last.pt"
+        state = self._resumable(last) if resume else None
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._prepare()
         train_loader, val_loader = self._loaders()
@@ -285,23 +301,23 @@ class Trainer:
                         self.run_dir / "problems.txt")
         (self.run_dir / "recipe.json").write_text(json.dumps(self._resolved(), indent=2))
         history, start_epoch, step, best, stale = [], 1, 0, -1.0, 0
-        last = self.run_dir / "last.pt"
-        if resume and last.exists():
-            state = torch.load(last, map_location=self.device, weights_only=True)
+        if state is not None:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             if self.ema is not None:
                 self.ema.module.load_state_dict(state["ema"])
             start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
-            best, stale = float(state["best"]), int(state["stale"])
-            history = pd.read_csv(self.run_dir / "metrics.csv").to_dict("records")
+            best, stale, history = float(state["best"]), int(state["stale"]), state["history"]
+            self._write_metrics(history)  # drops any row of an epoch last.pt did not commit
             log.info("resumed %s at epoch %d (best val macro-F1 %.4f)", self.run_dir,
                      start_epoch, best)
-        rng = np.random.default_rng(r.seed + start_epoch)
-        torch.manual_seed(r.seed + start_epoch)
         for epoch in range(start_epoch, r.epochs + 1):
-            train_loss, speed, step = self._train_epoch(train_loader, epoch, step, rng)
+            if stale >= r.patience:
+                tqdm.write(f"early stop: no val macro-F1 gain for {stale} epoch(s)")
+                break
+            self._seed_epoch(train_loader, epoch)
+            train_loss, speed, step = self._train_epoch(train_loader, epoch, step)
             val_loss, probs, y_true = self.evaluate(val_loader)
             m = scores(y_true, probs.argmax(1), r.num_classes)
             history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
@@ -309,7 +325,6 @@ class Trainer:
                             **{f"val_f1_{c}": f for c, f in zip(self.classes, m["per_class_f1"])},
                             "train_img_per_s": speed,
                             "lr": max(g["lr"] for g in self.optimizer.param_groups)})
-            pd.DataFrame(history).to_csv(self.run_dir / "metrics.csv", index=False)
             improved = m["macro_f1"] > best
             if improved:
                 best, stale = m["macro_f1"], 0
@@ -321,17 +336,38 @@ class Trainer:
             tqdm.write(f"{r.attribute} epoch {epoch}: train loss {train_loss:.4f} | val loss "
                        f"{val_loss:.4f} macro-F1 {m['macro_f1']:.4f} acc {m['accuracy']:.4f} | "
                        f"{speed:.0f} img/s{' | best' if improved else ''}")
-            self._save_last(last, epoch, step, best, stale)
-            if stale >= r.patience:
-                tqdm.write(f"early stop: no val macro-F1 gain for {stale} epoch(s)")
-                break
+            # last.pt commits the epoch, history included; metrics.csv is rewritten from it
+            # after, so a crash in between leaves metrics.csv behind, never ahead.
+            self._save_last(last, epoch, step, best, stale, history)
+            self._write_metrics(history)
         return self._finish(pd.DataFrame(history))
 
-    def _save_last(self, path: Path, epoch: int, step: int, best: float, stale: int) -> None:
+    def _resumable(self, last: Path) -> dict:
+        if not last.exists():
+            raise ResumeError(f"cannot resume: {last} does not exist (no epoch of this run was "
+                              "saved); train without --resume to start over")
+        state = torch.load(last, map_location="cpu", weights_only=True)
+        saved, now = json.loads(state["recipe"]), json.loads(json.dumps(self.recipe.to_dict()))
+        changed = [f"{k} {saved.get(k)!r} -> {now.get(k)!r}"
+                   for k in sorted(saved.keys() | now.keys())
+                   if k not in RESUME_MAY_CHANGE and saved.get(k) != now.get(k)]
+        if changed:
+            raise ResumeError(f"cannot resume {self.run_dir}: the recipe changed "
+                              f"({'; '.join(changed)}). A resumed run keeps its recipe; only "
+                              f"{', '.join(RESUME_MAY_CHANGE)} may change. Train a new run for a "
+                              "new recipe")
+        return state
+
+    def _write_metrics(self, history: list[dict]) -> None:
+        pd.DataFrame(history).to_csv(self.run_dir / "metrics.csv", index=False)
+
+    def _save_last(self, path: Path, epoch: int, step: int, best: float, stale: int,
+                   history: list[dict]) -> None:
         tmp = path.with_suffix(".tmp")
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "epoch": epoch, "step": step,
-                 "best": best, "stale": stale}
+                 "best": best, "stale": stale, "history": history,
+                 "recipe": json.dumps(self.recipe.to_dict())}
         if self.ema is not None:
             state["ema"] = self.ema.module.state_dict()
         torch.save(state, tmp)

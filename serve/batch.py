@@ -16,11 +16,9 @@ import pandas as pd
 from tqdm import tqdm
 
 from facet.combine import ATTRIBUTES, class_names
-from facet.preprocess import ImageError
+from facet.preprocess import SUFFIXES, ImageError
 
 from .predictor import Predictor
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 class InputError(ValueError):
@@ -32,29 +30,54 @@ class Inputs:
     frame: pd.DataFrame  # the rows to write back, in their order
     paths: list[Path]  # one image per row
     answer_column: str = "ans"
+    refused: dict[int, str] = field(default_factory=dict)  # row -> why it is not even read
+    skipped: list[Path] = field(default_factory=list)  # files in a folder that are not images
 
 
-def read_inputs(source: Path, images: Path | None = None, path_column: str | None = None) -> Inputs:
-    """The competition's eval folder or info.csv, any CSV with a path column, or a folder."""
+def read_inputs(source: Path, images: Path | None = None, path_column: str | None = None,
+                allow_outside: bool = False) -> Inputs:
+    """The competition's eval folder or info.csv, any CSV with a path column, or a folder.
+
+    A CSV's relative paths must stay inside the images folder (``../../etc/passwd`` is refused
+    per row) unless ``allow_outside``; absolute paths are explicit and allowed.
+    """
     source = Path(source)
     if source.is_dir() and (source / "info.csv").exists():
-        return read_inputs(source / "info.csv", images or source / "images", path_column)
+        return read_inputs(source / "info.csv", images or source / "images", path_column,
+                           allow_outside)
     if source.is_dir():
-        files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
-                       and not p.name.startswith("."))
+        entries = sorted(p for p in source.iterdir() if not p.name.startswith("."))
+        files = [p for p in entries if p.suffix.lower() in SUFFIXES]
         if not files:
-            raise InputError(f"{source} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        return Inputs(pd.DataFrame({"path": [str(f) for f in files]}), files)
+            raise InputError(f"{source} holds no images ({', '.join(SUFFIXES)})")
+        skipped = [p for p in entries if p.suffix.lower() not in SUFFIXES and p.is_file()]
+        return Inputs(pd.DataFrame({"path": [str(f) for f in files]}), files, skipped=skipped)
     if not source.is_file():
         raise InputError(f"{source} does not exist")
-    frame = pd.read_csv(source, dtype=str, keep_default_na=False)
+    frame = _read_csv(source)
     column = path_column or next((c for c in ("ImageID", "path", "image", "file")
                                   if c in frame.columns), None)
     if column is None or column not in frame.columns:
         raise InputError(f"{source}: no image column (ImageID, path, image or file; or give "
                          f"--path-column); columns are {list(frame.columns)}")
-    base = images or source.parent
-    return Inputs(frame, [Path(base) / p for p in frame[column]])
+    base = Path(images or source.parent)
+    paths = [base / p for p in frame[column]]
+    inside = os.path.abspath(base)
+    refused = {i: f"{name!r} leads outside the images folder {base} (--allow-outside allows it)"
+               for i, name in enumerate(frame[column])
+               if not allow_outside and not os.path.isabs(name)
+               and os.path.commonpath([inside, os.path.abspath(base / name)]) != inside}
+    refused.update({i: "empty path" for i, name in enumerate(frame[column]) if not name.strip()})
+    return Inputs(frame, paths, refused=refused)
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{path}: empty CSV (no header, no rows)") from None
+    except (UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise InputError(f"{path}: not a readable CSV ({str(exc).splitlines()[0][:200]})") from None
 
 
 @dataclass
@@ -66,8 +89,10 @@ class BatchResult:
 
 
 def predict_paths(predictor: Predictor, paths: list[Path], batch_size: int = 64,
-                  workers: int = 2, progress: bool = True) -> BatchResult:
-    n = len(paths)
+                  workers: int = 2, progress: bool = True,
+                  refused: dict[int, str] | None = None) -> BatchResult:
+    """Predict every path; a row that cannot be read (or is in ``refused``) gets an error."""
+    n, refused = len(paths), refused or {}
     labels = np.full(n, -1, np.int64)
     attributes = {a: np.full((n, len(c)), np.nan, np.float32) for a, c in ATTRIBUTES.items()}
     probs = np.full((n, len(class_names())), np.nan, np.float32)
@@ -76,10 +101,13 @@ def predict_paths(predictor: Predictor, paths: list[Path], batch_size: int = 64,
     def load_chunk(start: int):
         stop, loaded = min(start + batch_size, n), []
         for i in range(start, stop):
+            if i in refused:
+                errors.append((i, str(paths[i]), refused[i]))
+                continue
             try:
                 loaded.append((i, predictor.load(paths[i])))
             except (ImageError, OSError) as exc:
-                errors.append((i, str(paths[i]), _reason(exc)))
+                errors.append((i, str(paths[i]), str(exc)))
         return stop - start, loaded
 
     bar = tqdm(total=n, unit="img", desc="predicting", disable=not progress, dynamic_ncols=True)
@@ -107,12 +135,21 @@ def predict_paths(predictor: Predictor, paths: list[Path], batch_size: int = 64,
     return BatchResult(labels, attributes, probs, sorted(errors))
 
 
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, FileNotFoundError):
-        return "file not found"
-    if isinstance(exc, IsADirectoryError):
-        return "is a directory, not an image"
-    return str(exc)
+def check_writable(path: Path) -> None:
+    """Fail before any work if ``path`` cannot be written (a folder, a parent that is a file,
+    no permission), instead of after predicting every image."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder: give a file name to write")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".check", dir=path.parent)
+    except (FileExistsError, NotADirectoryError):
+        raise InputError(f"cannot write {path}: {path.parent} is not a folder") from None
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def write_atomic(frame: pd.DataFrame, path: Path) -> None:

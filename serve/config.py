@@ -1,11 +1,12 @@
 """HTTP service settings: defaults < a TOML file ($FACET_CONFIG) < FACET_* environment variables."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
+
+from facet.preprocess import DEFAULT_RULES, ImageRules
 
 
 @dataclass(frozen=True)
@@ -27,8 +28,14 @@ class ServeConfig:
     #                           leave together as the next call
     max_latency_ms: int = 5000  # BentoML rejects requests it expects to finish later than this
     max_upload_bytes: int = 10 * 1024 * 1024
-    max_pixels: int = 40_000_000  # decompression-bomb guard
+    max_pixels: int = DEFAULT_RULES.max_pixels  # decompression-bomb guard, from the header
+    min_image_side: int = DEFAULT_RULES.min_side  # smaller images cannot be a face: 422
+    max_aspect: float = DEFAULT_RULES.max_aspect  # longer strips cannot be a face: 422
     max_batch_files: int = 64
+    body_timeout_s: float = 30.0  # an upload must arrive within this (else 408)
+    decode_threads: int = 2  # threads that decode large images, off the event loop
+    offload_pixels: int = 2_000_000  # images over this decode on those threads (a 35 MP PNG
+    #                                  takes ~1 s: on the event loop it stalls every request)
     access_log: bool = True  # one log line per request (model-service calls are never logged)
 
     @classmethod
@@ -37,7 +44,10 @@ class ServeConfig:
         values: dict = {}
         path = environ.get("FACET_CONFIG")
         if path:
-            data = tomllib.loads(Path(path).read_text())
+            try:
+                data = tomllib.loads(Path(path).read_text())
+            except tomllib.TOMLDecodeError as exc:
+                raise ValueError(f"{path}: not valid TOML ({exc})") from None
             values.update(data.get("serve", data))
         for f in fields(cls):
             key = f"FACET_{f.name.upper()}"
@@ -49,9 +59,11 @@ class ServeConfig:
                              f"{[f.name for f in fields(cls)]}")
         return cls(**{k: _coerce(cls, k, v) for k, v in values.items()})
 
-    def environ(self) -> dict[str, str]:
-        """These settings as FACET_* variables, for the server processes."""
-        return {f"FACET_{k.upper()}": str(v) for k, v in dataclasses.asdict(self).items()}
+    @property
+    def rules(self) -> ImageRules:
+        """The loader's bad-input rules for uploads: the same loader as `facet predict`."""
+        return ImageRules(self.max_upload_bytes, self.max_pixels, self.min_image_side,
+                          self.max_aspect)
 
 
 def _coerce(cls, name: str, value):
@@ -62,4 +74,6 @@ def _coerce(cls, name: str, value):
         return value.lower() in ("1", "true", "yes", "on")
     if kind == "int":
         return int(value)
+    if kind == "float":
+        return float(value)
     return str(value) if kind == "str" else value

@@ -14,7 +14,10 @@ def parse(props: dict[str, str], where: str = "model") -> dict:
     """``{key: value}`` metadata properties -> the facet info dict."""
     if METADATA_KEY not in props:
         raise ModelFileError(f"{where} has no '{METADATA_KEY}' metadata: export it with `facet export`")
-    return json.loads(props[METADATA_KEY])
+    try:
+        return json.loads(props[METADATA_KEY])
+    except ValueError as exc:
+        raise ModelFileError(f"{where}: its '{METADATA_KEY}' metadata is not valid JSON ({exc})") from None
 
 
 def read_metadata(proto) -> dict:

@@ -5,9 +5,16 @@ _ERROR = {"type": "object", "required": ["error"],
               "status": {"type": "integer"}, "message": {"type": "string"}}}}}
 _ERRORS = {str(code): {"description": why, "content": {"application/json": {"schema": _ERROR}}}
            for code, why in ((400, "empty or malformed request"),
+                             (408, "the upload did not arrive in time"),
                              (413, "upload or image too large"),
                              (415, "content type not accepted"),
-                             (422, "not a usable image"))}
+                             (422, "not a usable image (not an image, truncated, too small, "
+                                   "too elongated)"),
+                             (500, "the server failed on this request"),
+                             (503, "at capacity or the model service is unavailable; retry "
+                                   "after the Retry-After header's seconds"))}
+_ERRORS["503"]["headers"] = {"Retry-After": {"description": "seconds to wait before retrying",
+                                             "schema": {"type": "integer"}}}
 _ATTRIBUTE = {"type": "object", "properties": {
     "label": {"type": "string"}, "code": {"type": "integer"},
     "probs": {"type": "object", "additionalProperties": {"type": "number"}}}}
@@ -31,7 +38,7 @@ OPENAPI = {
                 "multipart/form-data": {"schema": {"type": "object", "required": ["image"],
                                                    "properties": {"image": _BINARY}}},
                 "image/jpeg": {"schema": _BINARY}, "image/png": {"schema": _BINARY},
-                "image/webp": {"schema": _BINARY},
+                "image/webp": {"schema": _BINARY}, "image/bmp": {"schema": _BINARY},
                 "application/octet-stream": {"schema": _BINARY}}},
             "responses": {"200": {"description": "the answer",
                                   "content": {"application/json": {"schema": _ANSWER}}},

@@ -7,7 +7,8 @@ runs them with BentoML's adaptive batching across front workers.
 
 Routes (under /v1): POST /predict (one image: multipart or raw body), POST /predict/batch
 (multipart, several images), GET /info, GET /openapi.json. BentoML's /healthz, /livez,
-/readyz and /metrics stay on.
+/readyz and /metrics stay on. Every error under /v1 is JSON, 5xx included, and no exception
+escapes a handler: uvicorn closes a keep-alive connection on one.
 """
 from __future__ import annotations
 
@@ -18,43 +19,52 @@ privacy.apply_defaults()  # before bentoml is imported: it reports usage otherwi
 import asyncio  # noqa: E402
 import logging  # noqa: E402
 import time  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
 import aiohttp  # noqa: E402  (BentoML's own inter-service client)
 import bentoml  # noqa: E402
 import numpy as np  # noqa: E402
+from bentoml.exceptions import BentoMLException, ServiceUnavailable  # noqa: E402
 from starlette.applications import Starlette  # noqa: E402
+from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 from starlette.requests import Request  # noqa: E402
 from starlette.responses import JSONResponse  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
 from facet.combine import ATTRIBUTES, combine_probs  # noqa: E402
-from facet.preprocess import ImageError, ImageTooLarge, PreprocessSpec, load  # noqa: E402
+from facet.preprocess import ImageError, ImageTooLarge, PreprocessSpec, pixel_count  # noqa: E402
 
 from .coalesce import Coalescer  # noqa: E402
 from .config import ServeConfig  # noqa: E402
 from .openapi import OPENAPI  # noqa: E402
-from .predictor import Prediction, Predictor  # noqa: E402
+from .predictor import Prediction, Predictor, decode, pack, unpack  # noqa: E402
 
 log = logging.getLogger(__name__)
 CONFIG = ServeConfig.load()
-RAW_TYPES = {"image/jpeg", "image/jpg", "image/png", "image/webp", "application/octet-stream"}
+RAW_TYPES = {"image/jpeg", "image/jpg", "image/png", "image/webp", "image/bmp", "image/x-ms-bmp",
+             "application/octet-stream"}
 SIZES = [len(c) for c in ATTRIBUTES.values()]  # 3 + 2 + 3 probability columns
-INFER_ATTEMPTS = 5
-INFER_TIMEOUT_S = 15.0  # per attempt; p99 under a 16-client load is ~0.3 s
+TRAFFIC_TIMEOUT_S = 60
+# Lost model-service calls are sent again until this deadline, well inside the traffic timeout
+# (p99 under a 16-client load is ~0.3 s); an overloaded model service is not retried.
+INFER_DEADLINE_S = 30.0
+RETRY_AFTER_S = 1
+DECODE_POOL = ThreadPoolExecutor(CONFIG.decode_threads, thread_name_prefix="facet-decode")
 
 
 class HTTPError(Exception):
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.headers = status, message, headers
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"status": status, "message": message}}, status_code=status)
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"status": status, "message": message}}, status_code=status,
+                        headers=headers)
 
 
 @bentoml.service(name="facet-model", workers=CONFIG.model_workers,
-                 traffic={"timeout": 60, "concurrency": 256},
+                 traffic={"timeout": TRAFFIC_TIMEOUT_S, "concurrency": 256},
                  # internal calls: the front's access log already has one line per request
                  logging={"access": {"enabled": False}},
                  # The front's client to this service closes its session every max_requests
@@ -67,20 +77,18 @@ class FacetModel:
     def __init__(self):
         self.predictor = Predictor(CONFIG.models, mode=CONFIG.mode, device=CONFIG.device,
                                    threads=CONFIG.threads or None, tta=CONFIG.tta,
-                                   variant=CONFIG.variant,
-                                   max_pixels=CONFIG.max_pixels, spinning=CONFIG.spinning)
-        if len(self.predictor.distinct_specs) != 1:
-            raise ValueError("the HTTP service needs the three models to share one input spec")
+                                   variant=CONFIG.variant, rules=CONFIG.rules,
+                                   spinning=CONFIG.spinning)
         self.batches = self.images = 0
         self.busy_s = 0.0  # time spent running the models: busy_s / wall time is utilisation
 
     @bentoml.api(batchable=CONFIG.batching, batch_dim=0, max_batch_size=CONFIG.max_batch_size,
                  max_latency_ms=CONFIG.max_latency_ms)
     def infer(self, images: np.ndarray) -> np.ndarray:
-        """uint8 (N, H, W, 3) resized images -> (N, 8) probabilities: mask | gender | age."""
-        spec = self.predictor.distinct_specs[0]
+        """(N, L) uint8 images, resized to each model's spec and packed (``predictor.pack``)
+        -> (N, 8) probabilities: mask | gender | age."""
         start = time.perf_counter()
-        out = self.predictor.predict({spec: images})
+        out = self.predictor.predict(unpack(images, self.predictor.distinct_specs))
         self.busy_s += time.perf_counter() - start
         self.batches, self.images = self.batches + 1, self.images + len(images)
         return np.concatenate([out.attributes[a] for a in ATTRIBUTES], axis=1)
@@ -88,7 +96,7 @@ class FacetModel:
     @bentoml.api
     def info(self) -> dict:
         return {**self.predictor.model_info(), "versions": self.predictor.versions(),
-                "spec": self.predictor.distinct_specs[0].to_dict(),
+                "specs": [s.to_dict() for s in self.predictor.distinct_specs],
                 "served": {"batches": self.batches, "images": self.images,
                            "busy_s": round(self.busy_s, 3)}}
 
@@ -98,11 +106,16 @@ async def _read_body(request: Request, limit: int) -> bytes:
     if declared and declared.isdigit() and int(declared) > limit:
         raise HTTPError(413, f"upload is {int(declared):,} bytes, over the limit of {limit:,}")
     chunks, size = [], 0
-    async for chunk in request.stream():  # also bounds chunked uploads with no length
-        size += len(chunk)
-        if size > limit:
-            raise HTTPError(413, f"upload is over the limit of {limit:,} bytes")
-        chunks.append(chunk)
+    try:  # a body shorter than its Content-Length, or a trickle, must not hold a connection
+        async with asyncio.timeout(CONFIG.body_timeout_s):
+            async for chunk in request.stream():  # also bounds chunked uploads with no length
+                size += len(chunk)
+                if size > limit:
+                    raise HTTPError(413, f"upload is over the limit of {limit:,} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise HTTPError(408, f"the upload did not arrive within {CONFIG.body_timeout_s:g} s "
+                             f"({size:,} bytes received)") from None
     return b"".join(chunks)
 
 
@@ -132,11 +145,19 @@ async def _uploads(request: Request, many: bool) -> list[tuple[str, bytes]]:
     return files
 
 
-def _decode(name: str, data: bytes, spec: PreprocessSpec) -> np.ndarray:
+async def _decode(name: str, data: bytes, specs: list[PreprocessSpec]) -> np.ndarray:
+    """One upload -> its packed model inputs (one decode, one resize per spec)."""
     if not data:
         raise HTTPError(400, f"{name}: empty file")
+    if pixel_count(data) > CONFIG.offload_pixels:
+        return await asyncio.get_running_loop().run_in_executor(
+            DECODE_POOL, _decode_now, name, data, specs)
+    return _decode_now(name, data, specs)
+
+
+def _decode_now(name: str, data: bytes, specs: list[PreprocessSpec]) -> np.ndarray:
     try:
-        return load(data, spec, max_pixels=CONFIG.max_pixels)
+        return pack(decode(data, specs, CONFIG.rules))
     except ImageTooLarge as exc:
         raise HTTPError(413, f"{name}: {exc}") from None
     except ImageError as exc:
@@ -147,7 +168,7 @@ async def predict(request: Request) -> JSONResponse:
     service = bentoml.get_current_service()
     name, data = (await _uploads(request, many=False))[0]
     info = await service.model_info()
-    image = _decode(name, data, PreprocessSpec.from_dict(info["spec"]))
+    image = await _decode(name, data, _specs(info))
     probs = await service.infer(image[None])
     return JSONResponse(_answer(probs, info)[0])
 
@@ -157,12 +178,12 @@ async def predict_batch(request: Request) -> JSONResponse:
     service = bentoml.get_current_service()
     files = await _uploads(request, many=True)
     info = await service.model_info()
-    spec = PreprocessSpec.from_dict(info["spec"])
+    specs = _specs(info)
     results: list[dict] = []
     good, images = [], []
     for i, (name, data) in enumerate(files):
         try:
-            images.append(_decode(name, data, spec))
+            images.append(await _decode(name, data, specs))
             good.append(i)
             results.append({})
         except HTTPError as exc:
@@ -175,19 +196,36 @@ async def predict_batch(request: Request) -> JSONResponse:
                         status_code=200 if images else 422)
 
 
-async def _infer(service, images: np.ndarray) -> np.ndarray:
-    """Run the model service. A call can still be lost (a model worker restarting, a dropped
-    connection) even with the session recycling off; inference is idempotent, so a lost call
-    is sent again, and only repeated failure becomes a 503."""
-    for attempt in range(INFER_ATTEMPTS):
+def _specs(info: dict) -> list[PreprocessSpec]:
+    return [PreprocessSpec.from_dict(s) for s in info["specs"]]
+
+
+async def _infer(model, images: np.ndarray) -> np.ndarray:
+    """Run the model service (``model``: its async client). A call can still be lost (a model
+    worker restarting, a dropped connection); inference is idempotent, so a lost call is sent
+    again until the deadline. A model service that refuses work (its own 503: more queued than
+    it can answer in time) is not retried: the client gets a 503 with Retry-After."""
+    loop = asyncio.get_running_loop()
+    deadline, attempt = loop.time() + INFER_DEADLINE_S, 0
+    busy = {"Retry-After": str(RETRY_AFTER_S)}
+    while True:
+        attempt += 1
         try:
-            return await asyncio.wait_for(service.model.to_async.infer(images), INFER_TIMEOUT_S)
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, asyncio.TimeoutError) as exc:
-            log.warning("model service call failed (%s), attempt %d of %d",
-                        type(exc).__name__, attempt + 1, INFER_ATTEMPTS)
-            if attempt == INFER_ATTEMPTS - 1:
-                raise HTTPError(503, "the model service is unavailable; retry later") from None
-    raise AssertionError("unreachable")
+            async with asyncio.timeout_at(deadline):
+                return await model.infer(images)
+        except ServiceUnavailable:
+            raise HTTPError(503, "the model service is at capacity; retry later", busy) from None
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            log.warning("model service call failed (%s), attempt %d", type(exc).__name__, attempt)
+            if loop.time() >= deadline - 0.05:
+                raise HTTPError(503, "the model service is unavailable; retry later", busy) from None
+            await asyncio.sleep(min(0.05 * attempt, 0.5))
+        except TimeoutError:
+            raise HTTPError(503, f"no answer from the model service within {INFER_DEADLINE_S:g} s;"
+                                 " retry later", busy) from None
+        except BentoMLException as exc:
+            log.error("model service error: %s", exc)
+            raise HTTPError(500, "the model service failed on this request") from None
 
 
 def _answer(probs: np.ndarray, info: dict) -> list[dict]:
@@ -214,19 +252,41 @@ def _guard(handler):
         try:
             return await handler(request)
         except HTTPError as exc:
-            return _error(exc.status, exc.message)
+            return _error(exc.status, exc.message, exc.headers)
+        except Exception:  # noqa: BLE001 - a JSON 500 keeps the connection usable
+            log.exception("unexpected error on %s %s", request.method, request.url.path)
+            return _error(500, "internal error: the server failed on this request")
     return wrapped
 
 
-api = Starlette(routes=[
+async def _http_exception(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return _error(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+
+
+async def _no_route(request: Request) -> JSONResponse:
+    """404 and 405 as JSON, like every other error. BentoML mounts /v1 so that a path this
+    app does not match falls through to its own plain-text 404: this route matches them all."""
+    path = request.url.path.removeprefix(request.scope.get("root_path", ""))
+    allowed = sorted({m for r in ROUTES if r.path_regex.match(path) for m in r.methods or ()})
+    if allowed:
+        return _error(405, f"{request.method} is not allowed on {request.url.path}; use "
+                           f"{', '.join(allowed)}", {"Allow": ", ".join(allowed)})
+    return _error(404, f"no route {request.url.path} (see /v1/openapi.json)")
+
+
+ROUTES = [
     Route("/predict", _guard(predict), methods=["POST"]),
     Route("/predict/batch", _guard(predict_batch), methods=["POST"]),
     Route("/info", _guard(model_info), methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
-])
+]
+api = Starlette(routes=[*ROUTES, Route("/{path:path}", _no_route, methods=[
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])],
+    exception_handlers={StarletteHTTPException: _http_exception})
 
 
-@bentoml.service(name="facet", workers=CONFIG.workers, traffic={"timeout": 60, "concurrency": 256},
+@bentoml.service(name="facet", workers=CONFIG.workers,
+                  traffic={"timeout": TRAFFIC_TIMEOUT_S, "concurrency": 256},
                   logging={"access": {"enabled": CONFIG.access_log}})
 @bentoml.asgi_app(api, path="/v1")
 class Facet:
@@ -236,14 +296,15 @@ class Facet:
 
     def __init__(self):
         self._info: dict | None = None
-        self._coalescer = Coalescer(lambda images: _infer(self, images), CONFIG.max_batch_size,
+        self._coalescer = Coalescer(lambda images: _infer(self.model.to_async, images),
+                                    CONFIG.max_batch_size,
                                     CONFIG.calls_in_flight or CONFIG.model_workers)
 
     async def infer(self, images: np.ndarray) -> np.ndarray:
         """(N, 8) probabilities; with batching on, concurrent calls share one model-service call."""
         if CONFIG.batching:
             return await self._coalescer(images)
-        return await _infer(self, images)
+        return await _infer(self.model.to_async, images)
 
     async def model_info(self) -> dict:
         if self._info is None:  # asked once per worker, when the model service is up

@@ -4,11 +4,24 @@ Everything is made here, in seconds, with no network and nothing from ../shared.
 """
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
 
 from facet.synthetic import make_dataset
+
+SLOW_FIXTURES = {"runs", "exported", "train_tiny"}  # each trains models
+
+
+def pytest_collection_modifyitems(items):
+    """A test that uses a model-training fixture is marked slow: `pytest -m "not slow"` is the
+    fast inner loop without anyone having to remember the mark."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 TINY = ["backbone=test_efficientnet", "image_size=48", "pretrained=none", "epochs=1",
         "samples_per_epoch=128", "batch_size=32"]
@@ -49,3 +62,17 @@ def exported(runs, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("artifacts")
     export_all(runs, out, ensemble=True, quantize=True, echo=lambda *_: None)
     return out
+
+
+def png_header_bomb(width=30_000, height=30_000) -> bytes:
+    """A valid-looking PNG of a few dozen bytes whose header claims width x height pixels."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0"))
+            + chunk(b"IEND", b""))
+
+
+@pytest.fixture
+def header_bomb() -> bytes:
+    return png_header_bomb()

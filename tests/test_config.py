@@ -13,7 +13,8 @@ def test_defaults_then_file_then_environment(tmp_path):
     assert cfg.models == "from_file" and cfg.max_batch_size == 16 and cfg.batching is False
     assert cfg.max_pixels == ServeConfig().max_pixels
     assert cfg.spinning is False and ServeConfig.load({"FACET_SPINNING": "on"}).spinning is True
-    assert ServeConfig.load(cfg.environ()) == cfg  # round trip through the environment
+    rules = ServeConfig.load({"FACET_MIN_IMAGE_SIDE": "24", "FACET_MAX_ASPECT": "3.5"}).rules
+    assert (rules.min_side, rules.max_aspect, rules.max_pixels) == (24, 3.5, cfg.max_pixels)
 
 
 @pytest.mark.parametrize("env,match", [({"FACET_BATCHING": "maybe"}, "not a boolean"),
@@ -21,6 +22,13 @@ def test_defaults_then_file_then_environment(tmp_path):
 def test_bad_settings_are_refused(env, match):
     with pytest.raises(ValueError, match=match):
         ServeConfig.load(env)
+
+
+def test_broken_toml_names_the_file(tmp_path):
+    toml = tmp_path / "serve.toml"
+    toml.write_text("[serve\nmodels = 1\n")
+    with pytest.raises(ValueError, match=f"{toml}: not valid TOML"):
+        ServeConfig.load({"FACET_CONFIG": str(toml)})
 
 
 def test_unknown_setting_in_file(tmp_path):

@@ -99,3 +99,19 @@ def test_training_labels_move_and_drop_ages_but_truth_stays():
     assert labels.tolist() == [0, -1, 2, 2, 2, 2]
     assert frame["age"].tolist() == [0, 1, 1, 1, 2, 2]  # validation truth untouched
     assert training_labels(frame, "gender", AgeRule()).tolist() == [0] * 6
+
+
+def test_manifest_without_its_group_column_is_refused_unless_group_none(dataset, tmp_path, caplog):
+    images = sorted((dataset / "train" / "images").glob("*/normal.jpg"))[:3]
+    csv = tmp_path / "labels.csv"
+    pd.DataFrame({"path": [str(p) for p in images], "mask": "not_wear",
+                  "persn": ["a", "a", "b"]}).to_csv(csv, index=False)
+    with pytest.raises(DataError, match=r"no group column 'person' \(columns: \['path', 'mask', "
+                                        r"'persn'\]\).*--group none"):
+        read_manifest(csv)  # a misspelled column never silently becomes one group per image
+    assert read_manifest(csv, group="persn").frame["person"].tolist() == ["a", "a", "b"]
+    with caplog.at_level("WARNING", logger="facet.models.data"):
+        table = read_manifest(csv, group="none")
+    assert table.frame["person"].nunique() == 3 and table.group == "none"
+    assert "val scores will be optimistic" in caplog.text
+    assert "each its own group" in table.summary()

@@ -63,9 +63,7 @@ def test_ensemble_equals_three_sessions_and_the_rule(exported):
         np.testing.assert_allclose(out[name], expected, atol=1e-6)
     np.testing.assert_allclose(out["probs"], combine_probs(*parts), atol=1e-6)
     assert (out["label"] == out["probs"].argmax(1)).all()
-    manifest = json.loads((exported / "facet.json").read_text())
-    assert manifest["default_mode"] in ("ensemble", "separate")
-    assert set(manifest["timing_ms_per_batch64"]) == {"ensemble", "separate"}
+    assert "default_mode" not in json.loads((exported / "facet.json").read_text())
 
 
 def test_int8_variant_is_measured(exported):

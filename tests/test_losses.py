@@ -46,3 +46,23 @@ def test_f1_weight_adds_the_f1_term():
     torch.testing.assert_close(both, plain + 0.5 * SoftF1Loss(3)(logits, target))
     with pytest.raises(ValueError, match="unknown loss"):
         build_loss("hinge", 3)
+
+
+@pytest.mark.parametrize("name", ["ce", "focal", "f1"])
+def test_one_hot_targets_give_the_same_loss_as_class_indices(name):
+    torch.manual_seed(0)
+    logits, target = torch.randn(16, 3), torch.randint(0, 3, (16,))
+    weight = None if name == "f1" else torch.tensor([0.5, 1.0, 2.0])
+    loss = build_loss(name, 3, weight, label_smoothing=0.0 if name == "f1" else 0.1)
+    torch.testing.assert_close(loss(logits, F.one_hot(target, 3).float()), loss(logits, target))
+    if name == "ce":  # the weighted, smoothed mean torch defines for class indices
+        torch.testing.assert_close(loss(logits, target), torch.nn.CrossEntropyLoss(
+            weight=weight, label_smoothing=0.1)(logits, target))
+
+
+def test_ce_on_a_mixed_target_is_the_mix_of_the_two_losses():
+    torch.manual_seed(0)
+    logits, a, b = torch.randn(8, 3), torch.randint(0, 3, (8,)), torch.randint(0, 3, (8,))
+    ce = build_loss("ce", 3)
+    mixed = 0.7 * F.one_hot(a, 3).float() + 0.3 * F.one_hot(b, 3).float()
+    torch.testing.assert_close(ce(logits, mixed), 0.7 * ce(logits, a) + 0.3 * ce(logits, b))

@@ -1,11 +1,16 @@
+import io
 import json
+import os
 import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from facet.cli import app
@@ -13,6 +18,12 @@ from facet.serve.batch import predict_paths, read_inputs
 from facet.serve.predictor import Predictor
 
 runner = CliRunner()
+
+
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
 
 
 @pytest.fixture
@@ -160,3 +171,95 @@ def test_swapped_model_files_are_refused(exported, tmp_path):
     (models / "facet.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelFileError, match="the mask model holds age"):
         Predictor(models, mode="separate")
+
+
+def test_hostile_rows_are_per_row_errors_and_the_run_goes_on(exported, dataset, tmp_path,
+                                                             header_bomb):
+    images = tmp_path / "images"
+    images.mkdir()
+    good = sorted((dataset / "eval" / "images").glob("*.jpg"))[:2]
+    for p in good:
+        shutil.copy(p, images / p.name)
+    os.mkfifo(images / "pipe.jpg")
+    (images / "bomb.png").write_bytes(header_bomb)
+    (images / "dot.png").write_bytes(_png(Image.new("RGB", (1, 1))))
+    data = good[0].read_bytes()
+    (images / "cut.jpg").write_bytes(data[: len(data) // 2] + b"\xff\xd9")
+    rows = {"pipe.jpg": "not a regular file", "/dev/zero": "not a regular file",
+            "../../etc/passwd": "leads outside the images folder", "bomb.png": "pixel limit",
+            "dot.png": "minimum side", "cut.jpg": "truncated"}
+    csv = tmp_path / "info.csv"
+    pd.DataFrame({"ImageID": [good[0].name, *rows, good[1].name]}).to_csv(csv, index=False)
+    out = tmp_path / "sub.csv"
+    result = subprocess.run([sys.executable, "-m", "facet.cli", "predict", str(csv), "--images",
+                             str(images), "--models", str(exported), "-o", str(out)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3, result.stderr
+    sub = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert sub["ans"].iloc[0] != "" and sub["ans"].iloc[-1] != ""
+    assert (sub["ans"].iloc[1:-1] == "").all()  # no made-up label for any hostile row
+    errors = pd.read_csv(tmp_path / "sub.errors.csv")
+    assert errors["row"].tolist() == list(range(2, 2 + len(rows)))
+    for message, expected in zip(errors["error"], rows.values()):
+        assert expected in message
+    allowed = subprocess.run([sys.executable, "-m", "facet.cli", "predict", str(csv), "--images",
+                              str(images), "--models", str(exported), "-o", str(out),
+                              "--allow-outside"], capture_output=True, text=True, timeout=120)
+    errors = pd.read_csv(tmp_path / "sub.errors.csv")
+    assert allowed.returncode == 3 and "outside" not in " ".join(errors["error"])
+
+
+def test_folder_names_what_it_skips(exported, dataset, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(sorted((dataset / "eval" / "images").glob("*.jpg"))[0], folder / "a.jpg")
+    Image.new("RGB", (40, 40)).save(folder / "b.gif")
+    Image.new("RGB", (40, 40)).save(folder / "c.tiff")
+    result = runner.invoke(app, ["predict", str(folder), "--models", str(exported),
+                                 "-o", str(tmp_path / "o.csv")])
+    assert result.exit_code == 0, result.output
+    assert "skipped 2 file(s)" in result.output and "b.gif" in result.output and "c.tiff" in result.output
+
+
+@pytest.mark.parametrize("target", ["folder", "parent_is_file", "unwritable"])
+def test_output_is_checked_before_predicting(exported, dataset, tmp_path, target):
+    (tmp_path / "file").write_text("x")
+    out = {"folder": tmp_path, "parent_is_file": tmp_path / "file" / "sub.csv",
+           "unwritable": Path("/proc/facet-sub.csv")}[target]
+    t = time.perf_counter()
+    result = runner.invoke(app, ["predict", str(dataset / "eval"), "--models", str(exported),
+                                 "-o", str(out)])
+    assert result.exit_code == 2 and result.output.startswith("error: "), result.output
+    assert "predicting" not in result.output and time.perf_counter() - t < 10
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "text", "missing"])
+def test_broken_model_file_is_a_clear_error(exported, dataset, tmp_path, damage):
+    models = shutil.copytree(exported, tmp_path / "models")
+    target = models / "gender.onnx"
+    data = target.read_bytes()
+    if damage == "missing":
+        target.unlink()
+    else:
+        target.write_bytes({"truncated": data[: len(data) // 3], "empty": b"",
+                            "text": b"hello, not a model"}[damage])
+    result = runner.invoke(app, ["predict", str(dataset / "eval"), "--models", str(models),
+                                 "--mode", "separate", "-o", str(tmp_path / "o.csv")])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"error: {target}")
+    assert ("not a valid ONNX model" if damage != "missing" else "file not found") in result.output
+
+
+def test_unreadable_csv_and_index_files_are_named(exported, dataset, tmp_path):
+    empty, binary = tmp_path / "empty.csv", tmp_path / "binary.csv"
+    empty.write_bytes(b"")
+    binary.write_bytes(bytes(range(256)) * 8)
+    for csv, reason in ((empty, "empty CSV"), (binary, "not a readable CSV")):
+        result = runner.invoke(app, ["predict", str(csv), "--models", str(exported), "-o",
+                                     str(tmp_path / "o.csv")])
+        assert result.exit_code == 2 and f"{csv}: {reason}" in result.output, result.output
+    models = shutil.copytree(exported, tmp_path / "models")
+    (models / "facet.json").write_text("{not json")
+    result = runner.invoke(app, ["predict", str(dataset / "eval"), "--models", str(models),
+                                 "-o", str(tmp_path / "o.csv")])
+    assert result.exit_code == 2 and f"{models / 'facet.json'}: not a readable" in result.output

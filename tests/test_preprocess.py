@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facet.preprocess import (ImageError, ImageTooLarge, PreprocessSpec, load, normalize,
-                              read_image, resize)
+from facet.preprocess import (ImageError, ImageRules, ImageTooLarge, PreprocessSpec, load,
+                              normalize, read_image, resize)
 
 
 def _encode(image: Image.Image, fmt: str, **kw) -> bytes:
@@ -37,7 +37,7 @@ def test_other_modes_become_rgb(mode):
 
 
 def test_transparent_pixels_become_white():
-    rgba = np.zeros((10, 10, 4), np.uint8)
+    rgba = np.zeros((20, 20, 4), np.uint8)
     out = read_image(_encode(Image.fromarray(rgba, "RGBA"), "PNG"))
     assert (out == 255).all()
 
@@ -71,15 +71,15 @@ def test_truncated_jpeg_and_png_are_refused():
 def test_pixel_limit_refuses_before_decoding():
     data = _encode(Image.new("RGB", (1000, 1000)), "PNG")
     with pytest.raises(ImageTooLarge, match="1,000,000 pixels"):
-        read_image(data, max_pixels=999_999)
-    assert read_image(data, max_pixels=1_000_000).shape == (1000, 1000, 3)
+        read_image(data, ImageRules(max_pixels=999_999))
+    assert read_image(data, ImageRules(max_pixels=1_000_000)).shape == (1000, 1000, 3)
 
 
 def test_reduced_decoding_of_large_jpegs_keeps_the_picture(tmp_path):
     rgb = cv2.resize(_gradient(80, 60), (1600, 1200))
     path = tmp_path / "big.jpg"
     path.write_bytes(_encode(Image.fromarray(rgb), "JPEG", quality=95))
-    small = read_image(path, min_side=100)
+    small = read_image(path, decode_side=100)
     assert small.shape == (150, 200, 3)  # 1/8 scale still has >= 100 px on the short side
     spec = PreprocessSpec(64, 64)
     np.testing.assert_allclose(load(path, spec).astype(int), resize(read_image(path), spec).astype(int),

@@ -35,7 +35,10 @@ def test_override_parses_by_field_type():
                                        (["resize_mode=crop"], "resize_mode"),
                                        (["fold=7"], "fold 7"),
                                        (["train_fraction=0"], "train_fraction"),
-                                       (["train_fraction=1.5"], "train_fraction")])
+                                       (["train_fraction=1.5"], "train_fraction"),
+                                       (["cutmix=0.7", "mixup=0.4"], "summing to at most 1"),
+                                       (["mixup_alpha=0"], "must be positive"),
+                                       (["cutmix=0.5", "batch_size=33"], "must be even")])
 def test_override_errors_are_clear(bad, match):
     with pytest.raises(ValueError, match=match):
         Recipe("mask").override(bad)

@@ -1,16 +1,22 @@
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pandas as pd
 import pytest
 import timm
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from facet.models.checkpoint import load_model, recalibrate_batchnorm
 from facet.models.data import read_competition
 from facet.models.recipe import load_recipe
-from facet.models.train import Trainer
+from facet.models.train import ResumeError, Trainer
+
+from conftest import TINY
 
 
 def test_run_folder_has_everything(runs):
@@ -123,18 +129,102 @@ def test_train_fraction_keeps_whole_persons_and_the_same_val_set(dataset, tmp_pa
     assert np.array_equal(prepared(0.5).train_set.rows, half.train_set.rows)  # seeded
 
 
-def test_resume_continues_from_last(dataset, tmp_path, train_tiny):
-    run = tmp_path / "run"
-    train_tiny("mask", dataset, run, tmp_path / "cache", extra=["epochs=2", "patience=5", "ema=0.9"])
+def test_resume_needs_last_pt_and_the_same_recipe(dataset, tmp_path, train_tiny):
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    with pytest.raises(ResumeError, match="last.pt does not exist"):
+        train_tiny("mask", dataset, run, cache, resume=True)  # never silently starts over
+    train_tiny("mask", dataset, run, cache, extra=["ema=0.9"])
     first = pd.read_csv(run / "metrics.csv")
     assert "ema" in torch.load(run / "last.pt", weights_only=True)
-    assert first["epoch"].tolist() == [1, 2]
-    # resume from last.pt (as after a crash) with a longer schedule: epochs 1-2 are kept
-    train_tiny("mask", dataset, run, tmp_path / "cache", extra=["epochs=3", "patience=5", "ema=0.9"],
-               resume=True)
-    after = pd.read_csv(run / "metrics.csv")
-    assert after["epoch"].tolist() == [1, 2, 3]
-    assert after.iloc[:2]["val_macro_f1"].tolist() == first["val_macro_f1"].tolist()
+    for change in ("epochs=2", "lr=3e-4"):  # a longer or different schedule is a new run
+        with pytest.raises(ResumeError, match=f"recipe changed \\({change.split('=')[0]} "):
+            train_tiny("mask", dataset, run, cache, extra=["ema=0.9", change], resume=True)
+    # patience may change; the run is complete, so resuming it trains nothing more
+    train_tiny("mask", dataset, run, cache, extra=["ema=0.9", "patience=9"], resume=True)
+    pd.testing.assert_frame_equal(pd.read_csv(run / "metrics.csv"), first)
+
+
+def _cli_train(data, run, cache, *extra) -> subprocess.Popen:
+    sets = [a for kv in [*TINY, "epochs=3", "samples_per_epoch=640", "patience=5", "cutmix=0.5",
+                         "mixup=0.3", "drop_rate=0.3"] for a in ("--set", kv)]
+    return subprocess.Popen([sys.executable, "-m", "facet.cli", "train", "gender", "--data",
+                             str(data / "train"), "--run-dir", str(run), "--cache-dir", str(cache),
+                             "--device", "cpu", "--workers", "0", *sets, *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _finished(process: subprocess.Popen) -> None:
+    _, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_killed_run_resumes_to_the_metrics_of_an_unbroken_one(dataset, tmp_path):
+    cache = tmp_path / "cache"
+    _finished(_cli_train(dataset, tmp_path / "unbroken", cache))
+    run = tmp_path / "killed"
+    process = _cli_train(dataset, run, cache)
+    metrics = run / "metrics.csv"
+    while not (metrics.exists() and metrics.read_text().count("\n") == 2):  # header + epoch 1
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)  # mid-epoch 2, as a crash would
+    process.wait()
+    assert len(torch.load(run / "last.pt", weights_only=True)["history"]) < 3
+    # as if it had died after writing metrics.csv but before last.pt: a row last.pt lacks
+    pd.concat([pd.read_csv(metrics)] * 2).assign(epoch=[1, 2]).to_csv(metrics, index=False)
+    resumed = subprocess.run([sys.executable, "-m", "facet.cli", "train", "gender", "--data",
+                              str(dataset / "train"), "--run-dir", str(run), "--cache-dir",
+                              str(cache), "--device", "cpu", "--workers", "0", "--resume"],
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    expected = pd.read_csv(tmp_path / "unbroken" / "metrics.csv")
+    got = pd.read_csv(metrics)
+    assert got["epoch"].tolist() == [1, 2, 3]
+    pd.testing.assert_frame_equal(got.drop(columns="train_img_per_s"),
+                                  expected.drop(columns="train_img_per_s"), check_exact=False,
+                                  rtol=0, atol=1e-6)
+
+
+def test_training_workers_augment_differently_and_reproducibly(dataset, tmp_path):
+    trainer = _prepared("gender", dataset, tmp_path,
+                        ["image_size=32", "batch_size=4", "samples_per_epoch=8"])
+    trainer.workers = 2
+    trainer.train_set.rows[:] = trainer.train_set.rows[0]  # every sample: the same image
+
+    def epoch(n: int) -> list[torch.Tensor]:
+        loader, _ = trainer._loaders()
+        trainer._seed_epoch(loader, n)
+        return [x for x, _ in loader]  # batch 0 from worker 0, batch 1 from worker 1
+
+    first, again = epoch(1), epoch(1)
+    assert len(first) == 2 and not torch.equal(first[0], first[1])
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not torch.equal(first[0], epoch(2)[0])
+
+
+def test_recipe_sets_schedule_mixing_and_batchnorm_calibration(dataset, tmp_path):
+    weights = tmp_path / "folded.safetensors"  # fresh BatchNorms: identity statistics, as folded
+    save_file(timm.create_model("test_efficientnet", num_classes=2).state_dict(), weights)
+    trainer = _prepared("gender", dataset, tmp_path, [
+        "backbone=test_efficientnet", f"pretrained={weights}", "image_size=32",
+        "bn_calibration_images=8", "lr=1e-3", "min_lr_factor=0.1", "warmup_lr_factor=0.5",
+        "cutmix=0.3", "mixup=0.2", "cutmix_alpha=0.7", "mixup_alpha=0.9"])
+    trainer._build(steps_per_epoch=10)
+    assert "re-calibrated on 8 training images" in trainer.weights_origin
+    assert trainer.scheduler.lr_min == pytest.approx(1e-4)
+    assert trainer.scheduler.warmup_lr_init == pytest.approx(5e-4)
+    m = trainer.mixer  # a batch is mixed with p 0.5, and then CutMix-ed with p 0.3 / 0.5
+    assert (m.mix_prob, m.switch_prob, m.cutmix_alpha, m.mixup_alpha, m.label_smoothing) == \
+        pytest.approx((0.5, 0.6, 0.7, 0.9, 0.0))
+
+
+@pytest.mark.parametrize("loss", ["ce", "focal", "f1"])
+def test_mixed_batches_train_with_every_loss(dataset, tmp_path, train_tiny, loss):
+    result = train_tiny("gender", dataset, tmp_path / "run", tmp_path / "cache",
+                        extra=["cutmix=0.5", "mixup=0.5", f"loss={loss}", "class_weights=balanced"])
+    assert np.isfinite(result.history["train_loss"]).all()
 
 
 def test_training_learns_the_synthetic_mask(dataset, tmp_path, train_tiny):

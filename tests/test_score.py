@@ -1,0 +1,32 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from facet.metrics import macro_f1_from_confusion, scores
+from facet.score import score_files
+
+
+def test_unanswered_images_count_as_wrong_without_a_class_of_their_own(tmp_path):
+    pd.DataFrame({"ImageID": list("abcdef"), "ans": [0, 0, 1, 1, 7, 7]}).to_csv(
+        tmp_path / "answers.csv", index=False)
+    # b has an empty answer (unreadable image), f no row at all
+    pd.DataFrame({"ImageID": list("abcde"), "ans": ["0", "", "1", "1", "7"]}).to_csv(
+        tmp_path / "pred.csv", index=False)
+    result = score_files(tmp_path / "pred.csv", tmp_path / "answers.csv")
+    assert result["images"] == 6 and result["unanswered"] == 2
+    assert result["accuracy"] == pytest.approx(4 / 6)
+    # classes 0 and 7 each lose one of two images (F1 2/3), class 1 is perfect; no 4th class
+    assert result["macro_f1"] == pytest.approx((2 / 3 + 1 + 2 / 3) / 3)
+    # mask codes: truth 0,0,0,0,1,1; answered 0,-,0,0,1,-
+    assert result["attributes"]["mask"]["macro_f1"] == pytest.approx((6 / 7 + 2 / 3) / 2)
+    assert result["attributes"]["mask"]["accuracy"] == pytest.approx(4 / 6)
+
+
+def test_confusion_macro_f1_is_the_scores_macro_f1():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        k = int(rng.integers(2, 19))
+        used = rng.choice(k, int(rng.integers(1, k + 1)), replace=False)  # some classes absent
+        y_true, y_pred = rng.choice(used, 40), rng.choice(used, 40)
+        s = scores(y_true, y_pred, k)
+        assert macro_f1_from_confusion(s["confusion"]) == pytest.approx(s["macro_f1"], abs=1e-12)

@@ -1,0 +1,93 @@
+"""The service's error handling, without a server: unexpected exceptions, an overloaded or
+unreachable model service, and large images decoded off the event loop."""
+import asyncio
+import io
+import threading
+
+import aiohttp
+import numpy as np
+import pytest
+from bentoml.exceptions import ServiceUnavailable
+from PIL import Image
+from starlette.applications import Starlette
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from facet.preprocess import PreprocessSpec
+from facet.serve import service
+
+
+class FlakyModel:
+    """A model-service client that fails ``failures`` times with ``error``, then answers."""
+
+    def __init__(self, error: Exception, failures: int):
+        self.error, self.failures, self.calls = error, failures, 0
+
+    async def infer(self, images):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error
+        return np.zeros((len(images), 8), np.float32)
+
+
+def test_an_unexpected_exception_is_a_json_500_on_a_usable_connection():
+    async def broken(request):
+        raise RuntimeError("boom")
+
+    async def fine(request):
+        return service.JSONResponse({"ok": True})
+
+    app = Starlette(routes=[Route("/broken", service._guard(broken)),
+                            Route("/fine", service._guard(fine))])
+    with TestClient(app, raise_server_exceptions=True) as client:
+        r = client.get("/broken")
+        assert r.status_code == 500 and r.json()["error"]["message"].startswith("internal error")
+        assert client.get("/fine").json() == {"ok": True}
+
+
+def test_overloaded_model_service_is_a_503_with_retry_after_and_is_not_retried():
+    model = FlakyModel(ServiceUnavailable("busy"), failures=1)
+    with pytest.raises(service.HTTPError) as caught:
+        asyncio.run(service._infer(model, np.zeros((1, 8, 8, 3), np.uint8)))
+    assert caught.value.status == 503 and caught.value.headers == {"Retry-After": "1"}
+    assert model.calls == 1
+    response = service._error(caught.value.status, caught.value.message, caught.value.headers)
+    assert response.headers["retry-after"] == "1"
+
+
+def test_lost_calls_are_sent_again_within_the_deadline(monkeypatch):
+    lost = FlakyModel(aiohttp.ServerDisconnectedError(), failures=2)
+    out = asyncio.run(service._infer(lost, np.zeros((3, 8, 8, 3), np.uint8)))
+    assert out.shape == (3, 8) and lost.calls == 3
+    monkeypatch.setattr(service, "INFER_DEADLINE_S", 0.3)
+    never = FlakyModel(aiohttp.ClientOSError(), failures=10**6)
+    with pytest.raises(service.HTTPError) as caught:
+        asyncio.run(service._infer(never, np.zeros((1, 8, 8, 3), np.uint8)))
+    assert caught.value.status == 503 and 1 < never.calls < 50
+    assert service.INFER_DEADLINE_S < service.TRAFFIC_TIMEOUT_S
+
+
+def test_large_images_decode_on_the_pool_and_small_ones_inline(monkeypatch):
+    threads: list[str] = []
+    real = service._decode_now
+
+    def record(*args):
+        threads.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(service, "_decode_now", record)
+    specs = [PreprocessSpec(32, 32)]
+
+    def png(w, h):
+        buf = io.BytesIO()
+        Image.new("RGB", (w, h), (120, 80, 60)).save(buf, "PNG")
+        return buf.getvalue()
+
+    async def both():
+        big = await service._decode("big", png(2000, 1500), specs)
+        small = await service._decode("small", png(64, 64), specs)
+        return big, small
+
+    big, small = asyncio.run(both())
+    assert big.shape == small.shape == (32 * 32 * 3,)
+    assert threads[0].startswith("facet-decode") and threads[1] == "MainThread"
