@@ -104,17 +104,17 @@ def model_curve(models: Path, settings: ServeConfig, sizes=(1, 2, 4, 8, 16, 32),
     from facet.serve.predictor import Predictor
 
     predictor = Predictor(models, threads=settings.threads or None, spinning=settings.spinning)
-    spec = predictor.distinct_specs[0]
-    images = np.random.default_rng(0).integers(0, 256, (32, spec.height, spec.width, 3),
-                                                dtype=np.uint8)
+    rng = np.random.default_rng(0)
+    images = {s: rng.integers(0, 256, (32, s.height, s.width, 3), dtype=np.uint8)
+              for s in predictor.distinct_specs}
     times: dict[int, list[float]] = {size: [] for size in sizes}
     for r in range(rounds + 1):  # round 0 warms up
         for size in sizes:
             t = time.perf_counter()
-            for start in range(0, len(images), size):
-                predictor.predict({spec: images[start:start + size]})
+            for start in range(0, 32, size):
+                predictor.predict({s: batch[start:start + size] for s, batch in images.items()})
             if r:
-                times[size].append((time.perf_counter() - t) / len(images) * 1000)
+                times[size].append((time.perf_counter() - t) / 32 * 1000)
     return {size: round(statistics.median(v), 2) for size, v in times.items()}
 
 

@@ -52,15 +52,29 @@ def make_data(out: Path = typer.Argument(Path("demo/data"), help="Folder to writ
                f"in {time.perf_counter() - t:.1f}s")
 
 
-def _read_table(data: Optional[Path], manifest: Optional[Path], root: Optional[Path], group: str,
+def _read_table(data: list[str], manifests: list[str], root: Optional[Path], group: str,
                 fixes: Optional[Path], strict: bool):
-    from facet.models.data import DataError, apply_fixes, read_competition, read_manifest
-    if (data is None) == (manifest is None):
-        _fail("give exactly one of --data (competition train/ folder) or --manifest (CSV)")
+    """Every --data folder and --manifest CSV as one table, one source each."""
+    from facet.models.data import (DataError, apply_fixes, combine, read_competition,
+                                   read_manifest)
+    if not data and not manifests:
+        _fail("give --data (competition train/ folder) and/or --manifest (CSV), each as often "
+              "as there are sources")
+    if fixes and not data:
+        _fail("--fixes corrects persons of a competition folder: give it with --data")
+    if fixes and len(data) > 1:
+        _fail("--fixes with several --data folders would apply to each: give one")
+    tables = []
     try:
-        table = read_competition(data, strict) if data else read_manifest(manifest, root, group, strict)
-        if fixes:
-            table = apply_fixes(table, fixes, strict)
+        for spec in data:
+            path, options = _source_spec(spec, ("name",))
+            table = read_competition(path, strict, options.get("name"))
+            tables.append(apply_fixes(table, fixes, strict) if fixes else table)
+        for spec in manifests:
+            path, options = _source_spec(spec, ("group", "root", "name"))
+            tables.append(read_manifest(path, options.get("root", root), options.get("group", group),
+                                        strict, options.get("name")))
+        table = combine(tables)
     except (DataError, FileNotFoundError) as exc:
         _fail(str(exc))
     for problem in table.problems[:10]:
@@ -71,11 +85,27 @@ def _read_table(data: Optional[Path], manifest: Optional[Path], root: Optional[P
     return table
 
 
+def _source_spec(spec: str, keys: tuple[str, ...]) -> tuple[Path, dict[str, str]]:
+    """``PATH[,key=value...]`` -> (path, options), e.g. ``labels.csv,group=photo,name=street``."""
+    path, *items = spec.split(",")
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in keys or not value:
+            _fail(f"{spec!r}: {item!r} is not " + ", ".join(f"{k}=..." for k in keys))
+        options[key] = value
+    return Path(path), options
+
+
 @app.command()
 def train(attribute: str = Attribute,
-          data: Optional[Path] = typer.Option(None, help="Competition train/ folder (images/, train.csv)."),
-          manifest: Optional[Path] = typer.Option(None, help="CSV with path and mask/gender/age columns."),
-          root: Optional[Path] = typer.Option(None, help="Folder the manifest's paths are relative to."),
+          data: list[str] = typer.Option([], help="Competition train/ folder (images/, train.csv), "
+                                         "optionally ',name=NAME'; repeat for more sources."),
+          manifest: list[str] = typer.Option([], help="CSV with path and mask/gender/age columns, "
+                                             "optionally ',group=COL,root=DIR,name=NAME'; repeat "
+                                             "for more sources."),
+          root: Optional[Path] = typer.Option(None, help="Folder manifests' paths are relative to "
+                                              "(default: each CSV's folder)."),
           group: str = typer.Option("person", help="Manifest column that keeps a person's images on one "
                                     "side of the split; 'none': each image its own group (val scores "
                                     "optimistic)."),
@@ -92,6 +122,7 @@ def train(attribute: str = Attribute,
           ):
     """Train one attribute model with its recipe (models/<attribute>/recipe.py)."""
     from facet.models.recipe import Recipe, load_recipe
+    from facet.models.data import DataError
     from facet.models.train import ResumeError, Trainer
     try:
         recipe, augment = load_recipe(attribute)
@@ -104,11 +135,14 @@ def train(attribute: str = Attribute,
         _fail(str(exc))
     table = _read_table(data, manifest, root, group, fixes, strict)
     run_dir = run_dir or out / attribute / time.strftime("%Y%m%d-%H%M%S")
-    trainer = Trainer(recipe, augment, table, run_dir, cache_dir, device, workers,
-                      source=str(data or manifest))
+    try:
+        trainer = Trainer(recipe, augment, table, run_dir, cache_dir, device, workers,
+                          source=" + ".join([*data, *manifest]))
+    except ValueError as exc:  # a recipe the attribute's augmentations refuse
+        _fail(str(exc))
     try:
         result = trainer.fit(resume=resume)
-    except ResumeError as exc:
+    except (ResumeError, DataError) as exc:
         _fail(str(exc))
     typer.echo(f"{attribute}: best val macro-F1 {result.best_f1:.4f} at epoch {result.best_epoch}; "
                f"run folder {result.run_dir}")
@@ -216,7 +250,11 @@ def score(pred: Path = typer.Option(..., help="Submission CSV (ImageID, ans)."),
           as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
           ):
     """18-class macro-F1 and accuracy, and per-attribute macro-F1, of a submission."""
-    from facet.score import ScoreError, plot as plot_result, score_files
+    try:
+        from facet.score import ScoreError, plot as plot_result, score_files
+    except ImportError as exc:  # a serving install has no scikit-learn or matplotlib
+        _fail(f"facet score needs the eval extra ({exc.name} is missing): "
+              "pip install 'facet[eval]'")
     try:
         result = score_files(pred, answers)
     except (ScoreError, FileNotFoundError) as exc:
@@ -234,7 +272,8 @@ def score(pred: Path = typer.Option(..., help="Submission CSV (ImageID, ans)."),
 
 
 @app.command()
-def serve(models: Path = typer.Option(Path("artifacts"), help="Folder written by `facet export`."),
+def serve(models: Optional[Path] = typer.Option(None, help="Folder written by `facet export` "
+                                               "(default: the settings' models, artifacts)."),
           host: str = typer.Option("127.0.0.1", help="Address to bind (0.0.0.0 behind a load balancer)."),
           port: int = typer.Option(3000),
           config: Optional[Path] = typer.Option(None, help="TOML settings file (see README)."),
@@ -250,7 +289,8 @@ def serve(models: Path = typer.Option(Path("artifacts"), help="Folder written by
     env = dict(os.environ)
     if config:
         env["FACET_CONFIG"] = str(config.resolve())
-    overrides = {"models": str(models.resolve()), "workers": workers, "model_workers": model_workers,
+    overrides = {"models": models and str(models.resolve()), "workers": workers,
+                 "model_workers": model_workers,
                  "batching": batching, "device": device}
     env.update({f"FACET_{k.upper()}": str(v) for k, v in overrides.items() if v is not None})
     try:
@@ -258,9 +298,9 @@ def serve(models: Path = typer.Option(Path("artifacts"), help="Folder written by
     except (ValueError, OSError) as exc:
         _fail(f"bad serve settings: {exc}")
     try:  # a broken model folder is one clear line here, not a traceback per worker
-        Predictor(settings.models, mode=settings.mode, device=settings.device,
-                  variant=settings.variant, threads=1)
-    except (ValueError, RuntimeError) as exc:
+        Predictor(settings.models, mode=settings.mode, device="cpu", variant=settings.variant,
+                  threads=1)
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
         _fail(str(exc))
     typer.echo(f"serving {settings.models} on http://{host}:{port}/v1 "
                f"(batching {'on' if settings.batching else 'off'})", err=True)
@@ -270,26 +310,33 @@ def serve(models: Path = typer.Option(Path("artifacts"), help="Folder written by
 
 
 def _run_server(cmd: list[str], env: dict[str, str], grace_s: float = 8.0) -> int:
-    """Run the BentoML server in its own process group and stop that whole group on SIGTERM
-    or SIGINT: SIGTERM first, SIGKILL for whatever is left after ``grace_s``, so no worker
-    outlives `facet serve`."""
-    server = subprocess.Popen(cmd, env=env, start_new_session=True)
+    """Run the BentoML server in its own process group and stop that whole group when this
+    process gets SIGTERM, SIGINT or SIGHUP, or when the server exits: SIGTERM first, SIGKILL
+    for whatever is left after ``grace_s``, so no worker outlives `facet serve`."""
     stopping: list[int] = []
+    server: subprocess.Popen | None = None
 
     def stop(signum, _frame):
         stopping.append(signum)
-        _signal_group(server.pid, signal.SIGTERM)
+        if server is not None:
+            _signal_group(server.pid, signal.SIGTERM)
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, stop)
-    deadline = None
-    while server.poll() is None or (stopping and _group_alive(server.pid)):
-        if stopping and deadline is None:
-            deadline = time.monotonic() + grace_s
-        if deadline is not None and time.monotonic() > deadline:
-            _signal_group(server.pid, signal.SIGKILL)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, stop)  # before the server exists: no window to orphan it
+    server = subprocess.Popen(cmd, env=env, start_new_session=True)
+    if stopping:
+        _signal_group(server.pid, signal.SIGTERM)
+    while server.poll() is None and not stopping:
         time.sleep(0.1)
-    return 128 + stopping[0] if stopping else server.returncode
+    _signal_group(server.pid, signal.SIGTERM)  # the server's workers, whatever ended it
+    deadline = time.monotonic() + grace_s
+    while (server.poll() is None or _group_alive(server.pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    _signal_group(server.pid, signal.SIGKILL)
+    server.wait()
+    if stopping:
+        return 128 + stopping[0]
+    return 128 - server.returncode if server.returncode < 0 else server.returncode
 
 
 def _signal_group(pgid: int, signum: int) -> None:

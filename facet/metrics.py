@@ -45,12 +45,11 @@ def by_age_band(y_true, y_pred, years, bands=AGE_BANDS) -> pd.DataFrame:
     frame["band"] = pd.cut(frame["years"], list(bands), right=False,
                            labels=[f"{lo}-{hi - 1}" if hi < 200 else f"{lo}+"
                                    for lo, hi in zip(bands, bands[1:])])
-    rows = []
+    rows, n_classes = [], int(max(frame["true"].max(), frame["pred"].max(), 0)) + 1
     for band, group in frame.groupby("band", observed=True):
-        rows.append({"ages": band, "images": len(group),
-                     "macro_f1": float(f1_score(group["true"], group["pred"], average="macro",
-                                                zero_division=0)),
-                     "accuracy": float(accuracy_score(group["true"], group["pred"]))})
+        s = scores(group["true"], group["pred"], n_classes)
+        rows.append({"ages": band, "images": len(group), "macro_f1": s["macro_f1"],
+                     "accuracy": s["accuracy"]})
     return pd.DataFrame(rows, columns=["ages", "images", "macro_f1", "accuracy"])
 
 
@@ -94,7 +93,8 @@ def plot_confusion(confusion, class_names, path: str | Path, title: str) -> None
 
 
 def plot_curves(history, path: str | Path, title: str) -> None:
-    """history: DataFrame with epoch, train_loss, val_loss, val_macro_f1, val_accuracy."""
+    """history: DataFrame with epoch, train_loss, val_loss, val_macro_f1, val_accuracy, and
+    val_macro_f1@<source> for each source when there are several."""
     plt = _pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
     a.plot(history["epoch"], history["train_loss"], "o-", label="train")
@@ -103,6 +103,8 @@ def plot_curves(history, path: str | Path, title: str) -> None:
     a.legend()
     b.plot(history["epoch"], history["val_macro_f1"], "o-", label="val macro-F1")
     b.plot(history["epoch"], history["val_accuracy"], "s--", label="val accuracy")
+    for column in (c for c in history.columns if c.startswith("val_macro_f1@")):
+        b.plot(history["epoch"], history[column], "^:", label=f"macro-F1 {column.split('@')[1]}")
     b.set(xlabel="epoch", title="validation")
     b.legend()
     fig.suptitle(title)

@@ -101,6 +101,8 @@ def read_bytes(path: str | Path, max_bytes: int = DEFAULT_RULES.max_bytes) -> by
         raise ImageError("permission denied") from None
     except OSError as exc:
         raise ImageError(f"cannot open: {exc.strerror}") from None
+    except ValueError:  # a NUL byte in the path
+        raise ImageError("not a valid path") from None
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
@@ -127,6 +129,20 @@ def read_image(source: bytes | str | Path, rules: ImageRules = DEFAULT_RULES,
     :class:`ImageTooLarge`) for anything that breaks ``rules``, is not an image, or is
     truncated or corrupt: never a guess from a partial decode.
     """
+    return _read_scales(source, rules, [decode_side])[decode_side]
+
+
+def decode(source: bytes | str | Path, specs: list[PreprocessSpec],
+           rules: ImageRules = DEFAULT_RULES) -> dict[PreprocessSpec, np.ndarray]:
+    """One image for several models: {spec: uint8 HWC at that spec's size}. Each spec sees
+    exactly what :func:`load` gives it (the pixels it was trained on); specs whose size allows
+    the same JPEG reduction share one decode, so equal specs always do."""
+    rgb = _read_scales(source, rules, [min(s.height, s.width) for s in specs])
+    return {spec: resize(rgb[min(spec.height, spec.width)], spec) for spec in specs}
+
+
+def _read_scales(source: bytes | str | Path, rules: ImageRules,
+                 sides: list[int | None]) -> dict[int | None, np.ndarray]:
     if isinstance(source, (str, Path)):
         data = read_bytes(source, rules.max_bytes)
     else:
@@ -138,13 +154,21 @@ def read_image(source: bytes | str | Path, rules: ImageRules = DEFAULT_RULES,
     header = _open(data)
     rules.check_size(*header.size)
     try:
-        if FORMATS[header.format] == "JPEG":
-            return _decode_jpeg(data, header, decode_side)
-        return _decode_pillow(header)
+        if FORMATS[header.format] != "JPEG":
+            rgb = _decode_pillow(header)
+            return {side: rgb for side in sides}
+        factors = {side: _reduction(header.size, side) for side in sides}
+        by_factor = {k: _decode_jpeg(data, header, k) for k in set(factors.values())}
+        return {side: by_factor[k] for side, k in factors.items()}
     except ImageError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever a hostile file makes a decoder throw
         raise ImageError(f"corrupt or truncated image: {type(exc).__name__}: {exc}") from None
+
+
+def _reduction(size: tuple[int, int], side: int | None) -> int:
+    """The largest JPEG scale-down (8, 4, 2 or 1) that keeps ``side`` pixels on the short side."""
+    return next((k for k in (8, 4, 2) if side and min(size) // k >= side), 1)
 
 
 def pixel_count(data: bytes) -> int:
@@ -169,9 +193,9 @@ def _open(data: bytes) -> Image.Image:
     return header
 
 
-def _decode_jpeg(data: bytes, header: Image.Image, decode_side: int | None) -> np.ndarray:
+def _decode_jpeg(data: bytes, header: Image.Image, k: int) -> np.ndarray:
+    """Decoded at 1/k scale, whole: a truncated or corrupt JPEG raises."""
     width, height = header.size
-    k = next((k for k in (8, 4, 2) if decode_side and min(width, height) // k >= decode_side), 1)
     colorspace = "CMYK" if header.mode == "CMYK" else "RGB"
     try:  # strict: libjpeg's "premature end" warnings (it fills the rest with grey) are errors
         rgb = simplejpeg.decode_jpeg(data, colorspace, strict=True, min_height=-(-height // k),
@@ -246,5 +270,6 @@ def normalize(images: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 def load(source: bytes | str | Path, spec: PreprocessSpec,
          rules: ImageRules = DEFAULT_RULES) -> np.ndarray:
-    """Decode and resize: the uint8 model-sized image that training caches and serving batches."""
-    return resize(read_image(source, rules, decode_side=min(spec.height, spec.width)), spec)
+    """Decode and resize for one model: the uint8 image that training caches, export checks
+    and (through :func:`decode`) serving batches."""
+    return decode(source, [spec], rules)[spec]

@@ -15,11 +15,7 @@ class ScoreError(ValueError):
 
 
 def score_files(pred: Path, answers: Path, key: str = "ImageID") -> dict:
-    p = pd.read_csv(pred, dtype={key: str})
-    a = pd.read_csv(answers, dtype={key: str})
-    for name, frame in (("prediction", p), ("answers", a)):
-        if key not in frame.columns or "ans" not in frame.columns:
-            raise ScoreError(f"{name} CSV needs columns {key} and ans, has {list(frame.columns)}")
+    p, a = _read(pred, key, answers=False), _read(answers, key, answers=True)
     merged = a[[key, "ans"]].merge(p[[key, "ans"]], on=key, how="left", suffixes=("", "_pred"))
     # An image with no answer (no row, or an empty ans) counts as wrong, never as left out:
     # leaving failures out would raise the score. -1 is a miss for the true class, no class itself.
@@ -33,6 +29,28 @@ def score_files(pred: Path, answers: Path, key: str = "ImageID") -> dict:
         s = scores(t, np.where(answered, q, -1), len(ATTRIBUTES[name]))
         result["attributes"][name] = {"macro_f1": s["macro_f1"], "accuracy": s["accuracy"]}
     return result
+
+
+def _read(path: Path, key: str, answers: bool) -> pd.DataFrame:
+    """A submission or answers CSV, checked: unique ids and labels that are classes (an empty
+    ``ans`` is allowed in a submission: no answer)."""
+    try:
+        frame = pd.read_csv(path, dtype={key: str})
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ScoreError(f"{path}: not a readable CSV ({str(exc).splitlines()[0][:200]})") from None
+    if key not in frame.columns or "ans" not in frame.columns:
+        raise ScoreError(f"{path}: needs columns {key} and ans, has {list(frame.columns)}")
+    if frame[key].duplicated().any():
+        raise ScoreError(f"{path}: {key} {frame[key][frame[key].duplicated()].iloc[0]!r} "
+                         "appears more than once")
+    labels = pd.to_numeric(frame["ans"], errors="coerce")
+    valid = labels.between(0, N_CLASSES - 1) & (labels % 1 == 0)
+    bad = ~valid if answers else frame["ans"].notna() & ~valid
+    if bad.any():
+        first = frame[bad].iloc[0]
+        raise ScoreError(f"{path}: ans {str(first['ans'])!r} for {first[key]} is not a class "
+                         f"0..{N_CLASSES - 1}")
+    return frame
 
 
 def plot(result: dict, path: Path) -> None:

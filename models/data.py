@@ -14,11 +14,11 @@ from pathlib import Path
 import pandas as pd
 
 from facet.combine import MASK_BY_STEM, TRUE_AGE_RULE, AgeRule, parse_code
+from facet.preprocess import SUFFIXES
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 FOLDER_RE = re.compile(r"^(?P<id>\d+)_(?P<gender>[A-Za-z]+)_(?P<race>[A-Za-z]+)_(?P<age>\d+)$")
 MAX_AGE = 120
-COLUMNS = ["path", "person", "mask", "gender", "age_years", "age"]
+COLUMNS = ["path", "person", "mask", "gender", "age_years", "age", "source"]
 NO_GROUP = "none"
 
 log = logging.getLogger(__name__)
@@ -33,12 +33,16 @@ class Table:
     frame: pd.DataFrame
     problems: list[str] = field(default_factory=list)
     group: str = "person"  # what keeps images together in the split; "none": nothing
+    name: str = ""  # the source's name (a combined table: its sources' names)
 
     def summary(self) -> str:
         f = self.frame
         text = (f"{len(f):,} images of {f['person'].nunique():,} persons"
                 if self.group != NO_GROUP
                 else f"{len(f):,} images, each its own group (val scores optimistic)")
+        if f["source"].nunique() > 1:
+            text += " from " + ", ".join(f"{name} ({n:,})" for name, n in
+                                         f["source"].value_counts(sort=False).items())
         if self.problems:
             text += f"; {len(self.problems)} problem(s) skipped"
         return text
@@ -59,9 +63,20 @@ def _is_hidden(p: Path) -> bool:
     return p.name.startswith(".") or p.name.startswith("__")
 
 
-def read_competition(root: str | Path, strict: bool = False) -> Table:
+def source_name(path: str | Path) -> str:
+    """A data source's default name: ``maskfaces/train`` -> maskfaces, ``street.csv`` -> street,
+    ``realmasks/labels.csv`` -> realmasks (a generic file name names its folder)."""
+    path = Path(path).resolve()
+    if path.suffix and path.stem.lower() not in ("labels", "manifest", "train", "data", "index"):
+        return path.stem
+    folder = path.parent if path.suffix else path
+    return folder.parent.name if folder.name in ("train", "images") else folder.name
+
+
+def read_competition(root: str | Path, strict: bool = False, name: str | None = None) -> Table:
     """``root`` is the competition's ``train/`` folder (holding ``images/``, maybe ``train.csv``)."""
     root = Path(root)
+    name = name or source_name(root)
     images = root / "images"
     if not images.is_dir():
         raise DataError(f"{images} does not exist: expected the competition layout "
@@ -84,7 +99,7 @@ def read_competition(root: str | Path, strict: bool = False) -> Table:
             continue
         found = {}
         for f in sorted(folder.iterdir()):
-            if _is_hidden(f) or f.suffix.lower() not in IMAGE_EXTENSIONS:
+            if _is_hidden(f) or f.suffix.lower() not in SUFFIXES:
                 continue
             if f.stem not in MASK_BY_STEM:
                 problems.add(f"{f}: unexpected image name (expected mask1..mask5, "
@@ -98,9 +113,9 @@ def read_competition(root: str | Path, strict: bool = False) -> Table:
                 problems.add(f"{folder / stem}.*: missing image")
         for stem, f in found.items():
             rows.append((str(f), m["id"], MASK_BY_STEM[stem], gender, age,
-                         TRUE_AGE_RULE.group(age)))
+                         TRUE_AGE_RULE.group(age), name))
     _check_train_csv(root, {r[1] for r in rows}, problems)
-    return Table(pd.DataFrame(rows, columns=COLUMNS), list(problems))
+    return Table(pd.DataFrame(rows, columns=COLUMNS), list(problems), name=name)
 
 
 def _check_train_csv(root: Path, persons: set[str], problems: _Problems) -> None:
@@ -126,7 +141,7 @@ def _parse_age(text) -> int:
 
 
 def read_manifest(csv: str | Path, root: str | Path | None = None, group: str = "person",
-                  strict: bool = False) -> Table:
+                  strict: bool = False, name: str | None = None) -> Table:
     """A CSV with ``path`` and any of ``mask``, ``gender``, ``age`` (years) or ``age_group``.
 
     Paths are relative to ``root`` (default: the CSV's folder). ``group`` names the column that
@@ -135,7 +150,13 @@ def read_manifest(csv: str | Path, root: str | Path | None = None, group: str = 
     """
     csv = Path(csv)
     root = Path(root) if root else csv.parent
-    df = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    name = name or source_name(csv)
+    if not csv.is_file():
+        raise DataError(f"{csv}: manifest not found")
+    try:
+        df = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"{csv}: not a readable CSV ({str(exc).splitlines()[0][:200]})") from None
     if "path" not in df.columns:
         raise DataError(f"{csv}: needs a 'path' column, has {list(df.columns)}")
     labels = [c for c in ("mask", "gender", "age", "age_group") if c in df.columns]
@@ -170,8 +191,26 @@ def read_manifest(csv: str | Path, root: str | Path | None = None, group: str = 
             problems.add(f"{where}: {exc}")
             continue
         person = f"row{i}" if group == NO_GROUP else rec[group]
-        rows.append((str(path), person, codes["mask"], codes["gender"], years, age))
-    return Table(pd.DataFrame(rows, columns=COLUMNS), list(problems), group)
+        rows.append((str(path), person, codes["mask"], codes["gender"], years, age, name))
+    return Table(pd.DataFrame(rows, columns=COLUMNS), list(problems), group, name)
+
+
+def combine(tables: list[Table]) -> Table:
+    """Several sources as one table. Groups stay within their source (``source/person``), so
+    each source is split by its own groups; the source names must differ."""
+    for table in tables:
+        if table.frame.empty:
+            raise DataError(f"source {table.name}: no usable image (see the problems above)")
+    if len(tables) == 1:
+        return tables[0]
+    names = [t.name for t in tables]
+    if len(set(names)) < len(names):
+        raise DataError(f"two sources share a name ({names}); give each its own with name=...")
+    frame = pd.concat([t.frame for t in tables], ignore_index=True)
+    frame["person"] = frame["source"] + "/" + frame["person"].astype(str)
+    groups = {t.group for t in tables}
+    return Table(frame, [p for t in tables for p in t.problems],
+                 NO_GROUP if NO_GROUP in groups else "person", "+".join(names))
 
 
 def apply_fixes(table: Table, fixes_csv: str | Path, strict: bool = False) -> Table:
@@ -206,7 +245,7 @@ def apply_fixes(table: Table, fixes_csv: str | Path, strict: bool = False) -> Ta
                 raise ValueError(f"unknown field {fix['field']!r} (gender, age or mask_swap)")
         except ValueError as exc:
             problems.add(f"{where}: {exc}")
-    return Table(df, list(problems), table.group)
+    return Table(df, list(problems), table.group, table.name)
 
 
 def training_labels(frame: pd.DataFrame, attribute: str, rule: AgeRule) -> pd.Series:

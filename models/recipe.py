@@ -53,6 +53,8 @@ class Recipe:
     f1_weight: float = 0.0  # adds this much soft macro-F1 loss to ce/focal
     class_weights: str = "none"  # none | balanced | comma-separated weights
     sampler: str = "none"  # none | balanced | sqrt (oversample rare classes)
+    aug_groups: str = ""  # augmentation groups the attribute's augmentations() turns on,
+    #                       comma-separated (its docstring lists them); empty: all of them
     cutmix: float = 0.0  # probability that a batch is CutMix-ed
     mixup: float = 0.0  # probability that a batch is MixUp-ed
     cutmix_alpha: float = 1.0  # Beta(alpha, alpha) draws the share of the image CutMix keeps
@@ -67,6 +69,12 @@ class Recipe:
     fold: int = 0
     stratify: str = "attribute"  # attribute | class18
     seed: int = 42
+    # several data sources (--data and --manifest, each split by its own groups)
+    source_weights: str = ""  # "realmasks=2,maskon=1,maskfaces=1": each source's share of an
+    #                           epoch's samples (unnamed sources: 1); empty: by size
+    select_on: str = "all"  # what keeps the checkpoint and stops early: val macro-F1 over all
+    #                         val images (all), its mean over sources (mean) or a source's name;
+    #                         several, comma-separated: the first that applies
 
     def __post_init__(self):
         if self.attribute not in ATTRIBUTES:
@@ -84,8 +92,16 @@ class Recipe:
                              f"even, got {self.batch_size}")
         if not 0 <= self.fold < self.folds:
             raise ValueError(f"fold {self.fold} is outside 0..{self.folds - 1}")
+        if self.patience < 1 or self.epochs < 1:
+            raise ValueError(f"epochs and patience must be >= 1, got {self.epochs} and "
+                             f"{self.patience}")
+        if self.sampler not in ("none", "balanced", "sqrt"):
+            raise ValueError(f"unknown sampler {self.sampler!r}: none, balanced or sqrt")
+        if self.stratify not in ("attribute", "class18"):
+            raise ValueError(f"unknown stratify {self.stratify!r}: attribute or class18")
         self.preprocess  # validates size and resize mode
         self.age_rule  # validates thresholds
+        self.source_shares({"": 1})  # validates the weights' syntax
 
     @property
     def num_classes(self) -> int:
@@ -94,6 +110,42 @@ class Recipe:
     @property
     def preprocess(self) -> PreprocessSpec:
         return PreprocessSpec(self.image_size, self.image_size, self.resize_mode, self.mean, self.std)
+
+    def source_shares(self, sizes: dict[str, int]) -> tuple[dict[str, float], list[str]]:
+        """(each source's share of an epoch's samples, the weighted names that are not among
+        the sources), from ``source_weights``, or the sizes when it is empty."""
+        if not self.source_weights:
+            return {name: n / sum(sizes.values()) for name, n in sizes.items()}, []
+        weights = {}
+        for item in self.source_weights.split(","):
+            name, _, value = item.partition("=")
+            try:
+                weights[name.strip()] = float(value)
+            except ValueError:
+                raise ValueError(f"source_weights: {item!r} is not name=weight") from None
+            if not name.strip() or not 0 <= weights[name.strip()] < float("inf"):
+                raise ValueError(f"source_weights: {item!r} is not name=weight, weight >= 0")
+        absent = sorted(set(weights) - set(sizes))
+        weights = {name: weights.get(name, 1.0) for name in sizes}
+        if not sum(weights.values()):
+            raise ValueError(f"source_weights: the sources' weights are all 0 ({weights})")
+        return {name: w / sum(weights.values()) for name, w in weights.items()}, absent
+
+    def selection(self, sources: list[str]) -> str:
+        """The ``select_on`` choice that applies to these sources: all, mean or a source."""
+        for choice in (c.strip() for c in self.select_on.split(",")):
+            if choice in ("all", "mean", *sources):
+                return choice
+        raise ValueError(f"select_on={self.select_on!r}: use all, mean or a source name "
+                         f"({', '.join(sources)})")
+
+    def groups(self, known: tuple[str, ...]) -> set[str]:
+        """The augmentation groups ``aug_groups`` turns on, out of an attribute's ``known``."""
+        chosen = {g.strip() for g in self.aug_groups.split(",") if g.strip()} or set(known)
+        if chosen - set(known):
+            raise ValueError(f"aug_groups: unknown {sorted(chosen - set(known))}; the "
+                             f"{self.attribute} recipe has {', '.join(known) or 'no groups'}")
+        return chosen
 
     @property
     def age_rule(self) -> AgeRule:

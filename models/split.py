@@ -5,6 +5,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
+from .data import DataError
+
 
 def split_by_person(frame: pd.DataFrame, stratify: pd.Series, folds: int = 5, fold: int = 0,
                     seed: int = 42) -> tuple[np.ndarray, np.ndarray]:
@@ -20,3 +22,19 @@ def split_by_person(frame: pd.DataFrame, stratify: pd.Series, folds: int = 5, fo
         if i == fold:
             return train, val
     raise AssertionError("unreachable")
+
+
+def split_by_source(frame: pd.DataFrame, stratify: pd.Series, recipe) -> tuple[np.ndarray, np.ndarray]:
+    """Each source (``frame["source"]``) split by its own groups with the recipe's folds, fold
+    and seed: a source's split does not depend on what other sources are trained with it."""
+    train, val = [], []
+    for name, rows in frame.groupby("source", sort=False).indices.items():
+        try:
+            t, v = split_by_person(frame.iloc[rows].reset_index(drop=True),
+                                   stratify.iloc[rows].reset_index(drop=True),
+                                   recipe.folds, recipe.fold, recipe.seed)
+        except ValueError as exc:
+            raise DataError(f"source {name}: {exc}") from None
+        train.append(rows[t])
+        val.append(rows[v])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))

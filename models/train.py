@@ -31,10 +31,10 @@ from facet.preprocess import PreprocessSpec, normalize
 
 from .cache import build_cache
 from .checkpoint import create_model, recalibrate_batchnorm, resolve_pretrained, save_weights
-from .data import Table, training_labels
+from .data import DataError, Table, training_labels
 from .losses import build_loss, class_weights
 from .recipe import Recipe
-from .split import split_by_person
+from .split import split_by_source
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +72,23 @@ class RunResult:
     history: pd.DataFrame
 
 
-def _sampler(labels: np.ndarray, kind: str, num_samples: int):
+def _sampler(labels: np.ndarray, kind: str, num_samples: int, sources: np.ndarray,
+             shares: dict[str, float] | None = None):
+    """Draws an epoch's samples: each source gets its share (``shares``, else by size), and
+    within a source ``kind`` balances the classes (balanced), half-way (sqrt), or not (none)."""
     generator = torch.Generator()  # seeded at the start of every epoch
-    if kind == "none":
-        return RandomSampler(range(len(labels)), num_samples=num_samples, generator=generator)
-    power = {"balanced": 1.0, "sqrt": 0.5}.get(kind)
+    power = {"none": 0.0, "balanced": 1.0, "sqrt": 0.5}.get(kind)
     if power is None:
         raise ValueError(f"unknown sampler {kind!r}: none, balanced or sqrt")
-    counts = np.bincount(labels)
-    weights = 1.0 / np.power(counts[labels].astype(np.float64), power)
+    if kind == "none" and shares is None:
+        return RandomSampler(range(len(labels)), num_samples=num_samples, generator=generator)
+    weights = np.zeros(len(labels))
+    for name in np.unique(sources):
+        rows = sources == name
+        counts = np.bincount(labels[rows])
+        within = 1.0 / np.power(counts[labels[rows]].astype(np.float64), power)
+        share = shares[name] if shares is not None else rows.mean()
+        weights[rows] = share * within / within.sum()
     return WeightedRandomSampler(weights, num_samples, replacement=True, generator=generator)
 
 
@@ -107,9 +115,10 @@ class Trainer:
     # ---- data -------------------------------------------------------------------------
     def _prepare(self):
         r, frame = self.recipe, self.table.frame
+        unlabelled = set(frame["source"]) - set(frame.loc[frame[r.attribute] >= 0, "source"])
+        if unlabelled or frame.empty:
+            raise DataError(f"no {r.attribute} labels in {sorted(unlabelled) or 'the data'}")
         frame = frame[frame[r.attribute] >= 0].reset_index(drop=True)
-        if frame.empty:
-            raise ValueError(f"the data has no {r.attribute} labels")
         if r.stratify == "class18":
             known = (frame[["mask", "gender", "age"]] >= 0).all(axis=1)
             if not known.all():
@@ -119,7 +128,7 @@ class Trainer:
             strat = frame[r.attribute]
         else:
             raise ValueError(f"unknown stratify {r.stratify!r}: attribute or class18")
-        train_rows, val_rows = split_by_person(frame, strat, r.folds, r.fold, r.seed)
+        train_rows, val_rows = split_by_source(frame, strat, r)
         images, bad = build_cache(frame["path"].tolist(), r.preprocess, self.cache_dir,
                                   workers=max(2, self.workers * 2))
         self.problems += [msg for _, msg in bad]
@@ -134,12 +143,20 @@ class Trainer:
             train_rows = train_rows[persons.isin(kept).to_numpy()]
         self.split = {
             "train_images": len(train_rows), "val_images": len(val_rows),
+            "sources": {name: {"train_images": int((frame["source"].iloc[train_rows] == name).sum()),
+                               "val_images": int((frame["source"].iloc[val_rows] == name).sum())}
+                        for name in frame["source"].unique()},
             "train_persons": int(frame["person"].iloc[train_rows].nunique()),
             "val_persons": int(frame["person"].iloc[val_rows].nunique()),
             "dropped_boundary_ages": int((training_labels(frame, r.attribute, r.age_rule) < 0).sum()),
         }
         self.frame = frame
         self.val_rows = val_rows
+        self.sources = list(frame["source"].unique())
+        try:
+            self.select_on = r.selection(self.sources)
+        except ValueError as exc:
+            raise DataError(str(exc)) from None
         true_labels = frame[r.attribute].to_numpy()
         self.train_set = CachedImages(images, train_rows, train_labels[train_rows], r.preprocess,
                                       self.augment)
@@ -152,8 +169,15 @@ class Trainer:
         common = dict(num_workers=self.workers, pin_memory=self.device.type == "cuda")
         # Training workers start afresh every epoch (not persistent), so their seeds come from
         # that epoch's seeded generator; drop_last keeps batches even, as Mixup needs.
+        sources = self.frame["source"].to_numpy()[self.train_set.rows]
+        sizes = {name: int((sources == name).sum()) for name in self.sources}
+        shares, absent = r.source_shares(sizes) if r.source_weights else (None, [])
+        if absent and len(self.sources) > 1:  # one source has nothing to weight: no noise
+            log.warning("source_weights names %s, which are not among the sources (%s): "
+                        "ignored", absent, ", ".join(self.sources))
         train = DataLoader(self.train_set, batch_size=r.batch_size, drop_last=True,
-                           sampler=_sampler(labels, r.sampler, n), worker_init_fn=_seed_worker,
+                           sampler=_sampler(labels, r.sampler, n, sources, shares),
+                           worker_init_fn=_seed_worker,
                            generator=torch.Generator(), **common)
         val = DataLoader(self.val_set, batch_size=r.batch_size * 2, shuffle=False,
                          persistent_workers=self.workers > 0, **common)
@@ -267,6 +291,10 @@ class Trainer:
             "attribute": r.attribute, "classes": self.classes, "epoch": epoch,
             "val_macro_f1": metrics["macro_f1"], "val_accuracy": metrics["accuracy"],
             "val_per_class_f1": metrics["per_class_f1"], "val_confusion": metrics["confusion"],
+            "val_selected": {"on": self.select_on, "macro_f1": metrics["selected"]},
+            "val_by_source": {name: {"macro_f1": b["macro_f1"], "per_class_f1": b["per_class_f1"],
+                                     "images": int(np.sum(b["confusion"]))}
+                              for name, b in metrics["by_source"].items()},
             "preprocess": r.preprocess.to_dict(),
             "age_rule": {"train": r.age_rule.to_dict(), "scored": TRUE_AGE_RULE.to_dict()},
             "recipe": r.to_dict(), "run": str(self.run_dir.resolve()),
@@ -294,7 +322,8 @@ class Trainer:
         self._build(len(train_loader))
         val = self.frame.iloc[self.val_rows]
         pd.DataFrame({"path": val["path"], "person": val["person"], "age_years": val["age_years"],
-                      "label": self.val_set.labels}).to_csv(self.run_dir / "val.csv", index=False)
+                      "source": val["source"], "label": self.val_set.labels}).to_csv(
+            self.run_dir / "val.csv", index=False)
         if self.problems:
             (self.run_dir / "problems.txt").write_text("\n".join(self.problems) + "\n")
             log.warning("%d data problem(s) skipped; see %s", len(self.problems),
@@ -320,34 +349,58 @@ class Trainer:
             train_loss, speed, step = self._train_epoch(train_loader, epoch, step)
             val_loss, probs, y_true = self.evaluate(val_loader)
             m = scores(y_true, probs.argmax(1), r.num_classes)
+            by_source = self._by_source(y_true, probs.argmax(1))
+            m["selected"] = (m["macro_f1"] if self.select_on == "all" else
+                             float(np.mean([b["macro_f1"] for b in by_source.values()]))
+                             if self.select_on == "mean" else by_source[self.select_on]["macro_f1"])
+            m["by_source"] = by_source
             history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                             "val_macro_f1": m["macro_f1"], "val_accuracy": m["accuracy"],
                             **{f"val_f1_{c}": f for c, f in zip(self.classes, m["per_class_f1"])},
-                            "train_img_per_s": speed,
+                            **({f"val_macro_f1@{name}": b["macro_f1"] for name, b in by_source.items()}
+                               if len(by_source) > 1 else {}),
+                            **({f"val_f1_{c}@{name}": f for name, b in by_source.items()
+                                for c, f in zip(self.classes, b["per_class_f1"])}
+                               if len(by_source) > 1 else {}),
+                            "val_selected": m["selected"], "train_img_per_s": speed,
                             "lr": max(g["lr"] for g in self.optimizer.param_groups)})
-            improved = m["macro_f1"] > best
+            improved = m["selected"] > best
             if improved:
-                best, stale = m["macro_f1"], 0
+                best, stale = m["selected"], 0
                 save_weights(self.validated_model, self._meta(epoch, m),
                              self.run_dir / "best.safetensors")
                 np.save(self.run_dir / "val_probs.npy", probs)
             else:
                 stale += 1
+            per_source = "".join(f" | {name} {b['macro_f1']:.4f}" for name, b in by_source.items()
+                                 if len(by_source) > 1)
             tqdm.write(f"{r.attribute} epoch {epoch}: train loss {train_loss:.4f} | val loss "
-                       f"{val_loss:.4f} macro-F1 {m['macro_f1']:.4f} acc {m['accuracy']:.4f} | "
-                       f"{speed:.0f} img/s{' | best' if improved else ''}")
+                       f"{val_loss:.4f} macro-F1 {m['macro_f1']:.4f} acc {m['accuracy']:.4f}"
+                       f"{per_source} | {speed:.0f} img/s{' | best' if improved else ''}")
             # last.pt commits the epoch, history included; metrics.csv is rewritten from it
             # after, so a crash in between leaves metrics.csv behind, never ahead.
             self._save_last(last, epoch, step, best, stale, history)
             self._write_metrics(history)
         return self._finish(pd.DataFrame(history))
 
+    def _by_source(self, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, dict]:
+        sources = self.frame["source"].to_numpy()[self.val_rows]
+        return {name: scores(y_true[sources == name], y_pred[sources == name],
+                             self.recipe.num_classes) for name in self.sources}
+
     def _resumable(self, last: Path) -> dict:
         if not last.exists():
             raise ResumeError(f"cannot resume: {last} does not exist (no epoch of this run was "
                               "saved); train without --resume to start over")
-        state = torch.load(last, map_location="cpu", weights_only=True)
-        saved, now = json.loads(state["recipe"]), json.loads(json.dumps(self.recipe.to_dict()))
+        try:
+            state = torch.load(last, map_location="cpu", weights_only=True)
+            saved = json.loads(state["recipe"])
+            state["history"]
+        except Exception as exc:  # noqa: BLE001 - unreadable, or written by an older facet
+            raise ResumeError(f"cannot resume from {last}: not a readable checkpoint of this "
+                              f"version of facet ({type(exc).__name__}: {exc}); train a new "
+                              "run") from None
+        now = json.loads(json.dumps(self.recipe.to_dict()))
         changed = [f"{k} {saved.get(k)!r} -> {now.get(k)!r}"
                    for k in sorted(saved.keys() | now.keys())
                    if k not in RESUME_MAY_CHANGE and saved.get(k) != now.get(k)]
@@ -375,7 +428,7 @@ class Trainer:
 
     def _finish(self, history: pd.DataFrame) -> RunResult:
         r = self.recipe
-        best_row = history.loc[history["val_macro_f1"].idxmax()]
+        best_row = history.loc[history["val_selected"].idxmax()]
         meta = json.loads((self.run_dir / "best.json").read_text())
         plot_curves(history, self.run_dir / "curves.png", f"{r.attribute} ({r.backbone})")
         plot_confusion(meta["val_confusion"], self.classes, self.run_dir / "confusion.png",
@@ -387,5 +440,5 @@ class Trainer:
             bands.to_csv(self.run_dir / "val_by_age.csv", index=False)
             plot_by_age_band(bands, self.run_dir / "val_by_age.png",
                              f"{r.attribute}: val macro-F1 by age, epoch {meta['epoch']}")
-        return RunResult(self.run_dir, int(best_row["epoch"]), float(best_row["val_macro_f1"]),
+        return RunResult(self.run_dir, int(best_row["epoch"]), float(best_row["val_selected"]),
                          history)

@@ -25,7 +25,7 @@ class Coalescer:
         self._sending: set[asyncio.Task] = set()  # the loop holds tasks weakly: keep them alive
 
     async def __call__(self, images: np.ndarray) -> np.ndarray:
-        """``images``: (n, H, W, 3); returns the model service's (n, k) rows for them."""
+        """``images``: (n, ...) rows (one per image); returns the model service's (n, k) rows."""
         future = asyncio.get_running_loop().create_future()
         self.waiting.append((images, future))
         self._dispatch()

@@ -59,6 +59,17 @@ class ServeConfig:
                              f"{[f.name for f in fields(cls)]}")
         return cls(**{k: _coerce(cls, k, v) for k, v in values.items()})
 
+    def __post_init__(self):
+        positive = ("workers", "model_workers", "max_batch_size", "max_upload_bytes", "max_pixels",
+                    "min_image_side", "max_batch_files", "decode_threads")
+        low = [f"{k}={getattr(self, k)}" for k in positive if getattr(self, k) < 1]
+        if low:
+            raise ValueError(f"{', '.join(low)}: must be at least 1")
+        if self.max_aspect < 1 or self.offload_pixels < 0 or self.calls_in_flight < 0:
+            raise ValueError("max_aspect must be >= 1, offload_pixels and calls_in_flight >= 0")
+        if not 0 < self.body_timeout_s <= 35:  # with the model's 20 s, inside the 60 s timeout
+            raise ValueError(f"body_timeout_s={self.body_timeout_s}: must be in (0, 35]")
+
     @property
     def rules(self) -> ImageRules:
         """The loader's bad-input rules for uploads: the same loader as `facet predict`."""

@@ -14,7 +14,7 @@ import numpy as np
 
 from facet import privacy
 from facet.combine import ATTRIBUTES, class_names, combine_probs
-from facet.preprocess import DEFAULT_RULES, ImageRules, PreprocessSpec, normalize, read_image, resize
+from facet.preprocess import DEFAULT_RULES, ImageRules, PreprocessSpec, decode, normalize
 
 from .metadata import ModelFileError, parse
 
@@ -102,7 +102,7 @@ class Predictor:
     mode: ``ensemble`` runs the merged graph (one session), ``separate`` runs one session per
     attribute, ``auto`` times both here, on the machine that predicts, and keeps the faster.
     The three models may each have their own input spec (size, resize mode, normalisation):
-    an image is decoded once and resized once per distinct spec.
+    an image is read once and resized once per distinct spec (see ``preprocess.decode``).
     spinning: onnxruntime's worker threads busy-wait between runs (its default). Fastest when
     the models have the cores to themselves; where other processes share them (the HTTP
     service's front end), the spinning takes cores they need.
@@ -124,7 +124,9 @@ class Predictor:
                                  f"file for each of {list(ATTRIBUTES)} (re-run `facet export`)")
         merged = variant == "fp32" and (self.model_dir / ENSEMBLE).exists()
         if mode == "ensemble" and not merged:
-            raise FileNotFoundError(f"no fp32 {ENSEMBLE} in {self.model_dir} (export with --ensemble)")
+            raise FileNotFoundError(
+                f"no {ENSEMBLE} in {self.model_dir} (the models' specs differ, or it was not "
+                "exported)" if variant == "fp32" else f"{variant} models run as separate sessions")
         self.variant, self.tta, self.rules = variant, tta, rules
         modes = ("separate", "ensemble") if mode == "auto" and merged else (
             ("separate",) if mode == "auto" else (mode,))
@@ -158,7 +160,7 @@ class Predictor:
 
     # ---- images -----------------------------------------------------------------------
     def load(self, source) -> dict[PreprocessSpec, np.ndarray]:
-        """Decode once, resize once per distinct spec: {spec: uint8 HWC}. Raises ImageError."""
+        """{spec: uint8 HWC} for each distinct spec. Raises ImageError."""
         return decode(source, self.distinct_specs, self.rules)
 
     @staticmethod
@@ -190,13 +192,6 @@ class Predictor:
 
     def versions(self) -> dict[str, str]:
         return {a: m["checkpoint_sha256"][:12] for a, m in self.info.items()}
-
-
-def decode(source, specs: list[PreprocessSpec], rules: ImageRules = DEFAULT_RULES
-           ) -> dict[PreprocessSpec, np.ndarray]:
-    """One decode, one resize per spec: {spec: uint8 HWC}. Raises ImageError."""
-    rgb = read_image(source, rules, decode_side=max(min(s.height, s.width) for s in specs))
-    return {spec: resize(rgb, spec) for spec in specs}
 
 
 def pack(images: dict[PreprocessSpec, np.ndarray]) -> np.ndarray:

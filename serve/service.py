@@ -32,12 +32,13 @@ from starlette.responses import JSONResponse  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
 from facet.combine import ATTRIBUTES, combine_probs  # noqa: E402
-from facet.preprocess import ImageError, ImageTooLarge, PreprocessSpec, pixel_count  # noqa: E402
+from facet.preprocess import (ImageError, ImageTooLarge, PreprocessSpec, decode,  # noqa: E402
+                              pixel_count)
 
 from .coalesce import Coalescer  # noqa: E402
 from .config import ServeConfig  # noqa: E402
 from .openapi import OPENAPI  # noqa: E402
-from .predictor import Prediction, Predictor, decode, pack, unpack  # noqa: E402
+from .predictor import Prediction, Predictor, pack, unpack  # noqa: E402
 
 log = logging.getLogger(__name__)
 CONFIG = ServeConfig.load()
@@ -47,7 +48,7 @@ SIZES = [len(c) for c in ATTRIBUTES.values()]  # 3 + 2 + 3 probability columns
 TRAFFIC_TIMEOUT_S = 60
 # Lost model-service calls are sent again until this deadline, well inside the traffic timeout
 # (p99 under a 16-client load is ~0.3 s); an overloaded model service is not retried.
-INFER_DEADLINE_S = 30.0
+INFER_DEADLINE_S = 20.0  # + body_timeout_s (<= 35) stays inside the traffic timeout
 RETRY_AFTER_S = 1
 DECODE_POOL = ThreadPoolExecutor(CONFIG.decode_threads, thread_name_prefix="facet-decode")
 
@@ -146,7 +147,7 @@ async def _uploads(request: Request, many: bool) -> list[tuple[str, bytes]]:
 
 
 async def _decode(name: str, data: bytes, specs: list[PreprocessSpec]) -> np.ndarray:
-    """One upload -> its packed model inputs (one decode, one resize per spec)."""
+    """One upload -> its packed model inputs (``preprocess.decode``: as `facet predict`)."""
     if not data:
         raise HTTPError(400, f"{name}: empty file")
     if pixel_count(data) > CONFIG.offload_pixels:
@@ -196,6 +197,17 @@ async def predict_batch(request: Request) -> JSONResponse:
                         status_code=200 if images else 422)
 
 
+async def _reachable(call):
+    """A model-service call other than inference: unreachable is a 503, as for inference."""
+    try:
+        async with asyncio.timeout(INFER_DEADLINE_S):
+            return await call
+    except (aiohttp.ClientError, BentoMLException, TimeoutError) as exc:
+        log.warning("model service not reachable: %s", type(exc).__name__)
+        raise HTTPError(503, "the model service is unavailable; retry later",
+                        {"Retry-After": str(RETRY_AFTER_S)}) from None
+
+
 def _specs(info: dict) -> list[PreprocessSpec]:
     return [PreprocessSpec.from_dict(s) for s in info["specs"]]
 
@@ -236,7 +248,7 @@ def _answer(probs: np.ndarray, info: dict) -> list[dict]:
 
 
 async def model_info(request: Request) -> JSONResponse:
-    info = await bentoml.get_current_service().model.to_async.info()  # fresh: it has counters
+    info = await _reachable(bentoml.get_current_service().model.to_async.info())  # fresh: counters
     return JSONResponse({**info, "service": {"batching": CONFIG.batching,
                                              "max_batch_size": CONFIG.max_batch_size,
                                              "max_upload_bytes": CONFIG.max_upload_bytes,
@@ -308,5 +320,5 @@ class Facet:
 
     async def model_info(self) -> dict:
         if self._info is None:  # asked once per worker, when the model service is up
-            self._info = await self.model.to_async.info()
+            self._info = await _reachable(self.model.to_async.info())
         return self._info

@@ -100,6 +100,7 @@ def test_only_regular_files_are_opened(tmp_path):
     assert "not a regular file" in _error_of("/dev/zero")
     assert "folder" in _error_of(tmp_path)
     assert _error_of(tmp_path / "missing.jpg") == "file not found"
+    assert _error_of("bad\0name.jpg") == "not a valid path"
     link = tmp_path / "link.jpg"
     link.symlink_to("/dev/zero")
     assert "not a regular file" in _error_of(link)  # links are judged by what they name

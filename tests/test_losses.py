@@ -55,9 +55,17 @@ def test_one_hot_targets_give_the_same_loss_as_class_indices(name):
     weight = None if name == "f1" else torch.tensor([0.5, 1.0, 2.0])
     loss = build_loss(name, 3, weight, label_smoothing=0.0 if name == "f1" else 0.1)
     torch.testing.assert_close(loss(logits, F.one_hot(target, 3).float()), loss(logits, target))
-    if name == "ce":  # the weighted, smoothed mean torch defines for class indices
-        torch.testing.assert_close(loss(logits, target), torch.nn.CrossEntropyLoss(
-            weight=weight, label_smoothing=0.1)(logits, target))
+    # against a reference written for class indices only
+    ce = F.cross_entropy(logits, target, weight=weight, reduction="none",
+                         label_smoothing=0.0 if name == "f1" else 0.1)
+    p = logits.softmax(-1)
+    p_t = p.gather(1, target[:, None]).squeeze(1)
+    onehot = F.one_hot(target, 3).float()
+    tp, fp, fn = (p * onehot).sum(0), (p * (1 - onehot)).sum(0), ((1 - p) * onehot).sum(0)
+    reference = {"ce": torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=0.1)(logits, target),
+                 "focal": ((1 - p_t) ** 2 * ce).mean(),
+                 "f1": 1 - (2 * tp / (2 * tp + fp + fn + 1e-7)).mean()}[name]
+    torch.testing.assert_close(loss(logits, target), reference)
 
 
 def test_ce_on_a_mixed_target_is_the_mix_of_the_two_losses():

@@ -15,6 +15,8 @@ import pytest
 from facet.serve.batch import predict_paths, read_inputs
 from facet.serve.predictor import Predictor
 
+pytestmark = pytest.mark.integration  # export, a predict subprocess and a server
+
 SPECS = {"mask": ["image_size=40"], "gender": ["image_size=48"],
          "age": ["image_size=56", "resize_mode=letterbox", "mean=0.485,0.456,0.406",
                  "std=0.229,0.224,0.225"]}
@@ -63,12 +65,11 @@ def test_batch_and_http_answers_are_equal(mixed, dataset, tmp_path):
                                 stderr=subprocess.STDOUT, start_new_session=True)
         try:
             url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.5)
+            while not _ready(url):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    pytest.fail(f"server did not start:\n{log.read()[-3000:]}")
+                time.sleep(0.5)
             files = [("images", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
             batch = httpx.post(f"{url}/v1/predict/batch", files=files, timeout=60).json()
             single = httpx.post(f"{url}/v1/predict", content=paths[0].read_bytes(),
@@ -82,3 +83,10 @@ def test_batch_and_http_answers_are_equal(mixed, dataset, tmp_path):
             got = [result["attributes"][attribute]["probs"][c] for c in classes]
             np.testing.assert_allclose(got, expected.attributes[attribute][i], atol=1e-5)
     assert single["label"] == expected.labels[0]
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False

@@ -145,6 +145,7 @@ def test_score_reports_overall_and_per_attribute(exported, dataset, tmp_path):
     assert "18-class macro-F1 1.0000" in perfect.output
 
 
+@pytest.mark.integration
 def test_inference_path_never_imports_torch(exported, dataset, tmp_path):
     code = f"""
 import sys
@@ -154,7 +155,8 @@ from facet.cli import app
 inputs = read_inputs({str(dataset / 'eval')!r})
 result = predict_paths(Predictor({str(exported)!r}), inputs.paths, progress=False)
 write_atomic(submission(inputs, result), __import__('pathlib').Path({str(tmp_path / 's.csv')!r}))
-heavy = [m for m in ('torch', 'timm', 'albumentations', 'torchvision') if m in sys.modules]
+heavy = [m for m in ('torch', 'timm', 'albumentations', 'torchvision', 'sklearn',
+                      'matplotlib') if m in sys.modules]
 print('HEAVY', heavy)
 assert (result.labels >= 0).all()
 """
@@ -173,6 +175,7 @@ def test_swapped_model_files_are_refused(exported, tmp_path):
         Predictor(models, mode="separate")
 
 
+@pytest.mark.integration
 def test_hostile_rows_are_per_row_errors_and_the_run_goes_on(exported, dataset, tmp_path,
                                                              header_bomb):
     images = tmp_path / "images"

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facet.preprocess import (ImageError, ImageRules, ImageTooLarge, PreprocessSpec, load,
+from facet.preprocess import (ImageError, ImageRules, ImageTooLarge, PreprocessSpec, decode, load,
                               normalize, read_image, resize)
 
 
@@ -123,3 +123,12 @@ def test_normalize_matches_the_plain_formula_bit_for_bit():
     np.testing.assert_array_equal(out, expected)
     np.testing.assert_allclose(out, (images / 255.0 - spec.mean).transpose(0, 3, 1, 2)
                                / np.asarray(spec.std)[:, None, None], atol=1e-5)
+
+
+def test_decode_gives_each_spec_exactly_what_load_gives_it(tmp_path):
+    rgb = cv2.resize(_gradient(80, 60), (1600, 1200))
+    path = tmp_path / "big.jpg"
+    path.write_bytes(_encode(Image.fromarray(rgb), "JPEG", quality=95))
+    specs = [PreprocessSpec(40, 40), PreprocessSpec(160, 160, "letterbox"), PreprocessSpec(48, 64)]
+    for spec, image in decode(path, specs).items():  # three JPEG scales: 1/8, 1/4, 1/8
+        np.testing.assert_array_equal(image, load(path, spec))

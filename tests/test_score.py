@@ -30,3 +30,18 @@ def test_confusion_macro_f1_is_the_scores_macro_f1():
         y_true, y_pred = rng.choice(used, 40), rng.choice(used, 40)
         s = scores(y_true, y_pred, k)
         assert macro_f1_from_confusion(s["confusion"]) == pytest.approx(s["macro_f1"], abs=1e-12)
+
+
+@pytest.mark.parametrize("pred,answers,message", [
+    ("ImageID,ans\na,0\na,1\n", "ImageID,ans\na,0\n", "'a' appears more than once"),
+    ("ImageID,ans\na,x\n", "ImageID,ans\na,0\n", "ans 'x' for a is not a class"),
+    ("ImageID,ans\na,0\n", "ImageID,ans\na,\n", "for a is not a class"),
+    ("ImageID,ans\na,18\n", "ImageID,ans\na,0\n", "ans '18'"),
+    ("", "ImageID,ans\na,0\n", "not a readable CSV"),
+    ("id,label\na,0\n", "ImageID,ans\na,0\n", "needs columns ImageID and ans")])
+def test_bad_submissions_and_answers_name_the_file(tmp_path, pred, answers, message):
+    from facet.score import ScoreError
+    (tmp_path / "pred.csv").write_text(pred)
+    (tmp_path / "answers.csv").write_text(answers)
+    with pytest.raises(ScoreError, match=message):
+        score_files(tmp_path / "pred.csv", tmp_path / "answers.csv")

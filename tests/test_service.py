@@ -19,6 +19,8 @@ from PIL import Image
 from facet.serve.batch import predict_paths, read_inputs
 from facet.serve.predictor import Predictor
 
+pytestmark = pytest.mark.integration  # a real server on loopback
+
 MAX_PIXELS = 1_000_000
 MAX_UPLOAD = 600_000
 
@@ -286,8 +288,9 @@ def test_serve_refuses_a_broken_model_folder_at_start(exported, tmp_path):
     assert result.stderr.startswith(f"error: {models / 'age.onnx'}: not a valid ONNX model")
 
 
-def test_service_module_never_imports_torch():
+def test_service_module_never_imports_training_or_scoring_libraries():
     code = ("import sys; import facet.serve.service; "
-            "print('HEAVY', [m for m in ('torch', 'timm', 'albumentations') if m in sys.modules])")
+            "print('HEAVY', [m for m in ('torch', 'timm', 'albumentations', 'sklearn', "
+            "'matplotlib') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "HEAVY []" in out.stdout

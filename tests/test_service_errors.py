@@ -64,7 +64,6 @@ def test_lost_calls_are_sent_again_within_the_deadline(monkeypatch):
     with pytest.raises(service.HTTPError) as caught:
         asyncio.run(service._infer(never, np.zeros((1, 8, 8, 3), np.uint8)))
     assert caught.value.status == 503 and 1 < never.calls < 50
-    assert service.INFER_DEADLINE_S < service.TRAFFIC_TIMEOUT_S
 
 
 def test_large_images_decode_on_the_pool_and_small_ones_inline(monkeypatch):

@@ -173,7 +173,8 @@ def test_a_killed_run_resumes_to_the_metrics_of_an_unbroken_one(dataset, tmp_pat
     process.wait()
     assert len(torch.load(run / "last.pt", weights_only=True)["history"]) < 3
     # as if it had died after writing metrics.csv but before last.pt: a row last.pt lacks
-    pd.concat([pd.read_csv(metrics)] * 2).assign(epoch=[1, 2]).to_csv(metrics, index=False)
+    rows = pd.read_csv(metrics).iloc[:1]
+    pd.concat([rows, rows.assign(epoch=2)]).to_csv(metrics, index=False)
     resumed = subprocess.run([sys.executable, "-m", "facet.cli", "train", "gender", "--data",
                               str(dataset / "train"), "--run-dir", str(run), "--cache-dir",
                               str(cache), "--device", "cpu", "--workers", "0", "--resume"],

@@ -25,6 +25,7 @@ RECIPE = Recipe(
 
 
 def augmentations(recipe: Recipe) -> A.Compose:
+    recipe.groups(())  # one fixed pipeline: a non-empty aug_groups is refused, not ignored
     return A.Compose([
         A.HorizontalFlip(p=0.5),
         A.Affine(scale=(0.92, 1.1), translate_percent=(-0.05, 0.05), rotate=(-12, 12), p=0.8),

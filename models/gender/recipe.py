@@ -23,6 +23,7 @@ RECIPE = Recipe(
 
 
 def augmentations(recipe: Recipe) -> A.Compose:
+    recipe.groups(())  # one fixed pipeline: a non-empty aug_groups is refused, not ignored
     return A.Compose([
         A.HorizontalFlip(p=0.5),
         A.Affine(scale=(0.9, 1.12), translate_percent=(-0.06, 0.06), rotate=(-15, 15), p=0.8),
