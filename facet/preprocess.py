@@ -53,7 +53,7 @@ class ImageRules:
         if width * height > self.max_pixels:
             raise ImageTooLarge(f"image is {width}x{height} = {width * height:,} pixels, over "
                                 f"the pixel limit of {self.max_pixels:,}")
-        if max(width, height) > self.max_aspect * min(width, height):
+        if 0 < min(width, height) and max(width, height) > self.max_aspect * min(width, height):
             raise ImageError(f"image is {width}x{height}: aspect ratio "
                              f"{max(width, height) / min(width, height):.1f} is over the "
                              f"maximum of {self.max_aspect:g} for a face")

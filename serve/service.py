@@ -252,7 +252,9 @@ async def model_info(request: Request) -> JSONResponse:
     return JSONResponse({**info, "service": {"batching": CONFIG.batching,
                                              "max_batch_size": CONFIG.max_batch_size,
                                              "max_upload_bytes": CONFIG.max_upload_bytes,
-                                             "max_pixels": CONFIG.max_pixels}})
+                                             "max_pixels": CONFIG.max_pixels,
+                                             "min_image_side": CONFIG.min_image_side,
+                                             "max_aspect": CONFIG.max_aspect}})
 
 
 async def openapi(request: Request) -> JSONResponse:
