@@ -45,7 +45,8 @@ def by_age_band(y_true, y_pred, years, bands=AGE_BANDS) -> pd.DataFrame:
     frame["band"] = pd.cut(frame["years"], list(bands), right=False,
                            labels=[f"{lo}-{hi - 1}" if hi < 200 else f"{lo}+"
                                    for lo, hi in zip(bands, bands[1:])])
-    rows, n_classes = [], int(max(frame["true"].max(), frame["pred"].max(), 0)) + 1
+    rows = []
+    n_classes = int(max(np.max(y_true, initial=0), np.max(y_pred, initial=0))) + 1
     for band, group in frame.groupby("band", observed=True):
         s = scores(group["true"], group["pred"], n_classes)
         rows.append({"ages": band, "images": len(group), "macro_f1": s["macro_f1"],
