@@ -68,7 +68,7 @@ def export_all(runs: dict[str, Path], out_dir: Path, parity_images: list[str] | 
              for f in index["models"]["fp32"].values()}
     if ensemble and len(specs) > 1:
         echo("ensemble: not written: the models have different input specs, so they run as "
-             "three sessions (one decode per image, one resize per spec)")
+             "three sessions (each image read once and resized per spec)")
     elif ensemble:
         import onnx
         merged = build_ensemble({a: str(out_dir / f) for a, f in index["models"]["fp32"].items()})
