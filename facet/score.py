@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from facet.combine import ATTRIBUTES, N_CLASSES, class_names, split_labels
+from facet.csvfile import read_csv
 from facet.metrics import plot_confusion, scores
 
 
@@ -34,10 +35,7 @@ def score_files(pred: Path, answers: Path, key: str = "ImageID") -> dict:
 def _read(path: Path, key: str, answers: bool) -> pd.DataFrame:
     """A submission or answers CSV, checked: unique ids and labels that are classes (an empty
     ``ans`` is allowed in a submission: no answer)."""
-    try:
-        frame = pd.read_csv(path, dtype={key: str})
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise ScoreError(f"{path}: not a readable CSV ({str(exc).splitlines()[0][:200]})") from None
+    frame = read_csv(path, ScoreError, dtype={key: str})
     if key not in frame.columns or "ans" not in frame.columns:
         raise ScoreError(f"{path}: needs columns {key} and ans, has {list(frame.columns)}")
     if frame[key].duplicated().any():

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from facet.combine import MASK_BY_STEM, TRUE_AGE_RULE, AgeRule, parse_code
+from facet.csvfile import read_csv
 from facet.preprocess import SUFFIXES
 
 FOLDER_RE = re.compile(r"^(?P<id>\d+)_(?P<gender>[A-Za-z]+)_(?P<race>[A-Za-z]+)_(?P<age>\d+)$")
@@ -153,10 +154,7 @@ def read_manifest(csv: str | Path, root: str | Path | None = None, group: str = 
     name = name or source_name(csv)
     if not csv.is_file():
         raise DataError(f"{csv}: manifest not found")
-    try:
-        df = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DataError(f"{csv}: not a readable CSV ({str(exc).splitlines()[0][:200]})") from None
+    df = read_csv(csv, DataError, dtype=str, keep_default_na=False)
     if "path" not in df.columns:
         raise DataError(f"{csv}: needs a 'path' column, has {list(df.columns)}")
     labels = [c for c in ("mask", "gender", "age", "age_group") if c in df.columns]

@@ -16,6 +16,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from facet.combine import ATTRIBUTES, class_names
+from facet.csvfile import read_csv
 from facet.preprocess import SUFFIXES, ImageError
 
 from .predictor import Predictor
@@ -54,7 +55,7 @@ def read_inputs(source: Path, images: Path | None = None, path_column: str | Non
         return Inputs(pd.DataFrame({"path": [str(f) for f in files]}), files, skipped=skipped)
     if not source.is_file():
         raise InputError(f"{source} does not exist")
-    frame = _read_csv(source)
+    frame = read_csv(source, InputError, dtype=str, keep_default_na=False)
     column = path_column or next((c for c in ("ImageID", "path", "image", "file")
                                   if c in frame.columns), None)
     if column is None or column not in frame.columns:
@@ -70,14 +71,6 @@ def read_inputs(source: Path, images: Path | None = None, path_column: str | Non
     refused.update({i: "empty path" for i, name in enumerate(frame[column]) if not name.strip()})
     return Inputs(frame, paths, refused=refused)
 
-
-def _read_csv(path: Path) -> pd.DataFrame:
-    try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        raise InputError(f"{path}: empty CSV (no header, no rows)") from None
-    except (UnicodeDecodeError, pd.errors.ParserError) as exc:
-        raise InputError(f"{path}: not a readable CSV ({str(exc).splitlines()[0][:200]})") from None
 
 
 @dataclass

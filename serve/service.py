@@ -59,6 +59,11 @@ class HTTPError(Exception):
         self.status, self.message, self.headers = status, message, headers
 
 
+def _unavailable(message: str) -> HTTPError:
+    """A 503 that tells the client when to retry."""
+    return HTTPError(503, f"{message}; retry later", {"Retry-After": str(RETRY_AFTER_S)})
+
+
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"status": status, "message": message}}, status_code=status,
                         headers=headers)
@@ -204,8 +209,7 @@ async def _reachable(call):
             return await call
     except (aiohttp.ClientError, BentoMLException, TimeoutError) as exc:
         log.warning("model service not reachable: %s", type(exc).__name__)
-        raise HTTPError(503, "the model service is unavailable; retry later",
-                        {"Retry-After": str(RETRY_AFTER_S)}) from None
+        raise _unavailable("the model service is unavailable") from None
 
 
 def _specs(info: dict) -> list[PreprocessSpec]:
@@ -219,22 +223,21 @@ async def _infer(model, images: np.ndarray) -> np.ndarray:
     it can answer in time) is not retried: the client gets a 503 with Retry-After."""
     loop = asyncio.get_running_loop()
     deadline, attempt = loop.time() + INFER_DEADLINE_S, 0
-    busy = {"Retry-After": str(RETRY_AFTER_S)}
     while True:
         attempt += 1
         try:
             async with asyncio.timeout_at(deadline):
                 return await model.infer(images)
         except ServiceUnavailable:
-            raise HTTPError(503, "the model service is at capacity; retry later", busy) from None
+            raise _unavailable("the model service is at capacity") from None
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
             log.warning("model service call failed (%s), attempt %d", type(exc).__name__, attempt)
             if loop.time() >= deadline - 0.05:
-                raise HTTPError(503, "the model service is unavailable; retry later", busy) from None
+                raise _unavailable("the model service is unavailable") from None
             await asyncio.sleep(min(0.05 * attempt, 0.5))
         except TimeoutError:
-            raise HTTPError(503, f"no answer from the model service within {INFER_DEADLINE_S:g} s;"
-                                 " retry later", busy) from None
+            raise _unavailable(f"no answer from the model service within {INFER_DEADLINE_S:g} s"
+                               ) from None
         except BentoMLException as exc:
             log.error("model service error: %s", exc)
             raise HTTPError(500, "the model service failed on this request") from None

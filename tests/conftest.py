@@ -4,6 +4,7 @@ Everything is made here, in seconds, with no network and nothing from ../shared.
 """
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 from pathlib import Path
@@ -62,6 +63,13 @@ def exported(runs, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("artifacts")
     export_all(runs, out, ensemble=True, quantize=True, echo=lambda *_: None)
     return out
+
+
+def encode(image, fmt: str = "PNG", **kw) -> bytes:
+    """A PIL image as the bytes of an image file."""
+    buf = io.BytesIO()
+    image.save(buf, fmt, **kw)
+    return buf.getvalue()
 
 
 def png_header_bomb(width=30_000, height=30_000) -> bytes:

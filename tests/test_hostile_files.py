@@ -8,13 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import encode
 from facet.preprocess import ImageError, ImageRules, ImageTooLarge, PreprocessSpec, load, read_image
-
-
-def _encode(image: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, fmt, **kw)
-    return buf.getvalue()
 
 
 def _photo(w=120, h=100) -> np.ndarray:
@@ -31,7 +26,7 @@ def test_header_bomb_is_too_large_before_pillow_refuses_it(header_bomb):
 
 
 def test_truncated_jpeg_with_an_end_marker_appended_is_refused():
-    data = _encode(Image.fromarray(_photo(200, 200)), "JPEG", quality=90)
+    data = encode(Image.fromarray(_photo(200, 200)), "JPEG", quality=90)
     with pytest.raises(ImageError, match="truncated or corrupt JPEG"):
         read_image(data[: len(data) // 2] + b"\xff\xd9")
     read_image(data)  # the whole file is fine
@@ -39,7 +34,7 @@ def test_truncated_jpeg_with_an_end_marker_appended_is_refused():
 
 def test_junk_before_the_end_marker_is_tolerated():
     """Some cameras leave a few stray bytes before EOI; libjpeg warns but the image is whole."""
-    data = _encode(Image.fromarray(_photo()), "JPEG", quality=95)
+    data = encode(Image.fromarray(_photo()), "JPEG", quality=95)
     assert data.endswith(b"\xff\xd9")
     out = read_image(data[:-2] + b"\0\0\0" + b"\xff\xd9")
     np.testing.assert_array_equal(out, read_image(data))
@@ -48,13 +43,13 @@ def test_junk_before_the_end_marker_is_tolerated():
 @pytest.mark.parametrize("size,match", [((1, 1), "minimum side"), ((3, 5000), "aspect ratio"),
                                         ((5000, 3), "aspect ratio"), ((15, 40), "minimum side")])
 def test_what_cannot_be_a_face_is_refused(size, match):
-    data = _encode(Image.new("RGB", size, (90, 120, 150)), "PNG")
+    data = encode(Image.new("RGB", size, (90, 120, 150)), "PNG")
     with pytest.raises(ImageError, match=match):
         read_image(data)
 
 
 def test_face_size_and_aspect_rules_are_settings():
-    data = _encode(Image.new("RGB", (8, 40)), "PNG")
+    data = encode(Image.new("RGB", (8, 40)), "PNG")
     assert read_image(data, ImageRules(min_side=8, max_aspect=5)).shape == (40, 8, 3)
 
 
@@ -79,11 +74,11 @@ def test_16_bit_grey_and_colour_pngs_match_their_8_bit_version():
 def test_gif_and_tiff_are_refused_by_name():
     for fmt in ("GIF", "TIFF"):
         with pytest.raises(ImageError, match=f"{fmt} images are not accepted"):
-            read_image(_encode(Image.fromarray(_photo()), fmt))
+            read_image(encode(Image.fromarray(_photo()), fmt))
 
 
 def test_truncated_cmyk_jpeg_is_refused():
-    data = _encode(Image.fromarray(_photo(200, 200)).convert("CMYK"), "JPEG", quality=90)
+    data = encode(Image.fromarray(_photo(200, 200)).convert("CMYK"), "JPEG", quality=90)
     assert read_image(data).shape == (200, 200, 3)
     with pytest.raises(ImageError, match="truncated"):
         read_image(data[: len(data) // 2] + b"\xff\xd9")
@@ -108,7 +103,7 @@ def test_only_regular_files_are_opened(tmp_path):
 
 def test_byte_cap_is_checked_before_reading(tmp_path):
     path = tmp_path / "big.png"
-    path.write_bytes(_encode(Image.fromarray(_photo()), "PNG"))
+    path.write_bytes(encode(Image.fromarray(_photo()), "PNG"))
     size = path.stat().st_size
     with pytest.raises(ImageTooLarge, match=f"{size:,} bytes, over the limit"):
         read_image(path, ImageRules(max_bytes=size - 1))
@@ -119,7 +114,7 @@ def test_no_decoder_exception_escapes_the_loader():
     """Random bytes behind real headers: every failure is an ImageError, never anything else."""
     rng = np.random.default_rng(0)
     spec = PreprocessSpec(32, 32)
-    seeds = [_encode(Image.fromarray(_photo()), f) for f in ("JPEG", "PNG", "WEBP", "BMP")]
+    seeds = [encode(Image.fromarray(_photo()), f) for f in ("JPEG", "PNG", "WEBP", "BMP")]
     for data in seeds:
         for _ in range(40):
             cut = int(rng.integers(8, len(data)))
@@ -143,8 +138,8 @@ def _error_of(path) -> str:
 def test_training_skips_and_counts_what_serving_refuses(tmp_path, header_bomb):
     """The decoded-image cache uses the same loader: the same files fail, for the same reason."""
     from facet.models.cache import build_cache
-    good = _encode(Image.fromarray(_photo()), "JPEG", quality=90)
-    files = {"good.jpg": good, "bomb.png": header_bomb, "dot.png": _encode(Image.new("RGB", (1, 1)), "PNG"),
+    good = encode(Image.fromarray(_photo()), "JPEG", quality=90)
+    files = {"good.jpg": good, "bomb.png": header_bomb, "dot.png": encode(Image.new("RGB", (1, 1)), "PNG"),
              "cut.jpg": good[: len(good) // 2] + b"\xff\xd9", "text.jpg": b"hello"}
     paths = []
     for name, data in files.items():

@@ -1,4 +1,3 @@
-import io
 import json
 import os
 import shutil
@@ -13,17 +12,13 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from conftest import encode
 from facet.cli import app
 from facet.serve.batch import predict_paths, read_inputs
 from facet.serve.predictor import Predictor
 
 runner = CliRunner()
 
-
-def _png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, "PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture
@@ -185,7 +180,7 @@ def test_hostile_rows_are_per_row_errors_and_the_run_goes_on(exported, dataset, 
         shutil.copy(p, images / p.name)
     os.mkfifo(images / "pipe.jpg")
     (images / "bomb.png").write_bytes(header_bomb)
-    (images / "dot.png").write_bytes(_png(Image.new("RGB", (1, 1))))
+    (images / "dot.png").write_bytes(encode(Image.new("RGB", (1, 1))))
     data = good[0].read_bytes()
     (images / "cut.jpg").write_bytes(data[: len(data) // 2] + b"\xff\xd9")
     rows = {"pipe.jpg": "not a regular file", "/dev/zero": "not a regular file",

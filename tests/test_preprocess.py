@@ -1,18 +1,11 @@
-import io
-
 import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import encode
 from facet.preprocess import (ImageError, ImageRules, ImageTooLarge, PreprocessSpec, decode, load,
                               normalize, read_image, resize)
-
-
-def _encode(image: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, fmt, **kw)
-    return buf.getvalue()
 
 
 def _gradient(w=80, h=60) -> np.ndarray:
@@ -23,7 +16,7 @@ def _gradient(w=80, h=60) -> np.ndarray:
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP"])
 def test_formats_decode_to_rgb(fmt):
     rgb = _gradient()
-    out = read_image(_encode(Image.fromarray(rgb), fmt, **({"quality": 95} if fmt == "JPEG" else {})))
+    out = read_image(encode(Image.fromarray(rgb), fmt, **({"quality": 95} if fmt == "JPEG" else {})))
     assert out.shape == (60, 80, 3) and out.dtype == np.uint8
     assert np.abs(out.astype(int) - rgb).mean() < 4  # RGB order kept (not BGR)
 
@@ -32,13 +25,13 @@ def test_formats_decode_to_rgb(fmt):
 def test_other_modes_become_rgb(mode):
     image = Image.fromarray(_gradient()).convert(mode)
     fmt = "JPEG" if mode == "CMYK" else "PNG"
-    out = read_image(_encode(image, fmt))
+    out = read_image(encode(image, fmt))
     assert out.shape == (60, 80, 3)
 
 
 def test_transparent_pixels_become_white():
     rgba = np.zeros((20, 20, 4), np.uint8)
-    out = read_image(_encode(Image.fromarray(rgba, "RGBA"), "PNG"))
+    out = read_image(encode(Image.fromarray(rgba, "RGBA"), "PNG"))
     assert (out == 255).all()
 
 
@@ -48,7 +41,7 @@ def test_exif_orientation_is_honoured():
     exif = image.getexif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     for fmt in ("JPEG", "PNG"):
-        out = read_image(_encode(image, fmt, exif=exif.tobytes(), **({"quality": 95} if fmt == "JPEG" else {})))
+        out = read_image(encode(image, fmt, exif=exif.tobytes(), **({"quality": 95} if fmt == "JPEG" else {})))
         assert out.shape == (80, 60, 3)
         np.testing.assert_allclose(out.astype(int), np.rot90(rgb, -1).astype(int), atol=12)
 
@@ -63,13 +56,13 @@ def test_garbage_is_refused(data, match):
 def test_truncated_jpeg_and_png_are_refused():
     rgb = _gradient(200, 200)
     for fmt in ("JPEG", "PNG"):
-        data = _encode(Image.fromarray(rgb), fmt)
+        data = encode(Image.fromarray(rgb), fmt)
         with pytest.raises(ImageError, match="truncated|corrupt"):
             read_image(data[: len(data) * 2 // 3])
 
 
 def test_pixel_limit_refuses_before_decoding():
-    data = _encode(Image.new("RGB", (1000, 1000)), "PNG")
+    data = encode(Image.new("RGB", (1000, 1000)), "PNG")
     with pytest.raises(ImageTooLarge, match="1,000,000 pixels"):
         read_image(data, ImageRules(max_pixels=999_999))
     assert read_image(data, ImageRules(max_pixels=1_000_000)).shape == (1000, 1000, 3)
@@ -78,7 +71,7 @@ def test_pixel_limit_refuses_before_decoding():
 def test_reduced_decoding_of_large_jpegs_keeps_the_picture(tmp_path):
     rgb = cv2.resize(_gradient(80, 60), (1600, 1200))
     path = tmp_path / "big.jpg"
-    path.write_bytes(_encode(Image.fromarray(rgb), "JPEG", quality=95))
+    path.write_bytes(encode(Image.fromarray(rgb), "JPEG", quality=95))
     small = read_image(path, decode_side=100)
     assert small.shape == (150, 200, 3)  # 1/8 scale still has >= 100 px on the short side
     spec = PreprocessSpec(64, 64)
@@ -128,7 +121,7 @@ def test_normalize_matches_the_plain_formula_bit_for_bit():
 def test_decode_gives_each_spec_exactly_what_load_gives_it(tmp_path):
     rgb = cv2.resize(_gradient(80, 60), (1600, 1200))
     path = tmp_path / "big.jpg"
-    path.write_bytes(_encode(Image.fromarray(rgb), "JPEG", quality=95))
+    path.write_bytes(encode(Image.fromarray(rgb), "JPEG", quality=95))
     specs = [PreprocessSpec(40, 40), PreprocessSpec(160, 160, "letterbox"), PreprocessSpec(48, 64)]
     for spec, image in decode(path, specs).items():  # three JPEG scales: 1/8, 1/4, 1/8
         np.testing.assert_array_equal(image, load(path, spec))

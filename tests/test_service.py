@@ -16,6 +16,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from PIL import Image
 
+from conftest import encode
 from facet.serve.batch import predict_paths, read_inputs
 from facet.serve.predictor import Predictor
 
@@ -66,11 +67,6 @@ def start_server(models, port: int, env: dict, log) -> tuple[subprocess.Popen, s
 def server(server_and_log):
     return server_and_log[0]
 
-
-def _png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, "PNG")
-    return buf.getvalue()
 
 
 def test_answers_equal_batch_predict(server, exported, dataset):
@@ -134,7 +130,7 @@ def test_bad_input_gets_a_clear_4xx(server, dataset, kind, status):
     elif kind == "no_type":
         r = httpx.post(url, content=jpeg, headers={"content-type": ""})
     elif kind == "bomb":
-        r = httpx.post(url, content=_png(Image.new("RGB", (1100, 1000))),
+        r = httpx.post(url, content=encode(Image.new("RGB", (1100, 1000))),
                        headers={"content-type": "image/png"})
     elif kind == "huge_upload":
         r = httpx.post(url, content=os.urandom(MAX_UPLOAD + 1), headers={"content-type": "image/jpeg"})
@@ -209,8 +205,8 @@ def test_hostile_uploads_get_4xx_and_the_connection_stays_usable(server, dataset
     jpeg = read_inputs(dataset / "eval").paths[0].read_bytes()
     bad = {"bomb.png": (header_bomb, 413, "pixel limit"),
            "cut.jpg": (jpeg[: len(jpeg) // 2] + b"\xff\xd9", 422, "truncated"),
-           "dot.png": (_png(Image.new("RGB", (1, 1))), 422, "minimum side"),
-           "strip.png": (_png(Image.new("RGB", (3, 5000))), 422, "aspect ratio")}
+           "dot.png": (encode(Image.new("RGB", (1, 1))), 422, "minimum side"),
+           "strip.png": (encode(Image.new("RGB", (3, 5000))), 422, "aspect ratio")}
     with httpx.Client(base_url=server, timeout=30) as http:  # one keep-alive connection
         for name, (data, status, reason) in bad.items():
             r = http.post("/v1/predict", files={"image": (name, data)})
@@ -231,7 +227,7 @@ def test_bmp_body_and_16_bit_png_answer_like_the_8_bit_picture(server, dataset):
     Image.fromarray(rgb).save(bmp, "BMP")
     png16 = cv2.imencode(".png", rgb[..., ::-1].astype(np.uint16) * 257)[1].tobytes()
     answers = [httpx.post(f"{server}/v1/predict", content=data, headers={"content-type": kind},
-                          timeout=30) for data, kind in ((_png(Image.fromarray(rgb)), "image/png"),
+                          timeout=30) for data, kind in ((encode(Image.fromarray(rgb)), "image/png"),
                                                          (bmp.getvalue(), "image/bmp"),
                                                          (png16, "image/png"))]
     assert [r.status_code for r in answers] == [200, 200, 200], answers[-1].text
