@@ -35,7 +35,7 @@ variants = {"fp32 (ensemble graph)": Predictor(args.models, mode="ensemble"),
             "fp32 (three sessions)": Predictor(args.models, mode="separate"),
             "int8 (three sessions)": Predictor(args.models, variant="int8")}
 first = next(iter(variants.values()))
-decoded = Predictor.stack([first.load(x) for x in inputs.paths])
+decoded = Predictor.stack([first.load(x).inputs[0] for x in inputs.paths])
 n = len(inputs.paths)
 
 

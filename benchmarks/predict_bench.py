@@ -89,7 +89,7 @@ def main() -> None:
     inputs = read_inputs(args.eval)
     paths, n = inputs.paths, len(inputs.paths)
     predictor = Predictor(args.models)
-    decoded = Predictor.stack([predictor.load(x) for x in paths])
+    decoded = Predictor.stack([predictor.load(x).inputs[0] for x in paths])
     times: dict[str, list[float]] = {k: [] for k in ("facet_cli", "facet_in_process",
                                                     "models_alone", "torch_baseline")}
     with tempfile.TemporaryDirectory() as tmp:

@@ -55,6 +55,7 @@ def export_attribute(run: str | Path, out: str | Path, parity_images: list[str])
     proto = onnx.load(str(tmp))
     info = {
         "attribute": meta["attribute"], "classes": meta["classes"], "preprocess": spec.to_dict(),
+        "detector": meta.get("detector"),
         "age_rule": meta["age_rule"], "val_macro_f1": meta["val_macro_f1"],
         "epoch": meta["epoch"], "backbone": meta["recipe"]["backbone"], "run": meta["run"],
         "checkpoint": str(ckpt), "checkpoint_sha256": file_sha256(ckpt),

@@ -15,6 +15,7 @@ from typing import Optional
 import typer
 
 from facet import privacy
+from facet.faces import FACE_SCORE
 from facet.preprocess import DEFAULT_RULES
 
 privacy.apply_defaults()
@@ -199,15 +200,28 @@ def predict(source: Path = typer.Argument(..., help="eval/ folder, info.csv, a C
             max_pixels: int = typer.Option(DEFAULT_RULES.max_pixels, help="Largest image (pixels, from its header)."),
             min_side: int = typer.Option(DEFAULT_RULES.min_side, help="Smallest image side accepted as a face (px)."),
             max_aspect: float = typer.Option(DEFAULT_RULES.max_aspect, help="Longest/shortest side accepted as a face."),
+            faces: str = typer.Option("primary", help="primary: one answer per photo; all: also "
+                                      "one --details row per face (models exported with crop=face)."),
+            primary: str = typer.Option("largest", help="The face that answers for a photo: "
+                                        "largest or center (nearest the photo's centre)."),
+            detector: Optional[Path] = typer.Option(None, help="Another YuNet ONNX file (default: the shipped one)."),
+            face_score: float = typer.Option(FACE_SCORE, help="Detector score a face needs."),
+            draw: Optional[Path] = typer.Option(None, help="Write each photo with its faces' boxes and labels drawn into this folder."),
             ):
     """Batch inference on onnxruntime: fills `ans` for every row it can read. Exit status 3 if
-    any image could not be read (see the .errors.csv file)."""
+    any image could not be read (see the .errors.csv file). Models exported with crop=face
+    find the faces first; the details say whether a face was found."""
+    from facet.faces import DetectorError, YuNet
     from facet.preprocess import ImageRules
     from facet.serve.batch import (InputError, check_writable, details as details_frame,
-                                   errors_frame, predict_paths, read_inputs, submission,
-                                   write_atomic)
+                                   errors_frame, face_details, predict_paths, read_inputs,
+                                   submission, write_atomic)
     from facet.serve.predictor import Predictor
     errors_path = out.with_suffix(".errors.csv")
+    if faces not in ("primary", "all"):
+        _fail(f"--faces must be primary or all, got {faces!r}")
+    if faces == "all" and details is None:
+        _fail("--faces all writes one row per face into the --details file: give --details")
     try:
         for path in (out, details, errors_path):
             if path is not None:
@@ -215,9 +229,13 @@ def predict(source: Path = typer.Argument(..., help="eval/ folder, info.csv, a C
         inputs = read_inputs(source, images, path_column, allow_outside)
         rules = ImageRules(max_bytes, max_pixels, min_side, max_aspect)
         predictor = Predictor(models, mode=mode, device=device, threads=threads, tta=tta,
-                              variant=variant, rules=rules)
-    except (InputError, FileNotFoundError, ValueError, RuntimeError) as exc:
+                              variant=variant, rules=rules,
+                              detector=YuNet(detector, face_score), primary_rule=primary)
+    except (InputError, FileNotFoundError, ValueError, RuntimeError, DetectorError) as exc:
         _fail(str(exc))
+    if faces == "all" and not predictor.crops_faces:
+        _fail(f"--faces all needs models that find faces; {models} holds models exported "
+              "with crop=none (they take each image as one face crop)")
     if inputs.skipped:
         names = ", ".join(p.name for p in inputs.skipped[:5])
         more = f" and {len(inputs.skipped) - 5} more" if len(inputs.skipped) > 5 else ""
@@ -226,14 +244,23 @@ def predict(source: Path = typer.Argument(..., help="eval/ folder, info.csv, a C
     typer.echo(f"{len(inputs.paths):,} images | provider {predictor.provider} | mode "
                f"{predictor.mode} | {variant}{' + flip TTA' if tta else ''}", err=True)
     t = time.perf_counter()
-    result = predict_paths(predictor, inputs.paths, batch_size, workers, refused=inputs.refused)
+    result = predict_paths(predictor, inputs.paths, batch_size, workers, refused=inputs.refused,
+                           every=faces == "all")
     elapsed = time.perf_counter() - t
     write_atomic(submission(inputs, result), out)
     if details:
-        write_atomic(details_frame(inputs, result), details)
+        write_atomic((face_details if faces == "all" else details_frame)(inputs, result), details)
     done = int((result.labels >= 0).sum())
     typer.echo(f"wrote {out}: {done:,} answered in {elapsed:.1f}s "
                f"({len(inputs.paths) / max(elapsed, 1e-9):.0f} img/s)", err=True)
+    if predictor.crops_faces:
+        missed = sum(found is False for found in result.face_found)
+        typer.echo(f"faces: none found in {missed:,} of {done:,} answered photos (answered from "
+                   "the fallback region, face_found=false)", err=True)
+    if draw:
+        from facet.draw import draw_results
+        drawn = draw_results(inputs.paths, result, draw, rules)
+        typer.echo(f"drew {drawn:,} photos into {draw}", err=True)
     if result.errors:
         write_atomic(errors_frame(result), errors_path)
         for _, path, message in result.errors[:5]:
@@ -284,6 +311,7 @@ def serve(models: Optional[Path] = typer.Option(None, help="Folder written by `f
           device: Optional[str] = typer.Option(None, help="auto, cpu or cuda."),
           ):
     """Run the HTTP prediction service (BentoML) on the exported models."""
+    from facet.faces import YuNet
     from facet.serve.config import ServeConfig
     from facet.serve.predictor import Predictor
     env = dict(os.environ)
@@ -297,9 +325,9 @@ def serve(models: Optional[Path] = typer.Option(None, help="Folder written by `f
         settings = ServeConfig.load(env)
     except (ValueError, OSError) as exc:
         _fail(f"bad serve settings: {exc}")
-    try:  # a broken model folder is one clear line here, not a traceback per worker
+    try:  # a broken model folder or detector is one clear line here, not a traceback per worker
         Predictor(settings.models, mode=settings.mode, device="cpu", variant=settings.variant,
-                  threads=1)
+                  threads=1, detector=YuNet(settings.detector or None, settings.face_score))
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         _fail(str(exc))
     typer.echo(f"serving {settings.models} on http://{host}:{port}/v1 "

@@ -19,7 +19,10 @@ import numpy as np
 import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .faces import FALLBACKS, Detector, Face, crop_box, cut, default_detector, fallback_box, primary
+
 RESIZE_MODES = ("stretch", "letterbox")
+CROPS = ("none", "face")
 #: What the loader decodes. MPO is the multi-picture JPEG that many phone cameras write.
 FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "WEBP": "WebP", "BMP": "BMP"}
 SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -67,27 +70,44 @@ DEFAULT_RULES = ImageRules()
 
 @dataclass(frozen=True)
 class PreprocessSpec:
-    """How an image becomes a model input: size (height, width), resize mode, mean, std."""
+    """How an image becomes a model input: the crop, size (height, width), resize mode, mean, std.
+
+    ``crop``: ``none`` takes the image as a face crop already; ``face`` detects faces and cuts
+    each one out by the crop rule (``faces.crop_box``: a square ``margin`` x the face box),
+    or the ``fallback`` region (``whole`` image or ``center`` square) when none is found.
+    """
 
     height: int = 128
     width: int = 128
     resize_mode: str = "stretch"
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    crop: str = "none"
+    margin: float = 1.6
+    fallback: str = "whole"
 
     def __post_init__(self):
         if self.resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
         if self.height <= 0 or self.width <= 0:
             raise ValueError(f"image size must be positive, got {self.height}x{self.width}")
+        if self.crop not in CROPS:
+            raise ValueError(f"crop must be one of {CROPS}, got {self.crop!r}")
+        if not 0.5 <= self.margin <= 4:
+            raise ValueError(f"margin must be between 0.5 and 4 (x the face box), got {self.margin}")
+        if self.fallback not in FALLBACKS:
+            raise ValueError(f"fallback must be one of {FALLBACKS}, got {self.fallback!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "PreprocessSpec":
+        """Models exported before faces were cropped have no crop fields: they take crops."""
         return cls(int(d["height"]), int(d["width"]), str(d["resize_mode"]),
-                   tuple(float(x) for x in d["mean"]), tuple(float(x) for x in d["std"]))
+                   tuple(float(x) for x in d["mean"]), tuple(float(x) for x in d["std"]),
+                   str(d.get("crop", "none")), float(d.get("margin", 1.6)),
+                   str(d.get("fallback", "whole")))
 
 
 def read_bytes(path: str | Path, max_bytes: int = DEFAULT_RULES.max_bytes) -> bytes:
@@ -134,11 +154,70 @@ def read_image(source: bytes | str | Path, rules: ImageRules = DEFAULT_RULES,
 
 def decode(source: bytes | str | Path, specs: list[PreprocessSpec],
            rules: ImageRules = DEFAULT_RULES) -> dict[PreprocessSpec, np.ndarray]:
-    """One image for several models: {spec: uint8 HWC at that spec's size}. Each spec sees
-    exactly what :func:`load` gives it (the pixels it was trained on); specs whose size allows
-    the same JPEG reduction share one decode, so equal specs always do."""
+    """One image for several models that take it whole (``crop: none``): {spec: uint8 HWC at
+    that spec's size}. Each spec sees exactly what :func:`load` gives it (the pixels it was
+    trained on); specs whose size allows the same JPEG reduction share one decode, so equal
+    specs always do."""
     rgb = _read_scales(source, rules, [min(s.height, s.width) for s in specs])
     return {spec: resize(rgb[min(spec.height, spec.width)], spec) for spec in specs}
+
+
+@dataclass
+class Photo:
+    """A decoded photo's faces and the model inputs cut from it.
+
+    ``inputs[k]`` ({spec: uint8 HWC}) answers for face ``answered[k]`` (an index into
+    ``faces``), or for the fallback region when ``answered[k]`` is -1 (no face was found, or
+    no model crops faces). ``face_found`` is None when no detection ran.
+    """
+
+    width: int
+    height: int
+    faces: list[Face]
+    primary: int
+    answered: list[int]
+    inputs: list[dict[PreprocessSpec, np.ndarray]]
+    face_found: bool | None
+
+
+def decode_faces(source: bytes | str | Path, specs: list[PreprocessSpec],
+                 rules: ImageRules = DEFAULT_RULES, detector: Detector | None = None,
+                 every: bool = False, primary_rule: str = "largest",
+                 max_faces: int = 64) -> Photo:
+    """Decode once, detect once (when a spec crops faces), and cut each spec's input for the
+    primary face, or for each of the ``max_faces`` largest faces when ``every``.
+
+    A spec with ``crop: none`` sees the whole image for every face, exactly as :func:`decode`
+    gives it. Faces are listed best score first; with no face the photo is answered from the
+    first cropping spec's ``fallback`` region and ``face_found`` is False, never a silent guess.
+    """
+    cropping = [s for s in specs if s.crop == "face"]
+    whole = [min(s.height, s.width) for s in specs if s.crop == "none"]
+    rgb = _read_scales(source, rules, [None, *whole] if cropping else whole)
+    if not cropping:
+        inputs = {s: resize(rgb[min(s.height, s.width)], s) for s in specs}
+        full = rgb[whole[0]]
+        return Photo(full.shape[1], full.shape[0], [], -1, [-1], [inputs], None)
+    full = rgb[None]
+    height, width = full.shape[:2]
+    faces = (detector or default_detector()).detect(full)
+    if len(faces) > max_faces:  # keep the largest; the order stays best score first
+        keep = set(sorted(range(len(faces)), key=lambda i: -faces[i].box[2] * faces[i].box[3])
+                   [:max_faces])
+        faces = [f for i, f in enumerate(faces) if i in keep]
+    first = primary(faces, width, height, primary_rule)
+    answered = (list(range(len(faces))) if every else [first]) if faces else [-1]
+    fixed = {s: resize(rgb[min(s.height, s.width)], s) for s in specs if s.crop == "none"}
+
+    def cut_for(spec: PreprocessSpec, k: int) -> np.ndarray:
+        if k < 0:
+            return resize(cut(full, *fallback_box(width, height, spec.fallback)), spec)
+        left, top, side = crop_box(faces[k], spec.margin)
+        return resize(cut(full, left, top, side, side), spec)
+
+    inputs = [{s: fixed[s] if s.crop == "none" else cut_for(s, k) for s in specs}
+              for k in answered]
+    return Photo(width, height, faces, first, answered, inputs, bool(faces))
 
 
 def _read_scales(source: bytes | str | Path, rules: ImageRules,
@@ -269,7 +348,8 @@ def normalize(images: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 
 def load(source: bytes | str | Path, spec: PreprocessSpec,
-         rules: ImageRules = DEFAULT_RULES) -> np.ndarray:
-    """Decode and resize for one model: the uint8 image that training caches, export checks
-    and (through :func:`decode`) serving batches."""
-    return decode(source, [spec], rules)[spec]
+         rules: ImageRules = DEFAULT_RULES, detector: Detector | None = None) -> np.ndarray:
+    """Decode, crop and resize for one model: the uint8 image that training caches, export
+    checks and (through :func:`decode_faces`) serving batches. With ``crop: face`` it is the
+    largest face (the training rule: a training image shows one person)."""
+    return decode_faces(source, [spec], rules, detector).inputs[0][spec]

@@ -30,6 +30,9 @@ class Recipe:
     resize_mode: str = "stretch"
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    crop: str = "none"  # none: the images are face crops | face: detect, crop the largest face
+    crop_margin: float = 1.6  # the crop is a square this many times the face box's longer side
+    crop_fallback: str = "whole"  # no face found: the whole image | center (its centred square)
     # optimisation
     optimizer: str = "adamw"  # any timm.optim name
     lr: float = 1e-3
@@ -99,7 +102,7 @@ class Recipe:
             raise ValueError(f"unknown sampler {self.sampler!r}: none, balanced or sqrt")
         if self.stratify not in ("attribute", "class18"):
             raise ValueError(f"unknown stratify {self.stratify!r}: attribute or class18")
-        self.preprocess  # validates size and resize mode
+        self.preprocess  # validates size, resize mode and crop
         self.age_rule  # validates thresholds
         self.source_shares({"": 1})  # validates the weights' syntax
 
@@ -109,7 +112,8 @@ class Recipe:
 
     @property
     def preprocess(self) -> PreprocessSpec:
-        return PreprocessSpec(self.image_size, self.image_size, self.resize_mode, self.mean, self.std)
+        return PreprocessSpec(self.image_size, self.image_size, self.resize_mode, self.mean,
+                              self.std, self.crop, self.crop_margin, self.crop_fallback)
 
     def source_shares(self, sizes: dict[str, int]) -> tuple[dict[str, float], list[str]]:
         """(each source's share of an epoch's samples, the weighted names that are not among

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from facet.combine import ATTRIBUTES, TRUE_AGE_RULE, combine_labels
 from facet.metrics import (by_age_band, macro_f1_from_confusion, plot_by_age_band, plot_confusion,
                            plot_curves, scores)
+from facet.faces import default_detector
 from facet.preprocess import PreprocessSpec, normalize
 
 from .cache import build_cache
@@ -129,7 +130,7 @@ class Trainer:
         else:
             raise ValueError(f"unknown stratify {r.stratify!r}: attribute or class18")
         train_rows, val_rows = split_by_source(frame, strat, r)
-        images, bad = build_cache(frame["path"].tolist(), r.preprocess, self.cache_dir,
+        images, bad, faces = build_cache(frame["path"].tolist(), r.preprocess, self.cache_dir,
                                   workers=max(2, self.workers * 2))
         self.problems += [msg for _, msg in bad]
         bad_rows = {i for i, _ in bad}
@@ -150,6 +151,11 @@ class Trainer:
             "val_persons": int(frame["person"].iloc[val_rows].nunique()),
             "dropped_boundary_ages": int((training_labels(frame, r.attribute, r.age_rule) < 0).sum()),
         }
+        if r.crop == "face":  # the images the crop rule could not apply to (fallback region)
+            readable = len(frame) - len(bad_rows)
+            self.split["no_face_found"] = readable - sum(f is not None for f in faces)
+            log.info("crop=face: no face found in %d of %d images (their %s region is used)",
+                     self.split["no_face_found"], readable, r.crop_fallback)
         self.frame = frame
         self.val_rows = val_rows
         self.sources = list(frame["source"].unique())
@@ -296,6 +302,7 @@ class Trainer:
                                      "images": int(np.sum(b["confusion"]))}
                               for name, b in metrics["by_source"].items()},
             "preprocess": r.preprocess.to_dict(),
+            "detector": default_detector().describe() if r.crop == "face" else None,
             "age_rule": {"train": r.age_rule.to_dict(), "scored": TRUE_AGE_RULE.to_dict()},
             "recipe": r.to_dict(), "run": str(self.run_dir.resolve()),
         }

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from facet.combine import ATTRIBUTES, class_names
 from facet.csvfile import read_csv
+from facet.faces import Face
 from facet.preprocess import SUFFIXES, ImageError
 
 from .predictor import Predictor
@@ -74,22 +75,44 @@ def read_inputs(source: Path, images: Path | None = None, path_column: str | Non
 
 
 @dataclass
+class FaceAnswer:
+    """One answered face of a row's photo (``index`` -1: the fallback region, no face found)."""
+
+    row: int
+    index: int
+    face: Face | None
+    primary: bool
+    attributes: dict[str, np.ndarray]  # name -> (k,)
+    probs: np.ndarray  # (18,)
+
+
+@dataclass
 class BatchResult:
     labels: np.ndarray  # (N,) int, -1 where the image failed
     attributes: dict[str, np.ndarray]  # name -> (N, k), NaN rows for failures
     probs: np.ndarray  # (N, 18)
     errors: list[tuple[int, str, str]] = field(default_factory=list)  # (row, path, message)
+    face_found: list[bool | None] = field(default_factory=list)  # None: no detection ran
+    primary: list[Face | None] = field(default_factory=list)  # the face that answers the row
+    faces: list[FaceAnswer] = field(default_factory=list)  # every face, with ``every``
 
 
 def predict_paths(predictor: Predictor, paths: list[Path], batch_size: int = 64,
                   workers: int = 2, progress: bool = True,
-                  refused: dict[int, str] | None = None) -> BatchResult:
-    """Predict every path; a row that cannot be read (or is in ``refused``) gets an error."""
+                  refused: dict[int, str] | None = None, every: bool = False) -> BatchResult:
+    """Predict every path; a row that cannot be read (or is in ``refused``) gets an error.
+
+    A row's answer is its photo's primary face (or the fallback region when no face is
+    found); with ``every``, each face of each photo is answered too (``BatchResult.faces``).
+    """
     n, refused = len(paths), refused or {}
     labels = np.full(n, -1, np.int64)
     attributes = {a: np.full((n, len(c)), np.nan, np.float32) for a, c in ATTRIBUTES.items()}
     probs = np.full((n, len(class_names())), np.nan, np.float32)
     errors: list[tuple[int, str, str]] = []
+    face_found: list[bool | None] = [None] * n
+    primary: list[Face | None] = [None] * n
+    faces: list[FaceAnswer] = []
 
     def load_chunk(start: int):
         stop, loaded = min(start + batch_size, n), []
@@ -98,7 +121,7 @@ def predict_paths(predictor: Predictor, paths: list[Path], batch_size: int = 64,
                 errors.append((i, str(paths[i]), refused[i]))
                 continue
             try:
-                loaded.append((i, predictor.load(paths[i])))
+                loaded.append((i, predictor.load(paths[i], every)))
             except (ImageError, OSError) as exc:
                 errors.append((i, str(paths[i]), str(exc)))
         return stop - start, loaded
@@ -117,15 +140,25 @@ def predict_paths(predictor: Predictor, paths: list[Path], batch_size: int = 64,
             if nxt is not None:
                 pending.append(pool.submit(load_chunk, nxt))
             if loaded:
-                rows = np.array([i for i, _ in loaded])
-                out = predictor.predict(Predictor.stack([item for _, item in loaded]))
-                labels[rows] = out.labels
-                probs[rows] = out.probs
-                for a in attributes:
-                    attributes[a][rows] = out.attributes[a]
+                # one model row per answered face; a row's answer is its primary face's
+                owners = [(i, photo, k) for i, photo in loaded for k in photo.answered]
+                out = predictor.predict(Predictor.stack(
+                    [inputs for _, photo in loaded for inputs in photo.inputs]))
+                for j, (i, photo, k) in enumerate(owners):
+                    if k == photo.primary:  # both -1 when no face was found
+                        labels[i], probs[i] = out.labels[j], out.probs[j]
+                        for a in attributes:
+                            attributes[a][i] = out.attributes[a][j]
+                        face_found[i] = photo.face_found
+                        primary[i] = photo.faces[k] if k >= 0 else None
+                    if every:
+                        faces.append(FaceAnswer(i, k, photo.faces[k] if k >= 0 else None,
+                                                k == photo.primary,
+                                                {a: out.attributes[a][j] for a in attributes},
+                                                out.probs[j]))
             bar.update(size)
     bar.close()
-    return BatchResult(labels, attributes, probs, sorted(errors))
+    return BatchResult(labels, attributes, probs, sorted(errors), face_found, primary, faces)
 
 
 def check_writable(path: Path) -> None:
@@ -167,20 +200,72 @@ def submission(inputs: Inputs, result: BatchResult) -> pd.DataFrame:
 
 
 def details(inputs: Inputs, result: BatchResult) -> pd.DataFrame:
-    names = class_names()
-    ok = result.labels >= 0
+    """One line per row: its answer, probabilities, primary face (when faces are detected)
+    and error."""
     out = pd.DataFrame({"path": [str(p) for p in inputs.paths]})
-    out["label"] = np.where(ok, result.labels, -1)
-    out["class"] = [names[v] if v >= 0 else "" for v in result.labels]
-    out["confidence"] = np.where(ok, result.probs[np.arange(len(ok)), result.labels.clip(0)], np.nan)
-    for a, classes in ATTRIBUTES.items():
-        p = result.attributes[a]
-        out[a] = [classes[int(row.argmax())] if good else "" for row, good in zip(p, ok)]
-        for k, c in enumerate(classes):
-            out[f"p_{a}_{c}"] = p[:, k].round(6)
+    if any(found is not None for found in result.face_found):
+        out["face_found"] = [_flag(found) for found in result.face_found]
+        out = pd.concat([out, _face_columns(result.primary)], axis=1)
+    out = pd.concat([out, _answers(result.labels, result.probs, result.attributes)], axis=1)
     out["error"] = ""
     for i, _, message in result.errors:
         out.loc[i, "error"] = message
+    return out
+
+
+def face_details(inputs: Inputs, result: BatchResult) -> pd.DataFrame:
+    """One line per answered face (``face`` -1: no face found, the fallback region answered),
+    and one per failed row with its error."""
+    answers = sorted(result.faces, key=lambda f: (f.row, f.index))
+    rows = [f.row for f in answers]
+    out = pd.DataFrame({"path": [str(inputs.paths[i]) for i in rows],
+                        "face": [f.index for f in answers],
+                        "primary": [f.primary for f in answers],
+                        "face_found": [_flag(result.face_found[i]) for i in rows]})
+    probs = np.array([f.probs for f in answers]).reshape(len(answers), -1)
+    attributes = {a: np.array([f.attributes[a] for f in answers]).reshape(len(answers), len(c))
+                  for a, c in ATTRIBUTES.items()}
+    out = pd.concat([out, _face_columns([f.face for f in answers], landmarks=True),
+                     _answers(probs.argmax(1) if len(answers) else np.zeros(0, int), probs,
+                              attributes)], axis=1)
+    out["error"] = ""
+    failed = pd.DataFrame({"path": [p for _, p, _ in result.errors], "face": -1,
+                           "error": [m for _, _, m in result.errors]})
+    order = rows + [i for i, _, _ in result.errors]
+    merged = pd.concat([out, failed], ignore_index=True) if len(failed) else out
+    return merged.iloc[np.argsort(order, kind="stable")].reset_index(drop=True)
+
+
+def _flag(found: bool | None) -> str:
+    return "" if found is None else str(bool(found)).lower()
+
+
+def _face_columns(faces: list[Face | None], landmarks: bool = False) -> pd.DataFrame:
+    """Box (x, y, w, h in the photo's pixels), detector score and, optionally, the five
+    landmarks; empty where there is no face."""
+    names = ["face_x", "face_y", "face_w", "face_h", "face_score"]
+    values = [[*f.box, f.score] if f else [np.nan] * 5 for f in faces]
+    if landmarks:
+        names += [f"{p}_{c}" for p in ("right_eye", "left_eye", "nose", "mouth_right",
+                                       "mouth_left") for c in "xy"]
+        values = [v + ([c for point in f.landmarks for c in point] if f else [np.nan] * 10)
+                  for v, f in zip(values, faces)]
+    return pd.DataFrame(np.array(values, np.float64).reshape(len(faces), len(names)),
+                        columns=names).round(2)
+
+
+def _answers(labels: np.ndarray, probs: np.ndarray, attributes: dict[str, np.ndarray]
+             ) -> pd.DataFrame:
+    names = class_names()
+    ok = labels >= 0
+    out = pd.DataFrame({"label": np.where(ok, labels, -1)})
+    out["class"] = [names[v] if v >= 0 else "" for v in labels]
+    out["confidence"] = np.where(ok, probs[np.arange(len(ok)), labels.clip(0)], np.nan)
+    for a, classes in ATTRIBUTES.items():
+        p = attributes[a]
+        out[a] = [classes[int(row.argmax())] if good else "" for row, good in zip(p, ok)]
+        for k, c in enumerate(classes):
+            out[f"p_{a}_{c}"] = p[:, k].round(6)
     return out
 
 

@@ -6,6 +6,7 @@ import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from facet.faces import FACE_SCORE, PRIMARY_RULES
 from facet.preprocess import DEFAULT_RULES, ImageRules
 
 
@@ -37,6 +38,11 @@ class ServeConfig:
     offload_pixels: int = 2_000_000  # images over this decode on those threads (a 35 MP PNG
     #                                  takes ~1 s: on the event loop it stalls every request)
     access_log: bool = True  # one log line per request (model-service calls are never logged)
+    # faces (models exported with crop=face)
+    detector: str = ""  # a YuNet ONNX file ("": the one shipped with facet)
+    face_score: float = FACE_SCORE  # detector score a face needs
+    primary_face: str = "largest"  # the face the top-level answer is for: largest | center
+    max_faces: int = 32  # faces answered per photo (the largest ones)
 
     @classmethod
     def load(cls, environ: dict[str, str] | None = None) -> "ServeConfig":
@@ -61,12 +67,16 @@ class ServeConfig:
 
     def __post_init__(self):
         positive = ("workers", "model_workers", "max_batch_size", "max_upload_bytes", "max_pixels",
-                    "min_image_side", "max_batch_files", "decode_threads")
+                    "min_image_side", "max_batch_files", "decode_threads", "max_faces")
         low = [f"{k}={getattr(self, k)}" for k in positive if getattr(self, k) < 1]
         if low:
             raise ValueError(f"{', '.join(low)}: must be at least 1")
         if self.max_aspect < 1 or self.offload_pixels < 0 or self.calls_in_flight < 0:
             raise ValueError("max_aspect must be >= 1, offload_pixels and calls_in_flight >= 0")
+        if self.primary_face not in PRIMARY_RULES:
+            raise ValueError(f"primary_face={self.primary_face!r}: must be one of {PRIMARY_RULES}")
+        if not 0 < self.face_score < 1:
+            raise ValueError(f"face_score={self.face_score}: must be in (0, 1)")
         if not 0 < self.body_timeout_s <= 35:  # with the model's 20 s, inside the 60 s timeout
             raise ValueError(f"body_timeout_s={self.body_timeout_s}: must be in (0, 35]")
 

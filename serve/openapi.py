@@ -18,12 +18,30 @@ _ERRORS["503"]["headers"] = {"Retry-After": {"description": "seconds to wait bef
 _ATTRIBUTE = {"type": "object", "properties": {
     "label": {"type": "string"}, "code": {"type": "integer"},
     "probs": {"type": "object", "additionalProperties": {"type": "number"}}}}
+_LABELS = {"label": {"type": "integer", "minimum": 0, "maximum": 17},
+           "class": {"type": "string"}, "confidence": {"type": "number"},
+           "attributes": {"type": "object", "additionalProperties": _ATTRIBUTE}}
+_FACE = {"type": "object", "required": ["index", "box", "score", "label", "class", "attributes"],
+         "properties": {
+             "index": {"type": "integer", "description": "position in the detector's list"},
+             "box": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4,
+                     "description": "x, y, width, height in the photo's pixels"},
+             "score": {"type": "number", "description": "detector score"},
+             "landmarks": {"type": "array", "description": "eyes, nose tip, mouth corners",
+                           "items": {"type": "array", "items": {"type": "number"}}},
+             **_LABELS}}
 _ANSWER = {"type": "object", "required": ["label", "class", "attributes", "model_versions"],
+           "description": "With models that crop faces, the top-level labels are the primary "
+                          "face's (or, with no face found, the fallback region's).",
            "properties": {
-               "label": {"type": "integer", "minimum": 0, "maximum": 17},
-               "class": {"type": "string"}, "confidence": {"type": "number"},
-               "attributes": {"type": "object", "additionalProperties": _ATTRIBUTE},
-               "model_versions": {"type": "object", "additionalProperties": {"type": "string"}}}}
+               **_LABELS,
+               "model_versions": {"type": "object", "additionalProperties": {"type": "string"}},
+               "face_found": {"type": "boolean", "description": "models that crop faces only: "
+                              "false when no face was found"},
+               "primary_face": {"type": "integer", "description": "index of the face the "
+                                "top-level labels are for; -1 when none was found"},
+               "faces": {"type": "array", "items": _FACE,
+                         "description": "every answered face; empty when none was found"}}}
 _BINARY = {"type": "string", "format": "binary"}
 
 OPENAPI = {
@@ -48,8 +66,10 @@ OPENAPI = {
             "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                 "type": "object", "required": ["images"],
                 "properties": {"images": {"type": "array", "items": _BINARY}}}}}},
-            "responses": {"200": {"description": "one result per file, in order",
-                                  "content": {"application/json": {"schema": {"type": "object"}}}},
+            "responses": {"200": {"description": "one result per file, in order", "content": {
+                "application/json": {"schema": {"type": "object", "properties": {
+                    "results": {"type": "array", "items": {"oneOf": [_ANSWER, _ERROR]}},
+                    "answered": {"type": "integer"}, "failed": {"type": "integer"}}}}}},
                           **_ERRORS}}},
         "/info": {"get": {"summary": "Models, classes, validation F1, provider",
                           "responses": {"200": {"description": "model info", "content": {

@@ -14,7 +14,9 @@ import numpy as np
 
 from facet import privacy
 from facet.combine import ATTRIBUTES, class_names, combine_probs
-from facet.preprocess import DEFAULT_RULES, ImageRules, PreprocessSpec, decode, normalize
+from facet.faces import Detector, default_detector
+from facet.preprocess import (DEFAULT_RULES, ImageRules, Photo, PreprocessSpec, decode_faces,
+                              normalize)
 
 from .metadata import ModelFileError, parse
 
@@ -106,11 +108,16 @@ class Predictor:
     spinning: onnxruntime's worker threads busy-wait between runs (its default). Fastest when
     the models have the cores to themselves; where other processes share them (the HTTP
     service's front end), the spinning takes cores they need.
+    Models exported with ``crop: face`` get a face detector (``detector``, else the shipped
+    YuNet); ``primary_rule`` picks the face that answers for a photo, ``max_faces`` bounds
+    how many faces of one photo are answered.
     """
 
     def __init__(self, model_dir: str | Path, mode: str = "auto", device: str = "auto",
                  threads: int | None = None, tta: bool = False, variant: str = "fp32",
-                 rules: ImageRules = DEFAULT_RULES, spinning: bool = True):
+                 rules: ImageRules = DEFAULT_RULES, spinning: bool = True,
+                 detector: Detector | None = None, primary_rule: str = "largest",
+                 max_faces: int = 64):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         self.model_dir = Path(model_dir)
@@ -136,6 +143,9 @@ class Predictor:
         self.sessions, self.info, self.specs = opened[self.mode]
         self.provider = next(iter(self.sessions.values())).get_providers()[0]
         self.distinct_specs = list(dict.fromkeys(self.specs.values()))
+        self.crops_faces = any(s.crop == "face" for s in self.distinct_specs)
+        self.detector = (detector or default_detector()) if self.crops_faces else None
+        self.primary_rule, self.max_faces = primary_rule, max_faces
 
     def _open(self, mode: str, files: dict, device: str, threads: int | None, spinning: bool):
         """(sessions, per-attribute info, per-attribute spec) of ``mode``, checked."""
@@ -159,9 +169,11 @@ class Predictor:
         return sessions, info, specs
 
     # ---- images -----------------------------------------------------------------------
-    def load(self, source) -> dict[PreprocessSpec, np.ndarray]:
-        """{spec: uint8 HWC} for each distinct spec. Raises ImageError."""
-        return decode(source, self.distinct_specs, self.rules)
+    def load(self, source, every: bool = False) -> Photo:
+        """The photo's faces and, for the primary face (or each face when ``every``), {spec:
+        uint8 HWC} for each distinct spec. Raises ImageError."""
+        return decode_faces(source, self.distinct_specs, self.rules, self.detector, every,
+                            self.primary_rule, self.max_faces)
 
     @staticmethod
     def stack(loaded: list[dict]) -> dict[PreprocessSpec, np.ndarray]:
@@ -182,6 +194,8 @@ class Predictor:
         return {
             "mode": self.mode, "mode_timing_ms": self.timing_ms, "variant": self.variant,
             "provider": self.provider, "tta": self.tta,
+            "detector": self.detector.describe() if self.detector else None,
+            "primary_face": self.primary_rule if self.crops_faces else None,
             "classes": class_names(),
             "attributes": {a: {"classes": m["classes"], "val_macro_f1": m["val_macro_f1"],
                                "backbone": m["backbone"], "checkpoint_sha256": m["checkpoint_sha256"],

@@ -6,7 +6,9 @@ Two services: ``Facet`` takes uploads, checks and decodes them (the same preproc
 runs them with BentoML's adaptive batching across front workers.
 
 Routes (under /v1): POST /predict (one image: multipart or raw body), POST /predict/batch
-(multipart, several images), GET /info, GET /openapi.json. BentoML's /healthz, /livez,
+(multipart, several images), GET /info, GET /openapi.json. With models exported with
+``crop: face``, every face of a photo is answered (``faces``) and the top-level fields are the
+primary face's, so a client written for one face per image keeps working. BentoML's /healthz, /livez,
 /readyz and /metrics stay on. Every error under /v1 is JSON, 5xx included, and no exception
 escapes a handler: uvicorn closes a keep-alive connection on one.
 """
@@ -32,8 +34,9 @@ from starlette.responses import JSONResponse  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
 from facet.combine import ATTRIBUTES, combine_probs  # noqa: E402
-from facet.preprocess import (ImageError, ImageTooLarge, PreprocessSpec, decode,  # noqa: E402
-                              pixel_count)
+from facet.faces import YuNet  # noqa: E402
+from facet.preprocess import (ImageError, ImageTooLarge, Photo, PreprocessSpec,  # noqa: E402
+                              decode_faces, pixel_count)
 
 from .coalesce import Coalescer  # noqa: E402
 from .config import ServeConfig  # noqa: E402
@@ -151,32 +154,36 @@ async def _uploads(request: Request, many: bool) -> list[tuple[str, bytes]]:
     return files
 
 
-async def _decode(name: str, data: bytes, specs: list[PreprocessSpec]) -> np.ndarray:
-    """One upload -> its packed model inputs (``preprocess.decode``: as `facet predict`)."""
+async def _decode(name: str, data: bytes, specs: list[PreprocessSpec],
+                  detector: YuNet | None) -> tuple[Photo, np.ndarray]:
+    """One upload -> its faces and their packed model inputs, one row per answered face
+    (``preprocess.decode_faces``: as `facet predict --faces all`)."""
     if not data:
         raise HTTPError(400, f"{name}: empty file")
-    if pixel_count(data) > CONFIG.offload_pixels:
+    if detector is not None or pixel_count(data) > CONFIG.offload_pixels:  # off the event loop
         return await asyncio.get_running_loop().run_in_executor(
-            DECODE_POOL, _decode_now, name, data, specs)
-    return _decode_now(name, data, specs)
+            DECODE_POOL, _decode_now, name, data, specs, detector)
+    return _decode_now(name, data, specs, detector)
 
 
-def _decode_now(name: str, data: bytes, specs: list[PreprocessSpec]) -> np.ndarray:
+def _decode_now(name: str, data: bytes, specs: list[PreprocessSpec],
+                detector: YuNet | None) -> tuple[Photo, np.ndarray]:
     try:
-        return pack(decode(data, specs, CONFIG.rules))
+        photo = decode_faces(data, specs, CONFIG.rules, detector, every=True,
+                             primary_rule=CONFIG.primary_face, max_faces=CONFIG.max_faces)
     except ImageTooLarge as exc:
         raise HTTPError(413, f"{name}: {exc}") from None
     except ImageError as exc:
         raise HTTPError(422, f"{name}: {exc}") from None
+    return photo, np.stack([pack(inputs) for inputs in photo.inputs])
 
 
 async def predict(request: Request) -> JSONResponse:
     service = bentoml.get_current_service()
     name, data = (await _uploads(request, many=False))[0]
     info = await service.model_info()
-    image = await _decode(name, data, _specs(info))
-    probs = await service.infer(image[None])
-    return JSONResponse(_answer(probs, info)[0])
+    photo, rows = await _decode(name, data, _specs(info), service.detector)
+    return JSONResponse(_photo_answer(photo, await service.infer(rows), info))
 
 
 async def predict_batch(request: Request) -> JSONResponse:
@@ -186,20 +193,36 @@ async def predict_batch(request: Request) -> JSONResponse:
     info = await service.model_info()
     specs = _specs(info)
     results: list[dict] = []
-    good, images = [], []
+    good, decoded = [], []
     for i, (name, data) in enumerate(files):
         try:
-            images.append(await _decode(name, data, specs))
+            decoded.append(await _decode(name, data, specs, service.detector))
             good.append(i)
             results.append({})
         except HTTPError as exc:
             results.append({"file": name, "error": {"status": exc.status, "message": exc.message}})
-    if images:
-        probs = await service.infer(np.stack(images))
-        for i, answer in zip(good, _answer(probs, info)):
-            results[i] = {"file": files[i][0], **answer}
+    if decoded:
+        probs = await service.infer(np.concatenate([rows for _, rows in decoded]))
+        ends = np.cumsum([len(rows) for _, rows in decoded])
+        for i, (photo, _), part in zip(good, decoded, np.split(probs, ends[:-1])):
+            results[i] = {"file": files[i][0], **_photo_answer(photo, part, info)}
     return JSONResponse({"results": results, "answered": len(good), "failed": len(files) - len(good)},
-                        status_code=200 if images else 422)
+                        status_code=200 if decoded else 422)
+
+
+def _photo_answer(photo: Photo, probs: np.ndarray, info: dict) -> dict:
+    """The top-level answer is the primary face's (or the fallback region's when no face was
+    found); ``faces`` lists every answered face. Models that take whole images answer as
+    before, without face fields."""
+    answers = _answer(probs, info)
+    if photo.face_found is None:
+        return answers[0]
+    faces = [{"index": k, **photo.faces[k].to_dict(),
+              **{key: v for key, v in answer.items() if key != "model_versions"}}
+             for k, answer in zip(photo.answered, answers) if k >= 0]
+    top = answers[photo.answered.index(photo.primary)]
+    return {**top, "face_found": photo.face_found, "primary_face": photo.primary,
+            "faces": faces}
 
 
 async def _reachable(call):
@@ -251,13 +274,18 @@ def _answer(probs: np.ndarray, info: dict) -> list[dict]:
 
 
 async def model_info(request: Request) -> JSONResponse:
-    info = await _reachable(bentoml.get_current_service().model.to_async.info())  # fresh: counters
-    return JSONResponse({**info, "service": {"batching": CONFIG.batching,
+    service = bentoml.get_current_service()
+    await service.model_info()  # the front's detector is set up with it
+    info = await _reachable(service.model.to_async.info())  # fresh: counters
+    return JSONResponse({**info, "detector": service.detector and service.detector.describe(),
+                         "service": {"batching": CONFIG.batching,
                                              "max_batch_size": CONFIG.max_batch_size,
                                              "max_upload_bytes": CONFIG.max_upload_bytes,
                                              "max_pixels": CONFIG.max_pixels,
                                              "min_image_side": CONFIG.min_image_side,
-                                             "max_aspect": CONFIG.max_aspect}})
+                                             "max_aspect": CONFIG.max_aspect,
+                                             "primary_face": CONFIG.primary_face,
+                                             "max_faces": CONFIG.max_faces}})
 
 
 async def openapi(request: Request) -> JSONResponse:
@@ -313,6 +341,7 @@ class Facet:
 
     def __init__(self):
         self._info: dict | None = None
+        self.detector: YuNet | None = None  # set when the models crop faces
         self._coalescer = Coalescer(lambda images: _infer(self.model.to_async, images),
                                     CONFIG.max_batch_size,
                                     CONFIG.calls_in_flight or CONFIG.model_workers)
@@ -325,5 +354,8 @@ class Facet:
 
     async def model_info(self) -> dict:
         if self._info is None:  # asked once per worker, when the model service is up
-            self._info = await _reachable(self.model.to_async.info())
+            info = await _reachable(self.model.to_async.info())
+            if any(PreprocessSpec.from_dict(s).crop == "face" for s in info["specs"]):
+                self.detector = YuNet(CONFIG.detector or None, CONFIG.face_score)
+            self._info = info
         return self._info

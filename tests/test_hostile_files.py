@@ -146,7 +146,7 @@ def test_training_skips_and_counts_what_serving_refuses(tmp_path, header_bomb):
         (tmp_path / name).write_bytes(data)
         paths.append(str(tmp_path / name))
     spec = PreprocessSpec(32, 32)
-    images, bad = build_cache(paths, spec, tmp_path / "cache", workers=2)
+    images, bad, _ = build_cache(paths, spec, tmp_path / "cache", workers=2)
     assert [i for i, _ in bad] == [1, 2, 3, 4]
     for (i, message) in bad:
         assert message == f"{paths[i]}: {_error_of(paths[i])}"

@@ -1,0 +1,169 @@
+"""Faces in a photo: the detector, the choice of the primary face, and the one crop rule.
+
+The crop rule is used by training (the decoded-image cache), export and serving alike, through
+``preprocess.decode_faces``. Numpy and OpenCV only: the serving path must not import torch.
+
+The shipped detector is YuNet (``assets/face_detection_yunet_2023mar.onnx``, Apache-2.0, see
+``assets/LICENSE-yunet``), run by OpenCV's ``cv2.FaceDetectorYN``. Another detector only has
+to satisfy :class:`Detector`.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+YUNET = Path(__file__).parent / "assets" / "face_detection_yunet_2023mar.onnx"
+PRIMARY_RULES = ("largest", "center")
+FALLBACKS = ("whole", "center")
+FACE_SCORE = 0.6  # YuNet's score threshold: see BENCHMARKS.md, "Faces in photos"
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detected face, in the pixels of the image it was found in."""
+
+    box: tuple[float, float, float, float]  # x, y, width, height
+    score: float
+    landmarks: tuple[tuple[float, float], ...] = ()  # eyes, nose tip, mouth corners
+
+    def to_dict(self) -> dict:
+        return {"box": [round(v, 1) for v in self.box], "score": round(self.score, 4),
+                "landmarks": [[round(x, 1), round(y, 1)] for x, y in self.landmarks]}
+
+
+class Detector(Protocol):
+    """What facet needs from a face detector: RGB uint8 HWC in, faces out, best first."""
+
+    def detect(self, rgb: np.ndarray) -> list[Face]: ...
+
+    def describe(self) -> dict: ...
+
+
+class DetectorError(ValueError):
+    """A detector file that cannot be loaded."""
+
+
+class YuNet:
+    """YuNet on OpenCV. Photos larger than ``max_side`` are detected on a scaled-down copy
+    (the boxes are mapped back), which bounds the cost of a 12 MP photo; faces are then
+    cropped from the full-size image. One OpenCV detector per thread: ``setInputSize``
+    mutates it, and batches are decoded in a thread pool."""
+
+    name = "yunet"
+
+    def __init__(self, path: str | Path | None = None, score_threshold: float = FACE_SCORE,
+                 nms_threshold: float = 0.3, max_side: int = 640):
+        self.path = Path(path) if path else YUNET
+        if not 0 < score_threshold < 1:
+            raise ValueError(f"score_threshold must be in (0, 1), got {score_threshold}")
+        if max_side < 32:
+            raise ValueError(f"max_side must be at least 32, got {max_side}")
+        self.score_threshold, self.nms_threshold, self.max_side = (
+            score_threshold, nms_threshold, max_side)
+        self._local = threading.local()
+        self.sha256 = _sha256(self.path)
+        self._detector()  # fail here, not on the first photo
+
+    def _detector(self):
+        det = getattr(self._local, "det", None)
+        if det is None:
+            level = cv2.utils.logging.getLogLevel()  # OpenCV 5 warns about targets on create
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+            try:
+                det = cv2.FaceDetectorYN.create(str(self.path), "", (320, 320),
+                                                self.score_threshold, self.nms_threshold, 5000)
+            except cv2.error as exc:
+                raise DetectorError(f"{self.path}: not a YuNet ONNX file ({exc.err})") from None
+            finally:
+                cv2.utils.logging.setLogLevel(level)
+            self._local.det = det
+        return det
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        h, w = rgb.shape[:2]
+        scale = min(1.0, self.max_side / max(h, w))
+        small = rgb if scale == 1 else cv2.resize(
+            rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        det = self._detector()
+        det.setInputSize((small.shape[1], small.shape[0]))
+        _, rows = det.detect(np.ascontiguousarray(small[:, :, ::-1]))  # OpenCV wants BGR
+        faces = [Face(tuple(float(v) / scale for v in r[:4]), float(r[14]),
+                      tuple((float(r[4 + 2 * k]) / scale, float(r[5 + 2 * k]) / scale)
+                            for k in range(5)))
+                 for r in (rows if rows is not None else [])]
+        return sorted(faces, key=lambda f: -f.score)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "file": self.path.name, "sha256": self.sha256,
+                "score_threshold": self.score_threshold, "nms_threshold": self.nms_threshold,
+                "max_side": self.max_side}
+
+
+def _sha256(path: Path) -> str:
+    if not path.is_file():
+        raise DetectorError(f"{path}: detector file not found")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+_DEFAULT: YuNet | None = None
+_DEFAULT_LOCK = threading.Lock()
+
+
+def default_detector() -> YuNet:
+    """The shipped YuNet with facet's default thresholds, created once per process."""
+    global _DEFAULT
+    with _DEFAULT_LOCK:
+        if _DEFAULT is None:
+            _DEFAULT = YuNet()
+        return _DEFAULT
+
+
+def primary(faces: list[Face], width: int, height: int, rule: str = "largest") -> int:
+    """Index of the face that answers for the photo: the largest box, or the box whose centre
+    is nearest the photo's centre. -1 when there is none."""
+    if rule not in PRIMARY_RULES:
+        raise ValueError(f"primary face rule must be one of {PRIMARY_RULES}, got {rule!r}")
+    if not faces:
+        return -1
+    if rule == "largest":
+        return max(range(len(faces)), key=lambda i: faces[i].box[2] * faces[i].box[3])
+    cx, cy = width / 2, height / 2
+    return min(range(len(faces)), key=lambda i: (faces[i].box[0] + faces[i].box[2] / 2 - cx) ** 2
+               + (faces[i].box[1] + faces[i].box[3] / 2 - cy) ** 2)
+
+
+def crop_box(face: Face, margin: float) -> tuple[int, int, int]:
+    """The crop rule: a square ``margin`` times the face box's longer side, centred on the box.
+    Returns (left, top, side) in image pixels; it may reach past the image border."""
+    x, y, w, h = face.box
+    side = max(1, round(max(w, h) * margin))
+    return round(x + w / 2 - side / 2), round(y + h / 2 - side / 2), side
+
+
+def fallback_box(width: int, height: int, fallback: str) -> tuple[int, int, int, int]:
+    """(left, top, width, height) used when no face is found: the whole image, or the centred
+    square of its short side."""
+    if fallback == "whole":
+        return 0, 0, width, height
+    side = min(width, height)
+    return (width - side) // 2, (height - side) // 2, side, side
+
+
+def cut(rgb: np.ndarray, left: int, top: int, width: int, height: int) -> np.ndarray:
+    """The region, padded with black where it reaches past the image border, so the face
+    keeps its place and scale in the crop (clamping would shift or squash it)."""
+    h, w = rgb.shape[:2]
+    x0, y0, x1, y1 = max(0, left), max(0, top), min(w, left + width), min(h, top + height)
+    inside = rgb[y0:y1, x0:x1] if x1 > x0 and y1 > y0 else rgb[:0, :0]
+    if (x0, y0, x1, y1) == (left, top, left + width, top + height):
+        return inside
+    out = np.zeros((height, width, 3), np.uint8)
+    if inside.size:
+        out[y0 - top:y1 - top, x0 - left:x1 - left] = inside
+    return out

@@ -1,0 +1,164 @@
+"""Faces: the detector on real photos, the crop rule, the fallback, and the training cache."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import encode
+from facet import faces as faces_mod
+from facet.draw import draw_faces
+from facet.faces import DetectorError, Face, YuNet, crop_box, cut, fallback_box, primary
+from facet.preprocess import PreprocessSpec, decode_faces, load, read_image, resize
+
+PHOTOS = Path(__file__).parent / "fixtures" / "photos"
+# The annotators' boxes (x0, y0, x1, y1), from fixtures/photos/README.md
+GROUP3_BOXES = [(111, 106, 146, 164), (194, 115, 224, 164), (22, 120, 50, 161)]
+SINGLE_BOX = (76, 236, 149, 349)
+FACE_SPEC = PreprocessSpec(64, 64, crop="face")
+
+
+def iou(box: tuple, face: Face) -> float:
+    x0, y0, x1, y1 = box
+    fx, fy, fw, fh = face.box
+    w = max(0.0, min(x1, fx + fw) - max(x0, fx))
+    h = max(0.0, min(y1, fy + fh) - max(y0, fy))
+    return w * h / ((x1 - x0) * (y1 - y0) + fw * fh - w * h)
+
+
+def test_detector_finds_every_annotated_face_of_a_group_photo():
+    found = YuNet().detect(read_image(PHOTOS / "group3.jpg"))
+    assert len(found) == 3
+    assert all(max(iou(b, f) for f in found) >= 0.4 for b in GROUP3_BOXES)
+    assert [f.score for f in found] == sorted((f.score for f in found), reverse=True)
+    assert all(len(f.landmarks) == 5 for f in found)
+
+
+def test_pasted_faces_are_found_where_they_were_put():
+    """A real face pasted at two known places and scales on a larger canvas."""
+    x0, y0, x1, y1 = SINGLE_BOX
+    face = Image.open(PHOTOS / "single.jpg").convert("RGB").crop((x0 - 20, y0 - 20, x1 + 20, y1 + 20))
+    canvas = Image.new("RGB", (900, 600), (120, 130, 140))
+    places = [(50, 60, 1.0), (500, 250, 2.0)]  # left, top, scale
+    for left, top, scale in places:
+        canvas.paste(face.resize((round(face.width * scale), round(face.height * scale))), (left, top))
+    found = YuNet(max_side=900).detect(np.asarray(canvas))
+    assert len(found) == 2
+    for left, top, scale in places:
+        truth = (left + 20 * scale, top + 20 * scale, left + (20 + x1 - x0) * scale,
+                 top + (20 + y1 - y0) * scale)
+        assert max(iou(truth, f) for f in found) >= 0.4
+
+
+def test_large_photos_are_detected_on_a_smaller_copy_and_boxes_mapped_back():
+    rgb = read_image(PHOTOS / "group3.jpg")
+    big = np.asarray(Image.fromarray(rgb).resize((rgb.shape[1] * 4, rgb.shape[0] * 4)))
+    found = YuNet(max_side=640).detect(big)
+    assert len(found) == 3
+    assert all(max(iou(tuple(4 * v for v in b), f) for f in found) >= 0.4 for b in GROUP3_BOXES)
+
+
+def test_crop_rule_is_a_square_margin_times_the_face_centred_on_it():
+    face = Face((100, 50, 40, 60), 0.9)
+    left, top, side = crop_box(face, 1.6)
+    assert side == 96  # 1.6 x the longer side
+    assert (left + side / 2, top + side / 2) == (120, 80)  # same centre as the box
+
+
+def test_crop_past_the_border_is_padded_so_the_face_keeps_its_place():
+    rgb = np.arange(100 * 80 * 3, dtype=np.uint32).reshape(100, 80, 3).astype(np.uint8) | 1
+    left, top, side = crop_box(Face((-10, -5, 40, 40), 0.9), 2.0)  # a face at the top-left corner
+    assert (left, top, side) == (-30, -25, 80)
+    out = cut(rgb, left, top, side, side)
+    assert out.shape == (80, 80, 3)
+    assert (out[:25, :] == 0).all() and (out[:, :30] == 0).all()  # outside the photo: black
+    assert (out[25:, 30:] == rgb[:55, :50]).all()  # inside: the photo's own pixels, unmoved
+    assert (cut(rgb, 10, 20, 30, 30) == rgb[20:50, 10:40]).all()  # inside: a plain slice
+
+
+def test_primary_face_is_the_largest_or_the_most_central():
+    faces = [Face((0, 0, 50, 50), 0.9), Face((90, 90, 20, 20), 0.95)]
+    assert primary(faces, 200, 200, "largest") == 0
+    assert primary(faces, 200, 200, "center") == 1
+    assert primary([], 200, 200) == -1
+    with pytest.raises(ValueError):
+        primary(faces, 200, 200, "leftmost")
+
+
+def test_no_face_answers_from_the_fallback_region_and_says_so():
+    noise = np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8)
+    data = encode(Image.fromarray(noise))
+    photo = decode_faces(data, [FACE_SPEC])
+    assert photo.face_found is False and photo.faces == [] and photo.answered == [-1]
+    assert (photo.inputs[0][FACE_SPEC] == resize(noise, FACE_SPEC)).all()  # whole image
+    center = PreprocessSpec(64, 64, crop="face", fallback="center")
+    assert fallback_box(300, 200, "center") == (50, 0, 200, 200)
+    assert (decode_faces(data, [center]).inputs[0][center] == resize(noise[:, 50:250], center)).all()
+
+
+def test_every_face_gets_its_own_input_and_max_faces_keeps_the_largest():
+    whole = PreprocessSpec(32, 32)  # a crop=none model beside it sees the whole photo
+    photo = decode_faces(PHOTOS / "group3.jpg", [FACE_SPEC, whole], every=True)
+    assert photo.face_found and photo.answered == [0, 1, 2] and len(photo.inputs) == 3
+    crops = [inputs[FACE_SPEC] for inputs in photo.inputs]
+    assert not np.array_equal(crops[0], crops[1])
+    assert all(np.array_equal(inputs[whole], load(PHOTOS / "group3.jpg", whole))
+               for inputs in photo.inputs)
+    two = decode_faces(PHOTOS / "group3.jpg", [FACE_SPEC], every=True, max_faces=2)
+    areas = sorted((f.box[2] * f.box[3] for f in photo.faces), reverse=True)[:2]
+    assert sorted((f.box[2] * f.box[3] for f in two.faces), reverse=True) == areas
+    # the primary face alone, without every: the largest
+    one = decode_faces(PHOTOS / "group3.jpg", [FACE_SPEC])
+    assert len(one.inputs) == 1 and np.array_equal(one.inputs[0][FACE_SPEC], crops[one.primary])
+
+
+def test_models_exported_before_cropping_take_whole_images():
+    old = {"height": 64, "width": 64, "resize_mode": "stretch", "mean": [0.5] * 3, "std": [0.5] * 3}
+    spec = PreprocessSpec.from_dict(old)
+    assert spec.crop == "none"
+    assert PreprocessSpec.from_dict(FACE_SPEC.to_dict()) == FACE_SPEC
+    with pytest.raises(ValueError, match="crop"):
+        PreprocessSpec(crop="faces")
+    with pytest.raises(ValueError, match="margin"):
+        PreprocessSpec(crop="face", margin=10)
+
+
+def test_training_cache_detects_once_and_keeps_the_detections(tmp_path, monkeypatch):
+    from facet.models.cache import build_cache
+    noise = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(noise)
+    paths = [str(PHOTOS / "single.jpg"), str(noise)]
+    images, bad, found = build_cache(paths, FACE_SPEC, tmp_path / "cache", workers=1)
+    assert bad == [] and found[1] is None
+    assert iou(SINGLE_BOX, Face(tuple(found[0]["box"]), found[0]["score"])) >= 0.4
+    assert np.array_equal(images[0], load(PHOTOS / "single.jpg", FACE_SPEC))
+
+    def no_detector():
+        raise AssertionError("the detector ran again")
+    monkeypatch.setattr("facet.models.cache.default_detector", no_detector)
+    again, _, found_again = build_cache(paths, FACE_SPEC, tmp_path / "cache", workers=1)
+    assert found_again == found and np.array_equal(again, images)
+
+
+def test_a_broken_detector_file_is_a_clear_error(tmp_path):
+    with pytest.raises(DetectorError, match="not found"):
+        YuNet(tmp_path / "missing.onnx")
+    text = tmp_path / "yunet.onnx"
+    text.write_text("not a model")
+    with pytest.raises(DetectorError, match="not a YuNet"):
+        YuNet(text)
+
+
+def test_the_shipped_detector_and_its_license_are_package_data():
+    assert faces_mod.YUNET.is_file() and (faces_mod.YUNET.parent / "LICENSE-yunet").is_file()
+    assert YuNet().describe()["sha256"].startswith("8f2383e4dd3c")
+
+
+def test_drawing_marks_each_face_box():
+    rgb = np.full((120, 160, 3), 128, np.uint8)
+    out = draw_faces(rgb, [(Face((20, 30, 40, 50), 0.9), 5, 0.9), (None, 17, 0.3)])
+    assert (out[60, 20] != 128).any()  # the box's left edge
+    assert (out[100, 140] == 128).all()  # far from any box or label
+    assert (rgb == 128).all()  # the input is not drawn on
