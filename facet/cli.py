@@ -182,7 +182,7 @@ def export(runs: list[Path] = typer.Argument(..., help="Three run folders (or be
 
 
 @app.command()
-def predict(source: Path = typer.Argument(..., help="eval/ folder, info.csv, a CSV with a path column, or a folder of images."),
+def predict(source: Path = typer.Argument(..., help="eval/ folder, info.csv, a CSV with a path column, a folder of images, or one image."),
             out: Path = typer.Option(..., "--out", "-o", help="Submission CSV to write (atomically)."),
             models: Path = typer.Option(Path("artifacts"), help="Folder written by `facet export`."),
             images: Optional[Path] = typer.Option(None, help="Folder the CSV's image names are relative to."),

@@ -38,7 +38,8 @@ class Inputs:
 
 def read_inputs(source: Path, images: Path | None = None, path_column: str | None = None,
                 allow_outside: bool = False) -> Inputs:
-    """The competition's eval folder or info.csv, any CSV with a path column, or a folder.
+    """The competition's eval folder or info.csv, any CSV with a path column, a folder, or
+    one image file.
 
     A CSV's relative paths must stay inside the images folder (``../../etc/passwd`` is refused
     per row) unless ``allow_outside``; absolute paths are explicit and allowed.
@@ -56,6 +57,8 @@ def read_inputs(source: Path, images: Path | None = None, path_column: str | Non
         return Inputs(pd.DataFrame({"path": [str(f) for f in files]}), files, skipped=skipped)
     if not source.is_file():
         raise InputError(f"{source} does not exist")
+    if source.suffix.lower() in SUFFIXES:  # one photo
+        return Inputs(pd.DataFrame({"path": [str(source)]}), [source])
     frame = read_csv(source, InputError, dtype=str, keep_default_na=False)
     column = path_column or next((c for c in ("ImageID", "path", "image", "file")
                                   if c in frame.columns), None)

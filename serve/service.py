@@ -22,11 +22,13 @@ import asyncio  # noqa: E402
 import logging  # noqa: E402
 import time  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+from http import HTTPStatus  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import aiohttp  # noqa: E402  (BentoML's own inter-service client)
 import bentoml  # noqa: E402
 import numpy as np  # noqa: E402
-from bentoml.exceptions import BentoMLException, ServiceUnavailable  # noqa: E402
+from bentoml.exceptions import BentoMLException, InvalidArgument, ServiceUnavailable  # noqa: E402
 from starlette.applications import Starlette  # noqa: E402
 from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 from starlette.requests import Request  # noqa: E402
@@ -36,7 +38,7 @@ from starlette.routing import Route  # noqa: E402
 from facet.combine import ATTRIBUTES, combine_probs  # noqa: E402
 from facet.faces import YuNet  # noqa: E402
 from facet.preprocess import (ImageError, ImageTooLarge, Photo, PreprocessSpec,  # noqa: E402
-                              decode_faces, pixel_count)
+                              decode_faces, pixel_count, read_bytes)
 
 from .coalesce import Coalescer  # noqa: E402
 from .config import ServeConfig  # noqa: E402
@@ -179,23 +181,32 @@ def _decode_now(name: str, data: bytes, specs: list[PreprocessSpec],
 
 
 async def predict(request: Request) -> JSONResponse:
-    service = bentoml.get_current_service()
     name, data = (await _uploads(request, many=False))[0]
-    info = await service.model_info()
-    photo, rows = await _decode(name, data, _specs(info), service.detector)
-    return JSONResponse(_photo_answer(photo, await service.infer(rows), info))
+    return JSONResponse(await _answer_one(bentoml.get_current_service(), name, data))
 
 
 async def predict_batch(request: Request) -> JSONResponse:
-    """Each image is answered or gets its own error; one bad file does not sink the rest."""
-    service = bentoml.get_current_service()
-    files = await _uploads(request, many=True)
+    answer = await _answer_many(bentoml.get_current_service(), await _uploads(request, many=True))
+    return JSONResponse(answer, status_code=200 if answer["answered"] else 422)
+
+
+async def _answer_one(service, name: str, data: bytes) -> dict:
+    info = await service.model_info()
+    photo, rows = await _decode(name, data, _specs(info), service.detector)
+    return _photo_answer(photo, await service.infer(rows), info)
+
+
+async def _answer_many(service, files: list[tuple[str, bytes | HTTPError]]) -> dict:
+    """Each image is answered or gets its own error (also one already found while reading
+    it); one bad file does not sink the rest."""
     info = await service.model_info()
     specs = _specs(info)
     results: list[dict] = []
     good, decoded = [], []
     for i, (name, data) in enumerate(files):
         try:
+            if isinstance(data, HTTPError):
+                raise data
             decoded.append(await _decode(name, data, specs, service.detector))
             good.append(i)
             results.append({})
@@ -206,8 +217,7 @@ async def predict_batch(request: Request) -> JSONResponse:
         ends = np.cumsum([len(rows) for _, rows in decoded])
         for i, (photo, _), part in zip(good, decoded, np.split(probs, ends[:-1])):
             results[i] = {"file": files[i][0], **_photo_answer(photo, part, info)}
-    return JSONResponse({"results": results, "answered": len(good), "failed": len(files) - len(good)},
-                        status_code=200 if decoded else 422)
+    return {"results": results, "answered": len(good), "failed": len(files) - len(good)}
 
 
 def _photo_answer(photo: Photo, probs: np.ndarray, info: dict) -> dict:
@@ -292,6 +302,24 @@ async def openapi(request: Request) -> JSONResponse:
     return JSONResponse(OPENAPI)
 
 
+def _read_upload(path: Path) -> bytes:
+    """An upload BentoML saved to a file, within the upload limit (413 over it)."""
+    try:
+        return read_bytes(path, CONFIG.max_upload_bytes)
+    except ImageTooLarge as exc:
+        raise HTTPError(413, f"{path.name}: {exc}") from None
+
+
+async def _typed(call) -> dict:
+    """HTTPError -> the BentoML exception with the same status and message."""
+    try:
+        return await call
+    except HTTPError as exc:
+        if exc.status == 503:
+            raise ServiceUnavailable(exc.message) from None
+        raise BentoMLException(exc.message, error_code=HTTPStatus(exc.status)) from None
+
+
 def _guard(handler):
     async def wrapped(request: Request) -> JSONResponse:
         try:
@@ -351,6 +379,37 @@ class Facet:
         if CONFIG.batching:
             return await self._coalescer(images)
         return await _infer(self.model.to_async, images)
+
+    # Typed endpoints for BentoML's clients (SyncHTTPClient, AsyncHTTPClient, bentoml.depends)
+    # and its Swagger page: the same answers as /v1/predict and /v1/predict/batch, and the same
+    # 4xx statuses and messages (BentoML's error body: [{"error": message}]).
+    @bentoml.api
+    async def classify(self, image: Path) -> dict:
+        """One photo (a file upload) -> the answer of POST /v1/predict."""
+        async def answer():
+            return await _answer_one(self, image.name, _read_upload(image))
+        return await _typed(answer())
+
+    @bentoml.api
+    async def classify_batch(self, images: list[Path]) -> dict:
+        """Several photos -> the answer of POST /v1/predict/batch (a per-file error for each
+        file that cannot be answered)."""
+        if not images:
+            raise InvalidArgument("no images were sent")
+        if len(images) > CONFIG.max_batch_files:
+            raise InvalidArgument(f"{len(images)} files: at most {CONFIG.max_batch_files}")
+        files: list[tuple[str, bytes | HTTPError]] = []
+        for path in images:
+            try:
+                files.append((path.name, _read_upload(path)))
+            except HTTPError as exc:  # this file's own error, as over /v1
+                files.append((path.name, exc))
+        answer = await _typed(_answer_many(self, files))
+        if not answer["answered"]:  # /v1/predict/batch: a 422 with every file's error
+            raise BentoMLException("no image could be answered: " + "; ".join(
+                r["error"]["message"] for r in answer["results"]),
+                error_code=HTTPStatus.UNPROCESSABLE_ENTITY)
+        return answer
 
     async def model_info(self) -> dict:
         if self._info is None:  # asked once per worker, when the model service is up
