@@ -83,10 +83,10 @@ def test_large_images_decode_on_the_pool_and_small_ones_inline(monkeypatch):
         return buf.getvalue()
 
     async def both():
-        big = await service._decode("big", png(2000, 1500), specs)
-        small = await service._decode("small", png(64, 64), specs)
-        return big, small
+        big = await service._decode("big", png(2000, 1500), specs, None)
+        small = await service._decode("small", png(64, 64), specs, None)
+        return big[1], small[1]
 
     big, small = asyncio.run(both())
-    assert big.shape == small.shape == (32 * 32 * 3,)
+    assert big.shape == small.shape == (1, 32 * 32 * 3,)
     assert threads[0].startswith("facet-decode") and threads[1] == "MainThread"

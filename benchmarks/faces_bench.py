@@ -1,0 +1,291 @@
+"""Photos to faces on real street photos: detection, photo -> mask state against the
+annotated-box oracle, the mask model with real crops in the mix, and speed against crop: none.
+
+    FACET_WEIGHTS_DIR=../shared/weights python benchmarks/faces_bench.py --shared ../shared/data
+
+Trains what is missing with `facet train --set crop=face` (runs/faces/{mask,gender,age}; the
+mask model on maskfaces + maskon + realmasks grouped by photo, as benchmarks/mask_real.py's
+default step; gender and age as the quick models), exports them to artifacts/faces, then:
+
+1. Detection on every realphotos photo: YuNet at a low threshold, detections matched greedily
+   by score to the annotated boxes at IoU >= 0.4; recall over faces >= 24 px, precision over
+   all detections (one on a smaller annotated face is neither right nor wrong), per threshold.
+2. Photo -> mask state on the photos held out from training (realmasks' val split, by photo):
+   (a) `facet predict --faces all` on the photos, a missed face counted wrong; (b) the same
+   models on the annotated boxes (mapped to the detector's box convention), the oracle crop.
+3. The crop=face mask model on realmasks val crops and maskfaces eval, beside the crop=none
+   models of benchmarks/mask_real.py (read from its results, same splits).
+4. Speed: photos/s of the in-process batch path for the crop=face models against the crop=none
+   models (artifacts/quick), interleaved rounds in one run, and the detector's share.
+
+Writes benchmarks/results/faces.json, faces.md and faces_pr.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).parent))
+from mask_real import eval_sets, source_args  # noqa: E402
+
+from facet.combine import ATTRIBUTES  # noqa: E402
+from facet.faces import FACE_SCORE, Face, YuNet, crop_box, cut  # noqa: E402
+from facet.metrics import scores  # noqa: E402
+from facet.preprocess import read_image, resize  # noqa: E402
+from facet.serve.batch import predict_paths  # noqa: E402
+from facet.serve.predictor import Predictor  # noqa: E402
+
+MASKS = ATTRIBUTES["mask"]
+MIN_SIDE = 24
+IOU = 0.4
+QUICK = ["--set", "epochs=1", "--set", "samples_per_epoch=1280"]
+
+
+def facet(*args) -> None:
+    cmd = [sys.executable, "-m", "facet.cli", *map(str, args)]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def train_and_export(shared: Path, runs: Path, models: Path) -> None:
+    plans = {"mask": source_args(shared, ["maskfaces", "maskon", "realmasks"]),
+             "gender": ["--data", shared / "maskfaces/train", *QUICK],
+             "age": ["--data", shared / "maskfaces/train", *QUICK]}
+    for attribute, sources in plans.items():
+        if not (runs / attribute / "best.safetensors").exists():
+            facet("train", attribute, *sources, "--set", "crop=face", "--run-dir", runs / attribute)
+    if not (models / "facet.json").exists():
+        facet("export", *(runs / a for a in plans), "--out", models)
+
+
+def iou(a: tuple, b: tuple) -> float:
+    """Boxes as (x, y, w, h)."""
+    w = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    return w * h / (a[2] * a[3] + b[2] * b[3] - w * h)
+
+
+def match(truth: list[tuple], found: list[tuple]) -> list[int]:
+    """For each found box (best score first), the index of the annotated box it matches
+    (greedy, IoU >= 0.4, each annotated box once), or -1."""
+    taken, out = set(), []
+    for box in found:
+        best = max(((iou(t, box), k) for k, t in enumerate(truth) if k not in taken), default=(0, -1))
+        out.append(best[1] if best[0] >= IOU else -1)
+        if best[0] >= IOU:
+            taken.add(best[1])
+    return out
+
+
+def load_boxes(shared: Path) -> pd.DataFrame:
+    boxes = pd.read_csv(shared / "realphotos/boxes.csv")
+    boxes["box"] = [(r.xmin, r.ymin, r.xmax - r.xmin, r.ymax - r.ymin) for r in boxes.itertuples()]
+    boxes["big"] = [min(b[2], b[3]) >= MIN_SIDE for b in boxes["box"]]
+    boxes["label"] = [MASKS.index(m) for m in boxes["mask"]]
+    boxes["path"] = [str(shared / "realphotos" / f) for f in boxes["file"]]
+    return boxes
+
+
+def detection(boxes: pd.DataFrame) -> tuple[dict, list[dict]]:
+    detector = YuNet(score_threshold=0.3)  # low, for the whole curve
+    records, pairs, ms = [], [], []
+    for path, group in boxes.groupby("path", sort=True):
+        rgb = read_image(path)
+        start = time.perf_counter()
+        faces = detector.detect(rgb)
+        ms.append((time.perf_counter() - start) * 1000)
+        truth = list(group["box"])
+        for face, k in zip(faces, match(truth, [f.box for f in faces])):
+            big = k >= 0 and bool(group["big"].iloc[k])
+            records.append({"score": face.score, "tp": big, "ignored": k >= 0 and not big})
+            if big:
+                pairs.append((truth[k], face.box))
+    n_big = int(boxes["big"].sum())
+    curve = []
+    for t in np.round(np.arange(0.3, 0.96, 0.05), 2):
+        kept = [r for r in records if r["score"] >= t and not r["ignored"]]
+        tp = sum(r["tp"] for r in kept)
+        curve.append({"threshold": float(t), "recall": round(tp / n_big, 4),
+                      "precision": round(tp / max(1, len(kept)), 4), "detections": len(kept)})
+    return {"photos": boxes["path"].nunique(), "faces": len(boxes), "faces_24px": n_big,
+            "median_ms_per_photo": round(float(np.median(ms)), 2), "curve": curve,
+            "box_convention": convention(pairs)}, pairs
+
+
+def convention(pairs: list[tuple]) -> dict:
+    """How the detector's box relates to the annotators' (medians over matched faces): centre
+    shift in annotated widths/heights, and size ratio."""
+    t, d = np.array([p[0] for p in pairs], float), np.array([p[1] for p in pairs], float)
+    return {"dx": float(np.median((d[:, 0] + d[:, 2] / 2 - t[:, 0] - t[:, 2] / 2) / t[:, 2])),
+            "dy": float(np.median((d[:, 1] + d[:, 3] / 2 - t[:, 1] - t[:, 3] / 2) / t[:, 3])),
+            "sw": float(np.median(d[:, 2] / t[:, 2])), "sh": float(np.median(d[:, 3] / t[:, 3]))}
+
+
+def as_detected(box: tuple, c: dict) -> Face:
+    x, y, w, h = box
+    cx, cy = x + w / 2 + c["dx"] * w, y + h / 2 + c["dy"] * h
+    dw, dh = w * c["sw"], h * c["sh"]
+    return Face((cx - dw / 2, cy - dh / 2, dw, dh), 1.0)
+
+
+def oracle_crop(rgb: np.ndarray, face: Face, spec) -> np.ndarray:
+    left, top, side = crop_box(face, spec.margin)
+    return resize(cut(rgb, left, top, side, side), spec)
+
+
+def f1_row(truth, pred) -> dict:
+    s = scores(np.asarray(truth), np.asarray(pred), len(MASKS))
+    return {"macro_f1": round(s["macro_f1"], 4), "faces": len(truth),
+            "missed": int((np.asarray(pred) < 0).sum()),
+            "per_class_f1": {c: round(f, 4) for c, f in zip(MASKS, s["per_class_f1"])}}
+
+
+def photo_to_mask(boxes: pd.DataFrame, models: Path, work: Path, conv: dict) -> dict:
+    """(a) facet predict --faces all on the photos; (b) the oracle crops of the annotated boxes."""
+    held = boxes[boxes["held_out"] & boxes["big"]]
+    photos = sorted(boxes.loc[boxes["held_out"], "path"].unique())
+    work.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"path": photos}).to_csv(work / "photos.csv", index=False)
+    facet("predict", work / "photos.csv", "--models", models, "--out", work / "answers.csv",
+          "--faces", "all", "--details", work / "faces.csv", "--allow-outside")
+    found = pd.read_csv(work / "faces.csv")
+    found = found[found["face"] >= 0]
+    detected_pred = []
+    for path, group in held.groupby("path", sort=False):
+        mine = found[found["path"] == path]
+        boxes_found = [tuple(r) for r in mine[["face_x", "face_y", "face_w", "face_h"]].to_numpy()]
+        # every annotated box of the photo competes, so a detection of a small face is not
+        # taken for a large one
+        everyone = boxes[boxes["path"] == path]
+        owner = match(list(everyone["box"]), boxes_found)
+        by_truth = {everyone.index[k]: int(mine["label"].iloc[j]) // 6
+                    for j, k in enumerate(owner) if k >= 0}
+        detected_pred += [by_truth.get(i, -1) for i in group.index]
+    detected_pred = np.array(detected_pred)
+    truth = np.concatenate([g["label"].to_numpy() for _, g in held.groupby("path", sort=False)])
+
+    predictor = Predictor(models)
+    oracle = []
+    for path, group in held.groupby("path", sort=False):
+        rgb = read_image(path)
+        inputs = [{s: oracle_crop(rgb, as_detected(box, conv), s) for s in predictor.distinct_specs}
+                  for box in group["box"]]
+        oracle += list(predictor.predict(Predictor.stack(inputs)).attributes["mask"].argmax(1))
+    return {"photos": len(photos), "detected": f1_row(truth, detected_pred),
+            "oracle": f1_row(truth, oracle)}
+
+
+def mask_model_table(shared: Path, models: Path, runs: Path) -> list[dict]:
+    meta = json.loads((runs / "mask" / "best.json").read_text())
+    from types import SimpleNamespace
+    predictor = Predictor(models)
+    row = {"step": "mixed sources, crop=face", "sets": {}}
+    for name, frame in eval_sets(shared, SimpleNamespace(**meta["recipe"])).items():
+        if name == "maskon val":
+            continue
+        out = predict_paths(predictor, [Path(p) for p in frame["path"]], progress=False)
+        row["sets"][name] = f1_row(frame["label"].to_numpy(), out.attributes["mask"].argmax(1))
+        row["sets"][name]["no_face_found"] = sum(f is False for f in out.face_found)
+    earlier = Path("benchmarks/results/mask_real.json")
+    rows = []
+    if earlier.exists():  # the crop=none models, same splits
+        for r in json.loads(earlier.read_text())[:3:2]:
+            rows.append({"step": r["step"] + ", crop=none", "sets": {
+                k: v for k, v in r["sets"].items() if k != "maskon val"}})
+    return rows + [row]
+
+
+def speed(models: Path, baseline: Path, sets: dict[str, list[Path]], rounds: int) -> dict:
+    """Photos/s of predict_paths, the two model folders interleaved per round."""
+    predictors = {"crop=face": Predictor(models), "crop=none": Predictor(baseline)}
+    detector = YuNet()
+    out = {}
+    for name, paths in sets.items():
+        times = {k: [] for k in predictors}
+        for _ in range(rounds):
+            for k, predictor in predictors.items():
+                start = time.perf_counter()
+                predict_paths(predictor, paths, progress=False)
+                times[k].append(time.perf_counter() - start)
+        decoded = [read_image(p) for p in paths]
+        start = time.perf_counter()
+        for rgb in decoded:
+            detector.detect(rgb)
+        detect_s = time.perf_counter() - start
+        face_s = float(np.median(times["crop=face"]))
+        out[name] = {"images": len(paths),
+                     **{f"{k} photos/s": round(len(paths) / float(np.median(v)), 1)
+                        for k, v in times.items()},
+                     "ratio": round(float(np.median(times["crop=none"])) / face_s, 3),
+                     "detector_ms_per_photo": round(1000 * detect_s / len(paths), 2),
+                     "detector_share": round(detect_s / face_s, 3)}
+        print(name, out[name], flush=True)
+    return out
+
+
+def plot(curve: list[dict], chosen: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.2, 4.2))
+    ax.plot([c["recall"] for c in curve], [c["precision"] for c in curve], "o-", ms=3)
+    for c in curve:
+        if c["threshold"] == chosen:
+            ax.plot(c["recall"], c["precision"], "r*", ms=12,
+                    label=f"operating point {chosen:g}: R {c['recall']:.3f}, P {c['precision']:.3f}")
+        ax.annotate(f"{c['threshold']:g}", (c["recall"], c["precision"]), fontsize=6,
+                    xytext=(3, 3), textcoords="offset points")
+    ax.axvline(0.95, color="gray", ls=":", lw=1)
+    ax.axhline(0.90, color="gray", ls=":", lw=1)
+    ax.set(xlabel="recall (faces >= 24 px)", ylabel="precision", title="YuNet on realphotos (IoU >= 0.4)")
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shared", type=Path, required=True)
+    p.add_argument("--runs", type=Path, default=Path("runs/faces"))
+    p.add_argument("--models", type=Path, default=Path("artifacts/faces"))
+    p.add_argument("--baseline", type=Path, default=Path("artifacts/quick"), help="crop=none models.")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/faces.json"))
+    args = p.parse_args()
+    train_and_export(args.shared, args.runs, args.models)
+    boxes = load_boxes(args.shared)
+    detect, _ = detection(boxes)
+    print(json.dumps(detect), flush=True)
+    meta = json.loads((args.runs / "mask" / "best.json").read_text())
+    from types import SimpleNamespace
+    held = eval_sets(args.shared, SimpleNamespace(**meta["recipe"]))["realmasks val"]
+    labels = pd.read_csv(args.shared / "realmasks/labels.csv")
+    held_photos = set(labels.loc[labels["path"].isin(
+        [str(Path(x).relative_to(args.shared / "realmasks")) for x in held["path"]]), "photo"])
+    boxes["held_out"] = boxes["photo"].isin(held_photos)
+    result = {"detection": detect,
+              "photo_to_mask": photo_to_mask(boxes, args.models, Path("runs/faces_bench"),
+                                             detect["box_convention"]),
+              "mask_model": mask_model_table(args.shared, args.models, args.runs)}
+    print(json.dumps(result["photo_to_mask"]), flush=True)
+    photos = sorted(Path(x) for x in boxes["path"].unique())
+    eval_images = sorted((args.shared / "maskfaces/eval/images").glob("*.jpg"))
+    result["speed"] = speed(args.models, args.baseline,
+                            {"realphotos": photos, "maskfaces eval": eval_images}, args.rounds)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    plot(detect["curve"], FACE_SCORE, args.out.with_name("faces_pr.png"))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
