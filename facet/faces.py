@@ -18,9 +18,12 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from facet import privacy
+
 YUNET = Path(__file__).parent / "assets" / "face_detection_yunet_2023mar.onnx"
 PRIMARY_RULES = ("largest", "center")
 FALLBACKS = ("whole", "center")
+ENGINES = ("auto", "onnxruntime", "opencv")
 FACE_SCORE = 0.6  # YuNet's score threshold: see BENCHMARKS.md, "Faces in photos"
 
 
@@ -50,27 +53,41 @@ class DetectorError(ValueError):
 
 
 class YuNet:
-    """YuNet on OpenCV. Photos larger than ``max_side`` are detected on a scaled-down copy
-    (the boxes are mapped back), which bounds the cost of a 12 MP photo; faces are then
-    cropped from the full-size image. One OpenCV detector per thread: ``setInputSize``
-    mutates it, and batches are decoded in a thread pool."""
+    """YuNet, on onnxruntime (``engine="onnxruntime"``: faster end to end than OpenCV here,
+    BENCHMARKS.md "Faces in photos"; and it can share a GPU with the classifiers) or on
+    OpenCV's ``cv2.FaceDetectorYN`` (``"opencv"``); ``"auto"`` takes onnxruntime when it (and
+    onnx, which frees the file's fixed input size) is installed. The same network and box
+    decoding; the two NMS implementations differ only on a few overlapping low-score boxes.
+
+    Photos larger than ``max_side`` are detected on a scaled-down copy (the boxes are mapped
+    back), which bounds the cost of a 12 MP photo; faces are then cropped from the full-size
+    image. Safe to call from several threads (batches are decoded in a thread pool).
+    """
 
     name = "yunet"
+    STRIDES = (8, 16, 32)
 
     def __init__(self, path: str | Path | None = None, score_threshold: float = FACE_SCORE,
-                 nms_threshold: float = 0.3, max_side: int = 640):
+                 nms_threshold: float = 0.3, max_side: int = 640, engine: str = "auto"):
         self.path = Path(path) if path else YUNET
         if not 0 < score_threshold < 1:
             raise ValueError(f"score_threshold must be in (0, 1), got {score_threshold}")
         if max_side < 32:
             raise ValueError(f"max_side must be at least 32, got {max_side}")
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
         self.score_threshold, self.nms_threshold, self.max_side = (
             score_threshold, nms_threshold, max_side)
-        self._local = threading.local()
         self.sha256 = _sha256(self.path)
-        self._detector()  # fail here, not on the first photo
+        self._local = threading.local()  # OpenCV: one detector per thread (setInputSize mutates)
+        self._session = None
+        if engine != "opencv":
+            self._session = _ort_session(self.path, required=engine == "onnxruntime")
+        self.engine = "onnxruntime" if self._session is not None else "opencv"
+        if self._session is None:
+            self._opencv()  # fail here, not on the first photo
 
-    def _detector(self):
+    def _opencv(self):
         det = getattr(self._local, "det", None)
         if det is None:
             level = cv2.utils.logging.getLogLevel()  # OpenCV 5 warns about targets on create
@@ -90,19 +107,86 @@ class YuNet:
         scale = min(1.0, self.max_side / max(h, w))
         small = rgb if scale == 1 else cv2.resize(
             rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-        det = self._detector()
-        det.setInputSize((small.shape[1], small.shape[0]))
-        _, rows = det.detect(np.ascontiguousarray(small[:, :, ::-1]))  # OpenCV wants BGR
+        bgr = np.ascontiguousarray(small[:, :, ::-1])  # YuNet was trained on BGR
+        rows = self._run_onnxruntime(bgr) if self._session is not None else self._run_opencv(bgr)
         faces = [Face(tuple(float(v) / scale for v in r[:4]), float(r[14]),
                       tuple((float(r[4 + 2 * k]) / scale, float(r[5 + 2 * k]) / scale)
                             for k in range(5)))
-                 for r in (rows if rows is not None else [])]
+                 for r in rows]
         return sorted(faces, key=lambda f: -f.score)
 
+    def _run_opencv(self, bgr: np.ndarray) -> np.ndarray:
+        det = self._opencv()
+        det.setInputSize((bgr.shape[1], bgr.shape[0]))
+        _, rows = det.detect(bgr)
+        return rows if rows is not None else np.zeros((0, 15), np.float32)
+
+    def _run_onnxruntime(self, bgr: np.ndarray) -> np.ndarray:
+        """The network on onnxruntime, then OpenCV's own decoding (``face_detect.cpp``): rows
+        of x, y, w, h, five landmarks (x, y), score."""
+        h, w = bgr.shape[:2]
+        ph, pw = -(-h // 32) * 32, -(-w // 32) * 32  # the input padded to whole strides
+        blob = np.zeros((1, 3, ph, pw), np.float32)
+        blob[0, :, :h, :w] = bgr.transpose(2, 0, 1)
+        out = dict(zip(self._outputs, self._session.run(self._outputs, {"input": blob})))
+        parts = []
+        for stride in self.STRIDES:
+            cols = pw // stride
+            cls, obj = out[f"cls_{stride}"][0, :, 0], out[f"obj_{stride}"][0, :, 0]
+            score = np.sqrt(np.clip(cls, 0, 1) * np.clip(obj, 0, 1))
+            keep = np.flatnonzero(score >= self.score_threshold)
+            if not len(keep):
+                continue
+            c, r = (keep % cols).astype(np.float32), (keep // cols).astype(np.float32)
+            box, kps = out[f"bbox_{stride}"][0, keep], out[f"kps_{stride}"][0, keep]
+            cx, cy = (c + box[:, 0]) * stride, (r + box[:, 1]) * stride
+            bw, bh = np.exp(box[:, 2]) * stride, np.exp(box[:, 3]) * stride
+            points = np.empty((len(keep), 10), np.float32)
+            points[:, 0::2] = (kps[:, 0::2] + c[:, None]) * stride
+            points[:, 1::2] = (kps[:, 1::2] + r[:, None]) * stride
+            parts.append(np.column_stack([cx - bw / 2, cy - bh / 2, bw, bh, points, score[keep]]))
+        if not parts:
+            return np.zeros((0, 15), np.float32)
+        rows = np.concatenate(parts).astype(np.float32)
+        kept = cv2.dnn.NMSBoxes(rows[:, :4].tolist(), rows[:, 14].tolist(),
+                                self.score_threshold, self.nms_threshold, top_k=5000)
+        return rows[np.asarray(kept, int).reshape(-1)]
+
+    @property
+    def _outputs(self) -> list[str]:
+        return [f"{k}_{s}" for k in ("cls", "obj", "bbox", "kps") for s in self.STRIDES]
+
     def describe(self) -> dict:
-        return {"name": self.name, "file": self.path.name, "sha256": self.sha256,
-                "score_threshold": self.score_threshold, "nms_threshold": self.nms_threshold,
-                "max_side": self.max_side}
+        return {"name": self.name, "engine": self.engine, "file": self.path.name,
+                "sha256": self.sha256, "score_threshold": self.score_threshold,
+                "nms_threshold": self.nms_threshold, "max_side": self.max_side}
+
+
+def _ort_session(path: Path, required: bool):
+    """An onnxruntime session of YuNet with its input's height and width left free (the file
+    fixes them at 640x640), or None where onnxruntime is not installed and not required."""
+    privacy.apply_defaults()  # before onnxruntime is imported
+    try:
+        import onnx
+        import onnxruntime as ort
+    except ImportError:
+        if required:
+            raise DetectorError("engine=onnxruntime needs onnxruntime and onnx installed") from None
+        return None
+    try:
+        model = onnx.load(str(path))
+        dims = model.graph.input[0].type.tensor_type.shape.dim
+        dims[2].dim_param, dims[3].dim_param = "height", "width"
+        for output in model.graph.output:  # anchors per stride follow the input size
+            output.type.tensor_type.shape.dim[1].dim_param = f"{output.name}_anchors"
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1  # photos are detected in parallel by the decode threads
+        opts.log_severity_level = 3
+        return ort.InferenceSession(model.SerializeToString(), opts,
+                                    providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnx/onnxruntime raise their own classes
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise DetectorError(f"{path}: not a YuNet ONNX file ({reason})") from None
 
 
 def _sha256(path: Path) -> str:

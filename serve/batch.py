@@ -225,12 +225,11 @@ def face_details(inputs: Inputs, result: BatchResult) -> pd.DataFrame:
                         "face": [f.index for f in answers],
                         "primary": [f.primary for f in answers],
                         "face_found": [_flag(result.face_found[i]) for i in rows]})
-    probs = np.array([f.probs for f in answers]).reshape(len(answers), -1)
-    attributes = {a: np.array([f.attributes[a] for f in answers]).reshape(len(answers), len(c))
+    probs = np.array([f.probs for f in answers], np.float32).reshape(len(answers), len(class_names()))
+    attributes = {a: np.array([f.attributes[a] for f in answers], np.float32).reshape(len(answers), len(c))
                   for a, c in ATTRIBUTES.items()}
     out = pd.concat([out, _face_columns([f.face for f in answers], landmarks=True),
-                     _answers(probs.argmax(1) if len(answers) else np.zeros(0, int), probs,
-                              attributes)], axis=1)
+                     _answers(probs.argmax(1), probs, attributes)], axis=1)
     out["error"] = ""
     failed = pd.DataFrame({"path": [p for _, p, _ in result.errors], "face": -1,
                            "error": [m for _, _, m in result.errors]})

@@ -6,10 +6,11 @@ Two services: ``Facet`` takes uploads, checks and decodes them (the same preproc
 runs them with BentoML's adaptive batching across front workers.
 
 Routes (under /v1): POST /predict (one image: multipart or raw body), POST /predict/batch
-(multipart, several images), GET /info, GET /openapi.json. With models exported with
+(multipart, several images), GET /info, GET /openapi.json; and the typed endpoints
+``classify`` and ``classify_batch`` for BentoML's clients. With models exported with
 ``crop: face``, every face of a photo is answered (``faces``) and the top-level fields are the
-primary face's, so a client written for one face per image keeps working. BentoML's /healthz, /livez,
-/readyz and /metrics stay on. Every error under /v1 is JSON, 5xx included, and no exception
+primary face's, so a client written for one face per image keeps working. BentoML's /healthz,
+/livez, /readyz and /metrics stay on. Every error under /v1 is JSON, 5xx included, and no exception
 escapes a handler: uvicorn closes a keep-alive connection on one.
 """
 from __future__ import annotations

@@ -148,3 +148,14 @@ def test_http_and_bentoml_client_answer_every_face_as_batch_does(face_exported, 
         os.killpg(proc.pid, 15)
         proc.wait(30)
         log.close()
+
+
+def test_faces_all_with_no_readable_photo_writes_the_errors(face_exported, tmp_path):
+    listing = tmp_path / "photos.csv"
+    listing.write_text("path\nmissing.jpg\n")
+    details = tmp_path / "faces.csv"
+    run = _facet("predict", listing, "--out", tmp_path / "o.csv", "--models", face_exported,
+                 "--faces", "all", "--details", details)
+    assert run.returncode == 3, run.stderr
+    rows = pd.read_csv(details)
+    assert list(rows["face"]) == [-1] and rows["error"].iloc[0] == "file not found"

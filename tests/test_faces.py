@@ -36,6 +36,19 @@ def test_detector_finds_every_annotated_face_of_a_group_photo():
     assert all(len(f.landmarks) == 5 for f in found)
 
 
+def test_both_engines_run_the_same_detector():
+    rgb = read_image(PHOTOS / "group3.jpg")
+    ort, opencv = YuNet(engine="onnxruntime"), YuNet(engine="opencv")
+    assert (ort.engine, opencv.engine) == ("onnxruntime", "opencv")
+    a, b = ort.detect(rgb), opencv.detect(rgb)
+    assert len(a) == len(b) == 3
+    for x, y in zip(a, b):
+        assert np.allclose(x.box, y.box, atol=0.01) and abs(x.score - y.score) < 1e-4
+        assert np.allclose(x.landmarks, y.landmarks, atol=0.01)
+    with pytest.raises(ValueError, match="engine"):
+        YuNet(engine="tensorrt")
+
+
 def test_pasted_faces_are_found_where_they_were_put():
     """A real face pasted at two known places and scales on a larger canvas."""
     x0, y0, x1, y1 = SINGLE_BOX
