@@ -309,6 +309,7 @@ def serve(models: Optional[Path] = typer.Option(None, help="Folder written by `f
           batching: Optional[bool] = typer.Option(None, "--batching/--no-batching",
                                                   help="Adaptive batching of concurrent requests."),
           device: Optional[str] = typer.Option(None, help="auto, cpu or cuda."),
+          ui: Optional[bool] = typer.Option(None, "--ui/--no-ui", help="The try-it page at /ui."),
           ):
     """Run the HTTP prediction service (BentoML) on the exported models."""
     from facet.faces import YuNet
@@ -319,7 +320,7 @@ def serve(models: Optional[Path] = typer.Option(None, help="Folder written by `f
         env["FACET_CONFIG"] = str(config.resolve())
     overrides = {"models": models and str(models.resolve()), "workers": workers,
                  "model_workers": model_workers,
-                 "batching": batching, "device": device}
+                 "batching": batching, "device": device, "ui": ui}
     env.update({f"FACET_{k.upper()}": str(v) for k, v in overrides.items() if v is not None})
     try:
         settings = ServeConfig.load(env)
@@ -331,7 +332,8 @@ def serve(models: Optional[Path] = typer.Option(None, help="Folder written by `f
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         _fail(str(exc))
     typer.echo(f"serving {settings.models} on http://{host}:{port}/v1 "
-               f"(batching {'on' if settings.batching else 'off'})", err=True)
+               f"(batching {'on' if settings.batching else 'off'})"
+               + (f"; try it at http://{host}:{port}/ui" if settings.ui else ""), err=True)
     cmd = [sys.executable, "-m", "bentoml", "serve", "facet.serve.service:Facet",
            "--host", host, "--port", str(port)]
     raise typer.Exit(_run_server(cmd, env))

@@ -38,6 +38,7 @@ class ServeConfig:
     offload_pixels: int = 2_000_000  # images over this decode on those threads (a 35 MP PNG
     #                                  takes ~1 s: on the event loop it stalls every request)
     access_log: bool = True  # one log line per request (model-service calls are never logged)
+    ui: bool = True  # the try-it page at /ui (off for API-only deployments)
     # faces (models exported with crop=face)
     detector: str = ""  # a YuNet ONNX file ("": the one shipped with facet)
     face_score: float = FACE_SCORE  # detector score a face needs

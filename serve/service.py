@@ -7,7 +7,7 @@ runs them with BentoML's adaptive batching across front workers.
 
 Routes (under /v1): POST /predict (one image: multipart or raw body), POST /predict/batch
 (multipart, several images), GET /info, GET /openapi.json; and the typed endpoints
-``classify`` and ``classify_batch`` for BentoML's clients. With models exported with
+``classify`` and ``classify_batch`` for BentoML's clients; GET /ui, a page to try it. With models exported with
 ``crop: face``, every face of a photo is answered (``faces``) and the top-level fields are the
 primary face's, so a client written for one face per image keeps working. BentoML's /healthz,
 /livez, /readyz and /metrics stay on. Every error under /v1 is JSON, 5xx included, and no exception
@@ -33,7 +33,7 @@ from bentoml.exceptions import BentoMLException, InvalidArgument, ServiceUnavail
 from starlette.applications import Starlette  # noqa: E402
 from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 from starlette.requests import Request  # noqa: E402
-from starlette.responses import JSONResponse  # noqa: E402
+from starlette.responses import HTMLResponse, JSONResponse  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
 from facet.combine import ATTRIBUTES, combine_probs  # noqa: E402
@@ -359,9 +359,32 @@ api = Starlette(routes=[*ROUTES, Route("/{path:path}", _no_route, methods=[
     exception_handlers={StarletteHTTPException: _http_exception})
 
 
+UI_PAGE = Path(__file__).parent / "ui" / "index.html"
+# The page talks to this service only: the browser refuses any other host, font or script.
+UI_HEADERS = {"Content-Security-Policy": "default-src 'none'; img-src 'self' blob:; "
+              "style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'; "
+              "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+              "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+
+
+async def ui_page(request: Request) -> HTMLResponse:
+    return HTMLResponse(UI_HTML, headers=UI_HEADERS)
+
+
+def _with_ui(cls):
+    """The try-it page at /ui: static HTML, CSS and JS shipped in the package, posting to
+    /v1/predict. Off with ``ui = false`` for API-only deployments."""
+    return bentoml.asgi_app(Starlette(routes=[Route("/", ui_page, methods=["GET"])]),
+                            path="/ui")(cls) if CONFIG.ui else cls
+
+
+UI_HTML = UI_PAGE.read_text() if CONFIG.ui else ""
+
+
 @bentoml.service(name="facet", workers=CONFIG.workers,
                   traffic={"timeout": TRAFFIC_TIMEOUT_S, "concurrency": 256},
                   logging={"access": {"enabled": CONFIG.access_log}})
+@_with_ui
 @bentoml.asgi_app(api, path="/v1")
 class Facet:
     """The public face of the service: uploads in, JSON out."""

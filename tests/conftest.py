@@ -13,7 +13,7 @@ import pytest
 
 from facet.synthetic import make_dataset
 
-SLOW_FIXTURES = {"runs", "exported", "train_tiny"}  # each trains models
+SLOW_FIXTURES = {"runs", "exported", "train_tiny", "face_exported"}  # each trains models
 
 
 def pytest_collection_modifyitems(items):
@@ -62,6 +62,19 @@ def exported(runs, tmp_path_factory) -> Path:
     from facet.export.pipeline import export_all
     out = tmp_path_factory.mktemp("artifacts")
     export_all(runs, out, ensemble=True, quantize=True, echo=lambda *_: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def face_exported(dataset, tmp_path_factory) -> Path:
+    """Three tiny models trained and exported with crop=face (the synthetic faces are cartoons,
+    so training mostly takes the fallback region; the detector is tested on real photos)."""
+    from facet.export.pipeline import export_all
+    root = tmp_path_factory.mktemp("face_runs")
+    runs = {a: train_tiny(a, dataset, root / a, root / "cache", extra=["crop=face"]).run_dir
+            for a in ("mask", "gender", "age")}
+    out = root / "artifacts"
+    export_all(runs, out, ensemble=True, echo=lambda *_: None)
     return out
 
 

@@ -16,23 +16,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import train_tiny
 from facet.faces import YuNet
 from facet.serve.metadata import read_metadata
 
 PHOTOS = Path(__file__).parent / "fixtures" / "photos"
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def face_exported(dataset, tmp_path_factory) -> Path:
-    from facet.export.pipeline import export_all
-    root = tmp_path_factory.mktemp("face_runs")
-    runs = {a: train_tiny(a, dataset, root / a, root / "cache", extra=["crop=face"]).run_dir
-            for a in ("mask", "gender", "age")}
-    out = root / "artifacts"
-    export_all(runs, out, ensemble=True, echo=lambda *_: None)
-    return out
 
 
 @pytest.fixture(scope="module")
