@@ -72,8 +72,13 @@ def test_browser_draws_every_face_the_api_answers_and_shows_errors(face_server, 
         assert boxes.count() == len(expected["faces"]) == 3
         assert sorted(int(b.get_attribute("data-label")) for b in boxes.all()) == sorted(
             f["label"] for f in expected["faces"])
-        for face in expected["faces"]:
-            assert page.get_by_text(f"{face['class']} ({face['confidence']:.2f})").count() == 1
+        rows = page.locator(".photo table tr").all()[1:]
+        assert [(r.locator("td").nth(0).inner_text(), r.locator("td").nth(1).inner_text())
+                for r in rows] == [
+            (str(f["index"]), f"{f['class']} ({f['confidence']:.2f})"
+             + (", unsure" if f["confidence"] < 0.5 else "")) for f in expected["faces"]]
+        unsure = sum(f["confidence"] < 0.5 for f in expected["faces"])
+        assert page.locator(".face-box.unsure").count() == unsure
         assert "3 faces found" in page.locator(".photo img").get_attribute("alt")
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "ui.png"), full_page=True)
