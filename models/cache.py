@@ -67,7 +67,7 @@ def build_cache(paths: list[str], spec: PreprocessSpec, cache_dir: str | Path,
                   desc=f"caching {spec.height}x{spec.width}"
                        + (" (finding faces)" if detector else ""), leave=False))
     out.flush()
-    del out
+    out = None  # the memmap is closed before the rename
     os.replace(tmp, array_path)  # a crash mid-build never leaves a half cache behind
     bad_path.write_text(json.dumps(sorted(bad)))
     faces_path.write_text(json.dumps(faces))
