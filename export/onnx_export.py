@@ -23,18 +23,24 @@ class ParityError(AssertionError):
 
 
 class _Probabilities(torch.nn.Module):
-    """Ship probabilities, not logits: the combiner and the HTTP answers need them."""
+    """Ship probabilities, not logits: the combiner and the HTTP answers need them. The logits
+    are divided by the model's temperature first, so every caller gets calibrated ones."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, temperature: float = 1.0):
         super().__init__()
-        self.model = model
+        self.model, self.temperature = model, float(temperature)
 
     def forward(self, image):
-        return self.model(image).softmax(-1)
+        logits = self.model(image)
+        return (logits / self.temperature if self.temperature != 1.0 else logits).softmax(-1)
 
 
-def export_attribute(run: str | Path, out: str | Path, parity_images: list[str]) -> dict:
+def export_attribute(run: str | Path, out: str | Path, parity_images: list[str],
+                     calibration: dict | None = None) -> dict:
     """Export one run's best checkpoint to ``out``; returns the parity report.
+
+    ``calibration``: {"temperature": T, "val_ece": {...}} from ``pipeline.fit_calibration``;
+    T is applied inside the graph and recorded in the metadata (T = 1 when None).
 
     Raises :class:`ParityError` when ONNX Runtime and PyTorch disagree by more than 1e-4
     on any probability or on any argmax over ``parity_images``.
@@ -42,7 +48,8 @@ def export_attribute(run: str | Path, out: str | Path, parity_images: list[str])
     ckpt = find_checkpoint(run)
     model, meta = load_model(ckpt)
     spec = PreprocessSpec.from_dict(meta["preprocess"])
-    wrapped = _Probabilities(model).eval()
+    calibration = calibration or {"temperature": 1.0, "val_ece": None}
+    wrapped = _Probabilities(model, calibration["temperature"]).eval()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.zeros(2, 3, spec.height, spec.width)
@@ -60,6 +67,7 @@ def export_attribute(run: str | Path, out: str | Path, parity_images: list[str])
         "epoch": meta["epoch"], "backbone": meta["recipe"]["backbone"], "run": meta["run"],
         "checkpoint": str(ckpt), "checkpoint_sha256": file_sha256(ckpt),
         "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "opset": OPSET,
+        "temperature": calibration["temperature"], "val_ece": calibration["val_ece"],
     }
     set_metadata(proto, info)
     proto.producer_name = "facet"

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from facet.calibration import ece, fit_temperature, scale
 from facet.combine import ATTRIBUTES
 from facet.metrics import scores
 from facet.preprocess import ImageError, PreprocessSpec, load, normalize
@@ -35,15 +36,38 @@ def val_images(run: Path, limit: int) -> pd.DataFrame:
     return frame.sample(n=min(limit, len(frame)), random_state=0) if limit else frame
 
 
+def fit_calibration(run: Path) -> dict | None:
+    """Temperature scaling fitted on the run's validation probabilities (``val_probs.npy``, the
+    best checkpoint's, with ``val.csv``'s labels): T and the val ECE before and after."""
+    probs_path, csv = run / "val_probs.npy", run / "val.csv"
+    if not probs_path.exists() or not csv.exists():
+        return None
+    probs, labels = np.load(probs_path), pd.read_csv(csv)["label"].to_numpy()
+    if len(probs) != len(labels):
+        return None
+    temperature = fit_temperature(probs, labels)
+    return {"temperature": round(temperature, 4), "val_ece": {
+        "before": round(ece(probs, labels), 4),
+        "after": round(ece(scale(probs, temperature), labels), 4), "images": len(labels)}}
+
+
 def export_all(runs: dict[str, Path], out_dir: Path, parity_images: list[str] | None = None,
                parity_count: int = 64, ensemble: bool = True, quantize: bool = False,
-               eval_limit: int = 2000, echo=print) -> dict:
+               eval_limit: int = 2000, calibrate: bool = True, echo=print) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
-    index: dict = {"models": {"fp32": {}}, "parity": {}}
+    index: dict = {"models": {"fp32": {}}, "parity": {}, "calibration": {}}
     for attribute, run in runs.items():
         images = parity_images or val_images(run, parity_count)["path"].tolist()
         path = out_dir / f"{attribute}.onnx"
-        report = export_attribute(run, path, images)
+        calibration = fit_calibration(run) if calibrate else None
+        index["calibration"][attribute] = calibration
+        if calibration:
+            e = calibration["val_ece"]
+            echo(f"{attribute}: temperature {calibration['temperature']:.3f} | val ECE "
+                 f"{e['before']:.4f} -> {e['after']:.4f} on {e['images']} images")
+        elif calibrate:
+            echo(f"{attribute}: no val_probs.npy/val.csv in {run}: not calibrated (T = 1)")
+        report = export_attribute(run, path, images, calibration)
         index["models"]["fp32"][attribute] = path.name
         index["parity"][attribute] = report
         echo(f"{attribute}: {path} | parity on {report['images']} images: max |dp| "

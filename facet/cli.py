@@ -157,6 +157,8 @@ def export(runs: list[Path] = typer.Argument(..., help="Three run folders (or be
            ensemble: bool = typer.Option(True, help="Also write the merged one-session graph."),
            quantize: bool = typer.Option(False, help="Also write int8 models (static, calibrated on val images) and their F1 change."),
            eval_limit: int = typer.Option(2000, help="Val images for the int8 accuracy check (0: all)."),
+           calibrate: bool = typer.Option(True, help="Temperature-scale each model on its val images "
+                                          "(inside the graph), so confidence means what it says."),
            ):
     """Export three trained attribute models to ONNX, with parity checks and metadata."""
     from facet.export.onnx_export import ParityError
@@ -176,7 +178,8 @@ def export(runs: list[Path] = typer.Argument(..., help="Three run folders (or be
         _fail(f"no run for {sorted(missing)}: give one run folder per attribute")
     try:
         export_all(by_attribute, out, [str(p) for p in parity_images] or None,
-                   ensemble=ensemble, quantize=quantize, eval_limit=eval_limit, echo=typer.echo)
+                   ensemble=ensemble, quantize=quantize, eval_limit=eval_limit,
+                   calibrate=calibrate, echo=typer.echo)
     except ParityError as exc:
         _fail(f"parity check failed: {exc}", code=1)
 
@@ -296,6 +299,41 @@ def score(pred: Path = typer.Option(..., help="Submission CSV (ImageID, ans)."),
     if plot:
         plot_result(result, plot)
         typer.echo(f"confusion matrix: {plot}")
+
+
+@app.command()
+def report(pred: Path = typer.Option(..., help="The --details CSV of `facet predict` (probabilities per attribute)."),
+           answers: Path = typer.Option(..., help="Answers CSV (ImageID, ans; any other column is a group)."),
+           out: Path = typer.Option(Path("report"), help="Folder to write report.md, report.json and PNGs into."),
+           models: Optional[Path] = typer.Option(None, help="The model folder: its temperatures give "
+                                                 "the calibration before scaling."),
+           resamples: int = typer.Option(1000, min=100, help="Bootstrap resamples per group."),
+           ):
+    """Where the model fails, for whom, and how sure it is: per-group metrics with bootstrap
+    intervals, calibration (ECE, reliability), the most confident wrong answers."""
+    try:
+        from facet.report import ReportError, build
+    except ImportError as exc:
+        _fail(f"facet report needs the eval extra ({exc.name} is missing): pip install 'facet[eval]'")
+    from facet.csvfile import read_csv
+    try:
+        temperatures = None
+        if models:
+            index = json.loads((models / "facet.json").read_text())
+            temperatures = {a: c["temperature"] for a, c in (index.get("calibration") or {}).items() if c}
+        result = build(read_csv(pred, ReportError), read_csv(answers, ReportError), out,
+                       temperatures, resamples)
+    except (ReportError, OSError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"18-class macro-F1 {result['macro_f1']:.4f} on {result['images']:,} images; "
+               f"report: {out / 'report.md'}")
+    for name, group in result["groups"].items():
+        gap = group["gap"]
+        typer.echo(f"  {name}: largest gap {gap['best']} over {gap['worst']} "
+                   f"{gap['macro_f1_gap']:.4f}{' (intervals apart)' if gap['clear'] else ''}")
+    for name, c in result["calibration"].items():
+        before = f" (before scaling {c['ece_before_scaling']:.4f})" if "ece_before_scaling" in c else ""
+        typer.echo(f"  ECE {name}: {c['ece']:.4f}{before}")
 
 
 @app.command()

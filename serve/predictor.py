@@ -200,7 +200,7 @@ class Predictor:
             "attributes": {a: {"classes": m["classes"], "val_macro_f1": m["val_macro_f1"],
                                "backbone": m["backbone"], "checkpoint_sha256": m["checkpoint_sha256"],
                                "exported": m["exported"], "preprocess": m["preprocess"],
-                               "age_rule": m["age_rule"]}
+                               "age_rule": m["age_rule"], "temperature": m.get("temperature", 1.0)}
                            for a, m in self.info.items()},
         }
 

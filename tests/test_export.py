@@ -9,7 +9,10 @@ import torch
 from facet.combine import combine_probs
 from facet.export.onnx_export import OPSET, ParityError, check_parity, read_info
 from facet.models.checkpoint import file_sha256, load_model
+from facet.export.pipeline import export_all
 from facet.preprocess import PreprocessSpec
+from facet.serve.batch import read_inputs
+from facet.serve.predictor import Predictor
 
 
 def test_files_pass_the_checker_and_carry_metadata(exported, runs):
@@ -88,3 +91,23 @@ def test_int8_is_calibrated_and_tracks_fp32(exported, dataset):
     a, b = fp32.predict(batch), int8.predict(batch)
     for attribute in a.attributes:
         assert np.abs(a.attributes[attribute] - b.attributes[attribute]).mean() < 0.05
+
+
+def test_temperature_is_fitted_at_export_and_applied_inside_the_graph(runs, exported, dataset,
+                                                                      tmp_path):
+    from facet.calibration import scale
+    index = json.loads((exported / "facet.json").read_text())
+    plain = tmp_path / "plain"
+    export_all(runs, plain, ensemble=False, calibrate=False, echo=lambda *_: None)
+    paths = read_inputs(dataset / "eval").paths[:24]
+    scaled, unscaled = Predictor(exported, mode="separate"), Predictor(plain)
+    batch = scaled.stack([scaled.load(p).inputs[0] for p in paths])
+    a, b = scaled.predict(batch).attributes, unscaled.predict(batch).attributes
+    for attribute, calibration in index["calibration"].items():
+        t = calibration["temperature"]
+        meta = read_info(exported / f"{attribute}.onnx")
+        assert meta["temperature"] == t and meta["val_ece"]["after"] <= meta["val_ece"]["before"]
+        assert np.allclose(a[attribute], scale(b[attribute], t), atol=1e-5)
+        assert (a[attribute].argmax(1) == b[attribute].argmax(1)).all()
+    assert json.loads((plain / "facet.json").read_text())["calibration"] == {
+        "mask": None, "gender": None, "age": None}

@@ -1,0 +1,96 @@
+"""The evaluation report and calibration, on synthetic answers with a known gap between two
+groups and a known overconfidence."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from facet.calibration import ece, fit_temperature, scale
+from facet.combine import ATTRIBUTES, combine_labels
+from facet.metrics import macro_f1_counts, scores
+from facet.report import ReportError, build
+
+RIGHT = {"A": 0.97, "B": 0.85}  # per attribute, the chance an answer is right, per site
+CONFIDENCE = 0.97  # what the model says for its pick, whatever the site: overconfident on B
+
+
+def synthetic(n: int = 3000, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rng = np.random.default_rng(seed)
+    site = np.where(np.arange(n) < n // 2, "A", "B")
+    details = {"path": [f"/photos/{i:05d}.jpg" for i in range(n)]}
+    true, picked = {}, {}
+    for attribute, classes in ATTRIBUTES.items():
+        k = len(classes)
+        true[attribute] = rng.integers(0, k, n)
+        right = rng.random(n) < np.vectorize(RIGHT.get)(site)
+        picked[attribute] = np.where(right, true[attribute],
+                                     (true[attribute] + rng.integers(1, k, n)) % k)
+        probs = np.full((n, k), (1 - CONFIDENCE) / (k - 1))
+        probs[np.arange(n), picked[attribute]] = CONFIDENCE
+        details.update({f"p_{attribute}_{c}": probs[:, j] for j, c in enumerate(classes)})
+    details["label"] = combine_labels(picked["mask"], picked["gender"], picked["age"])
+    answers = pd.DataFrame({"ImageID": [f"{i:05d}.jpg" for i in range(n)],
+                            "ans": combine_labels(true["mask"], true["gender"], true["age"]),
+                            "site": site, "mask": true["mask"]})
+    return pd.DataFrame(details), answers
+
+
+def test_report_finds_the_gap_and_its_intervals_cover_the_truth(tmp_path):
+    details, answers = synthetic()
+    result = build(details, answers, tmp_path, resamples=400)
+    site = result["groups"]["site"]
+    assert site["gap"]["best"] == "A" and site["gap"]["worst"] == "B" and site["gap"]["clear"]
+    for row in site["values"]:
+        truth = RIGHT[row["value"]] ** 3  # all three attributes right
+        lo, hi = row["accuracy_ci"]
+        assert lo <= truth <= hi and row["images"] == 1500
+    assert {m["group"] for m in result["groups_not_reported"]} == {"race", "gender",
+                                                                   "age band (real age)"}
+    assert "no 'race' column in the answers" in (tmp_path / "report.md").read_text()
+    assert set(result["groups"]) == {"site", "mask"}
+    assert json.loads((tmp_path / "report.json").read_text())["macro_f1"] == result["macro_f1"]
+    for png in ("reliability.png", "groups.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+
+
+def test_temperature_scaling_lowers_ece_and_keeps_every_answer():
+    details, answers = synthetic()
+    probs = details[[f"p_mask_{c}" for c in ATTRIBUTES["mask"]]].to_numpy()
+    truth = answers["mask"].to_numpy()
+    t = fit_temperature(probs, truth)
+    assert t > 1  # overconfident: softened
+    assert ece(scale(probs, t), truth) < ece(probs, truth) / 2
+    assert (scale(probs, t).argmax(1) == probs.argmax(1)).all()
+    assert np.allclose(scale(scale(probs, t), 1 / t), probs, atol=1e-9)
+
+
+def test_report_shows_calibration_before_and_after_the_models_temperature(tmp_path):
+    details, answers = synthetic()
+    temperatures = {}
+    for attribute, classes in ATTRIBUTES.items():  # what the exported, scaled models answer
+        columns = [f"p_{attribute}_{c}" for c in classes]
+        truth = {"mask": answers["mask"].to_numpy()}.get(attribute)
+        probs = details[columns].to_numpy()
+        temperatures[attribute] = 2.0 if truth is None else fit_temperature(probs, truth)
+        details[columns] = scale(probs, temperatures[attribute])
+    result = build(details, answers, tmp_path, temperatures, resamples=100)
+    mask = result["calibration"]["mask"]
+    assert mask["ece"] < mask["ece_before_scaling"] and mask["temperature"] == temperatures["mask"]
+
+
+def test_predictions_without_probabilities_and_unmatched_answers_are_clear(tmp_path):
+    details, answers = synthetic(50)
+    with pytest.raises(ReportError, match="--details"):
+        build(details[["path", "label"]], answers, tmp_path)
+    answers["ImageID"] = "other.jpg"
+    with pytest.raises(ReportError, match="no image"):
+        build(details, answers, tmp_path)
+
+
+def test_fast_macro_f1_is_the_competition_macro_f1():
+    rng = np.random.default_rng(3)
+    truth, pred = rng.integers(0, 18, 500), rng.integers(-1, 18, 500)
+    assert macro_f1_counts(truth, pred, 18) == pytest.approx(scores(truth, pred, 18)["macro_f1"])
