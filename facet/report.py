@@ -71,8 +71,8 @@ def _join(details: pd.DataFrame, answers: pd.DataFrame) -> pd.DataFrame:
         raise ReportError(f"the answers need ImageID and ans columns; they have {list(answers.columns)}")
     if "face" in details.columns:  # --faces all: the primary face answers for the image
         details = details[details["primary"].astype(str).str.lower() == "true"]
-    details = details.assign(ImageID=details["path"].map(lambda p: Path(str(p)).name))
-    frame = answers.merge(details.drop(columns=["ans"], errors="ignore"), on="ImageID", how="left")
+    details = details[sorted(need)].assign(ImageID=details["path"].map(lambda p: Path(str(p)).name))
+    frame = answers.merge(details, on="ImageID", how="left")
     if frame["label"].isna().all():
         raise ReportError("no image of the answers is in the predictions (matched by file name)")
     frame["label"] = frame["label"].fillna(-1).astype(int)
@@ -85,7 +85,6 @@ def _argmax(probs: np.ndarray) -> np.ndarray:
 
 
 def _group_columns(frame: pd.DataFrame) -> tuple[dict[str, pd.Series], list[dict]]:
-    names = dict(zip(ATTRIBUTES, ATTRIBUTES.values()))
     groups: dict[str, pd.Series] = {}
     for column in frame.columns:
         if column in NOT_GROUPS or column.startswith("p_") or column in (
@@ -101,7 +100,8 @@ def _group_columns(frame: pd.DataFrame) -> tuple[dict[str, pd.Series], list[dict
     for attribute in ATTRIBUTES:  # the true attribute codes, named
         if attribute in frame.columns:
             codes = pd.to_numeric(frame[attribute], errors="coerce")
-            groups[attribute] = codes.map(lambda c: names[attribute][int(c)] if c == c else None)
+            names = ATTRIBUTES[attribute]
+            groups[attribute] = codes.map(lambda c: names[int(c)] if c == c else None)
     missing = [{"group": label, "why": f"no {column!r} column in the answers"}
                for label, column in EXPECTED_GROUPS.items() if column not in frame.columns]
     return groups, missing
@@ -185,7 +185,7 @@ def _contact_sheet(rows: list[dict], path: Path) -> None:
                      fontsize=7)
     fig.suptitle("most confident wrong answers", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=60)
     plt.close(fig)
 
 
