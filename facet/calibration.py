@@ -7,6 +7,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 BINS = 15
+T_RANGE = (0.25, 10.0)
 EPS = 1e-12
 
 
@@ -43,7 +44,9 @@ def scale(probs: np.ndarray, temperature: float) -> np.ndarray:
 
 def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
     """The T that minimises the negative log-likelihood of ``labels`` under scale(probs, T)
-    (Guo et al., 2017). T > 1 softens an overconfident model; the argmax never changes."""
+    (Guo et al., 2017). T > 1 softens an overconfident model; the argmax never changes. T is
+    kept within [0.25, 10]: a model that needs more than that is not one a scalar fixes, and a
+    tiny T would magnify rounding noise into different probabilities."""
     probs, labels = np.asarray(probs), np.asarray(labels)
     keep = labels >= 0
     probs, labels = probs[keep], labels[keep]
@@ -52,5 +55,5 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
         p = scale(probs, float(np.exp(log_t)))
         return float(-np.log(np.clip(p[np.arange(len(labels)), labels], EPS, 1)).mean())
 
-    best = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    best = minimize_scalar(nll, bounds=(np.log(T_RANGE[0]), np.log(T_RANGE[1])), method="bounded")
     return float(np.exp(best.x))
