@@ -152,16 +152,6 @@ def read_image(source: bytes | str | Path, rules: ImageRules = DEFAULT_RULES,
     return _read_scales(source, rules, [decode_side])[decode_side]
 
 
-def decode(source: bytes | str | Path, specs: list[PreprocessSpec],
-           rules: ImageRules = DEFAULT_RULES) -> dict[PreprocessSpec, np.ndarray]:
-    """One image for several models that take it whole (``crop: none``): {spec: uint8 HWC at
-    that spec's size}. Each spec sees exactly what :func:`load` gives it (the pixels it was
-    trained on); specs whose size allows the same JPEG reduction share one decode, so equal
-    specs always do."""
-    rgb = _read_scales(source, rules, [min(s.height, s.width) for s in specs])
-    return {spec: resize(rgb[min(spec.height, spec.width)], spec) for spec in specs}
-
-
 @dataclass
 class Photo:
     """A decoded photo's faces and the model inputs cut from it.
@@ -187,9 +177,10 @@ def decode_faces(source: bytes | str | Path, specs: list[PreprocessSpec],
     """Decode once, detect once (when a spec crops faces), and cut each spec's input for the
     primary face, or for each of the ``max_faces`` largest faces when ``every``.
 
-    A spec with ``crop: none`` sees the whole image for every face, exactly as :func:`decode`
-    gives it. Faces are listed best score first; with no face the photo is answered from the
-    first cropping spec's ``fallback`` region and ``face_found`` is False, never a silent guess.
+    A spec with ``crop: none`` sees the whole image for every face, exactly what :func:`load`
+    gives it (the pixels it was trained on); such specs whose size allows the same JPEG
+    reduction share one decode. Faces are listed best score first; with no face each cropping
+    spec gets its ``fallback`` region and ``face_found`` is False, never a silent guess.
     """
     cropping = [s for s in specs if s.crop == "face"]
     whole = [min(s.height, s.width) for s in specs if s.crop == "none"]

@@ -104,7 +104,7 @@ class Predictor:
     mode: ``ensemble`` runs the merged graph (one session), ``separate`` runs one session per
     attribute, ``auto`` times both here, on the machine that predicts, and keeps the faster.
     The three models may each have their own input spec (size, resize mode, normalisation):
-    an image is read once and resized once per distinct spec (see ``preprocess.decode``).
+    an image is read once and resized once per distinct spec (see ``preprocess.decode_faces``).
     spinning: onnxruntime's worker threads busy-wait between runs (its default). Fastest when
     the models have the cores to themselves; where other processes share them (the HTTP
     service's front end), the spinning takes cores they need.
