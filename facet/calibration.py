@@ -50,6 +50,8 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
     probs, labels = np.asarray(probs), np.asarray(labels)
     keep = labels >= 0
     probs, labels = probs[keep], labels[keep]
+    if not len(labels):
+        return 1.0  # nothing to fit on: leave the model as trained
 
     def nll(log_t: float) -> float:
         p = scale(probs, float(np.exp(log_t)))

@@ -154,7 +154,7 @@ class YuNet:
 
     @property
     def _outputs(self) -> list[str]:
-        return [f"{k}_{s}" for k in ("cls", "obj", "bbox", "kps") for s in self.STRIDES]
+        return [f"{k}_{s}" for k in ("cls", "obj", "bbox", "kps") for s in YuNet.STRIDES]
 
     def describe(self) -> dict:
         return {"name": self.name, "engine": self.engine, "file": self.path.name,
@@ -182,8 +182,11 @@ def _ort_session(path: Path, required: bool):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1  # photos are detected in parallel by the decode threads
         opts.log_severity_level = 3
-        return ort.InferenceSession(model.SerializeToString(), opts,
-                                    providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(model.SerializeToString(), opts,
+                                       providers=["CPUExecutionProvider"])
+        names = [f"{k}_{s}" for k in ("cls", "obj", "bbox", "kps") for s in YuNet.STRIDES]
+        session.run(names, {"input": np.zeros((1, 3, 32, 32), np.float32)})  # fails here, not per photo
+        return session
     except Exception as exc:  # noqa: BLE001 - onnx/onnxruntime raise their own classes
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise DetectorError(f"{path}: not a YuNet ONNX file ({reason})") from None
@@ -237,6 +240,21 @@ def fallback_box(width: int, height: int, fallback: str) -> tuple[int, int, int,
         return 0, 0, width, height
     side = min(width, height)
     return (width - side) // 2, (height - side) // 2, side, side
+
+
+def cut_square(rgb: np.ndarray, left: int, top: int, side: int, max_side: int) -> np.ndarray:
+    """The square crop, at most ``max_side`` pixels a side: a crop much larger than the model
+    input (a face filling a 40 MP photo) is scaled down before it is padded, so its black
+    canvas is never allocated at full size."""
+    f = max_side / side
+    if f >= 1:
+        return cut(rgb, left, top, side, side)
+    h, w = rgb.shape[:2]
+    x0, y0, x1, y1 = max(0, left), max(0, top), min(w, left + side), min(h, top + side)
+    region = cv2.resize(rgb[y0:y1, x0:x1], (max(1, round((x1 - x0) * f)),
+                                            max(1, round((y1 - y0) * f))), interpolation=cv2.INTER_AREA)
+    small = max(1, round(side * f))
+    return cut(region, round((left - x0) * f), round((top - y0) * f), small, small)
 
 
 def cut(rgb: np.ndarray, left: int, top: int, width: int, height: int) -> np.ndarray:

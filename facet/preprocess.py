@@ -19,7 +19,8 @@ import numpy as np
 import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .faces import FALLBACKS, Detector, Face, crop_box, cut, default_detector, fallback_box, primary
+from .faces import (FALLBACKS, Detector, Face, crop_box, cut, cut_square, default_detector,
+                    fallback_box, primary)
 
 RESIZE_MODES = ("stretch", "letterbox")
 CROPS = ("none", "face")
@@ -157,8 +158,8 @@ class Photo:
     """A decoded photo's faces and the model inputs cut from it.
 
     ``inputs[k]`` ({spec: uint8 HWC}) answers for face ``answered[k]`` (an index into
-    ``faces``), or for the fallback region when ``answered[k]`` is -1 (no face was found, or
-    no model crops faces). ``face_found`` is None when no detection ran.
+    ``faces``), or, when ``answered[k]`` is -1, for the fallback region (no face was found) or
+    the whole image (no model crops faces: ``face_found`` is None, no detection ran).
     """
 
     width: int
@@ -204,7 +205,7 @@ def decode_faces(source: bytes | str | Path, specs: list[PreprocessSpec],
         if k < 0:
             return resize(cut(full, *fallback_box(width, height, spec.fallback)), spec)
         left, top, side = crop_box(faces[k], spec.margin)
-        return resize(cut(full, left, top, side, side), spec)
+        return resize(cut_square(full, left, top, side, 2 * max(spec.height, spec.width)), spec)
 
     inputs = [{s: fixed[s] if s.crop == "none" else cut_for(s, k) for s in specs}
               for k in answered]

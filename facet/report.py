@@ -72,7 +72,14 @@ def _join(details: pd.DataFrame, answers: pd.DataFrame) -> pd.DataFrame:
     if "face" in details.columns:  # --faces all: the primary face answers for the image
         details = details[details["primary"].astype(str).str.lower() == "true"]
     details = details[sorted(need)].assign(ImageID=details["path"].map(lambda p: Path(str(p)).name))
-    frame = answers.merge(details, on="ImageID", how="left")
+    if details["ImageID"].duplicated().any():
+        raise ReportError("the predictions name some file twice (images are matched to the "
+                          "answers by file name): " + ", ".join(
+                              details.loc[details["ImageID"].duplicated(), "ImageID"][:3]))
+    if answers["ImageID"].duplicated().any():
+        raise ReportError("the answers list some ImageID twice")
+    answers = answers.drop(columns=[c for c in answers.columns if c in need])  # theirs win
+    frame = answers.merge(details, on="ImageID", how="left", validate="one_to_one")
     if frame["label"].isna().all():
         raise ReportError("no image of the answers is in the predictions (matched by file name)")
     frame["label"] = frame["label"].fillna(-1).astype(int)
@@ -94,16 +101,19 @@ def _group_columns(frame: pd.DataFrame) -> tuple[dict[str, pd.Series], list[dict
             years = pd.to_numeric(frame[column], errors="coerce")
             bands = pd.cut(years, list(AGE_BANDS), right=False, labels=[
                 f"{lo}-{hi - 1}" if hi < 200 else f"{lo}+" for lo, hi in zip(AGE_BANDS, AGE_BANDS[1:])])
-            groups["age band (real age)"] = bands.astype(str).where(years.notna())
+            groups["age band (real age)"] = bands.astype(str).where(bands.notna())
         elif 1 < frame[column].nunique() <= MAX_GROUP_VALUES:
             groups[column] = frame[column].astype(str)
-    for attribute in ATTRIBUTES:  # the true attribute codes, named
+    for attribute, names in ATTRIBUTES.items():  # the true attribute codes, named
         if attribute in frame.columns:
             codes = pd.to_numeric(frame[attribute], errors="coerce")
-            names = ATTRIBUTES[attribute]
-            groups[attribute] = codes.map(lambda c: names[int(c)] if c == c else None)
+            valid = codes.isin(range(len(names)))
+            groups[attribute] = codes.where(valid).map(lambda c: names[int(c)] if c == c else None)
     missing = [{"group": label, "why": f"no {column!r} column in the answers"}
                for label, column in EXPECTED_GROUPS.items() if column not in frame.columns]
+    for name in [n for n, values in groups.items() if values.dropna().empty]:
+        del groups[name]
+        missing.append({"group": name, "why": "no usable value in its column"})
     return groups, missing
 
 

@@ -21,7 +21,8 @@ from facet.preprocess import ImageError, PreprocessSpec, decode_faces
 
 
 def _key(paths: list[str], spec: PreprocessSpec) -> str:
-    h = hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode())
+    detector = default_detector().describe() if spec.crop == "face" else None  # other crops
+    h = hashlib.sha256(json.dumps([spec.to_dict(), detector], sort_keys=True).encode())
     for p in paths:
         st = os.stat(p)
         h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())

@@ -250,7 +250,8 @@ def _face_columns(faces: list[Face | None], landmarks: bool = False) -> pd.DataF
     if landmarks:
         names += [f"{p}_{c}" for p in ("right_eye", "left_eye", "nose", "mouth_right",
                                        "mouth_left") for c in "xy"]
-        values = [v + ([c for point in f.landmarks for c in point] if f else [np.nan] * 10)
+        values = [v + ([c for point in f.landmarks for c in point]
+                       if f and len(f.landmarks) == 5 else [np.nan] * 10)
                   for v, f in zip(values, faces)]
     return pd.DataFrame(np.array(values, np.float64).reshape(len(faces), len(names)),
                         columns=names).round(2)

@@ -23,7 +23,7 @@ _LABELS = {"label": {"type": "integer", "minimum": 0, "maximum": 17},
            "attributes": {"type": "object", "additionalProperties": _ATTRIBUTE}}
 _FACE = {"type": "object", "required": ["index", "box", "score", "label", "class", "attributes"],
          "properties": {
-             "index": {"type": "integer", "description": "position in the detector's list"},
+             "index": {"type": "integer", "description": "position in the photo's list of answered faces (best detector score first)"},
              "box": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4,
                      "description": "x, y, width, height in the photo's pixels"},
              "score": {"type": "number", "description": "detector score"},

@@ -14,7 +14,7 @@ import numpy as np
 
 from facet import privacy
 from facet.combine import ATTRIBUTES, class_names, combine_probs
-from facet.faces import Detector, default_detector
+from facet.faces import PRIMARY_RULES, Detector, default_detector
 from facet.preprocess import (DEFAULT_RULES, ImageRules, Photo, PreprocessSpec, decode_faces,
                               normalize)
 
@@ -143,9 +143,15 @@ class Predictor:
         self.sessions, self.info, self.specs = opened[self.mode]
         self.provider = next(iter(self.sessions.values())).get_providers()[0]
         self.distinct_specs = list(dict.fromkeys(self.specs.values()))
+        if primary_rule not in PRIMARY_RULES:
+            raise ValueError(f"primary face rule must be one of {PRIMARY_RULES}, got {primary_rule!r}")
         self.crops_faces = any(s.crop == "face" for s in self.distinct_specs)
         self.detector = (detector or default_detector()) if self.crops_faces else None
         self.primary_rule, self.max_faces = primary_rule, max_faces
+        trained = {m["detector"]["sha256"] for m in self.info.values() if m.get("detector")}
+        if self.detector and trained and trained != {self.detector.sha256}:
+            log.warning("the models were trained with crops from another detector file than %s: "
+                        "their faces may be cut differently", self.detector.path)
 
     def _open(self, mode: str, files: dict, device: str, threads: int | None, spinning: bool):
         """(sessions, per-attribute info, per-attribute spec) of ``mode``, checked."""

@@ -90,7 +90,8 @@ class FacetModel:
         self.predictor = Predictor(CONFIG.models, mode=CONFIG.mode, device=CONFIG.device,
                                    threads=CONFIG.threads or None, tta=CONFIG.tta,
                                    variant=CONFIG.variant, rules=CONFIG.rules,
-                                   spinning=CONFIG.spinning)
+                                   spinning=CONFIG.spinning, primary_rule=CONFIG.primary_face,
+                                   detector=YuNet(CONFIG.detector or None, CONFIG.face_score))
         self.batches = self.images = 0
         self.busy_s = 0.0  # time spent running the models: busy_s / wall time is utilisation
 
@@ -159,8 +160,8 @@ async def _uploads(request: Request, many: bool) -> list[tuple[str, bytes]]:
 
 async def _decode(name: str, data: bytes, specs: list[PreprocessSpec],
                   detector: YuNet | None) -> tuple[Photo, np.ndarray]:
-    """One upload -> its faces and their packed model inputs, one row per answered face
-    (``preprocess.decode_faces``: as `facet predict --faces all`)."""
+    """One upload -> its faces and their packed model inputs, one row per answered face (the
+    ``max_faces`` largest; ``preprocess.decode_faces``, as `facet predict --faces all`)."""
     if not data:
         raise HTTPError(400, f"{name}: empty file")
     if detector is not None or pixel_count(data) > CONFIG.offload_pixels:  # off the event loop
@@ -204,15 +205,24 @@ async def _answer_many(service, files: list[tuple[str, bytes | HTTPError]]) -> d
     specs = _specs(info)
     results: list[dict] = []
     good, decoded = [], []
-    for i, (name, data) in enumerate(files):
-        try:
-            if isinstance(data, HTTPError):
-                raise data
-            decoded.append(await _decode(name, data, specs, service.detector))
+    async def one(name: str, data: bytes | HTTPError):
+        if isinstance(data, HTTPError):
+            raise data
+        return await _decode(name, data, specs, service.detector)
+
+    # with detection, the photos are decoded on the pool's threads at once
+    outcomes = await asyncio.gather(*(one(name, data) for name, data in files),
+                                    return_exceptions=True)
+    for i, ((name, _), outcome) in enumerate(zip(files, outcomes)):
+        if isinstance(outcome, HTTPError):
+            results.append({"file": name, "error": {"status": outcome.status,
+                                                    "message": outcome.message}})
+        elif isinstance(outcome, BaseException):
+            raise outcome
+        else:
+            decoded.append(outcome)
             good.append(i)
             results.append({})
-        except HTTPError as exc:
-            results.append({"file": name, "error": {"status": exc.status, "message": exc.message}})
     if decoded:
         probs = await service.infer(np.concatenate([rows for _, rows in decoded]))
         ends = np.cumsum([len(rows) for _, rows in decoded])
@@ -309,6 +319,8 @@ def _read_upload(path: Path) -> bytes:
         return read_bytes(path, CONFIG.max_upload_bytes)
     except ImageTooLarge as exc:
         raise HTTPError(413, f"{path.name}: {exc}") from None
+    except ImageError as exc:
+        raise HTTPError(422, f"{path.name}: {exc}") from None
 
 
 async def _typed(call) -> dict:

@@ -85,6 +85,9 @@ def test_faces_all_needs_models_that_find_faces(exported, photos, tmp_path):
     run = _facet("predict", photos, "--out", tmp_path / "o.csv", "--models", exported,
                  "--faces", "all", "--details", tmp_path / "d.csv")
     assert run.returncode == 2 and "crop=none" in run.stderr
+    run = _facet("predict", photos, "--out", tmp_path / "o.csv", "--models", exported,
+                 "--primary", "leftmost")
+    assert run.returncode == 2 and "primary face rule must be one of" in run.stderr
 
 
 @pytest.mark.integration

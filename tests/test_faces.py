@@ -148,9 +148,9 @@ def test_training_cache_detects_once_and_keeps_the_detections(tmp_path, monkeypa
     assert iou(SINGLE_BOX, Face(tuple(found[0]["box"]), found[0]["score"])) >= 0.4
     assert np.array_equal(images[0], load(PHOTOS / "single.jpg", FACE_SPEC))
 
-    def no_detector():
-        raise AssertionError("the detector ran again")
-    monkeypatch.setattr("facet.models.cache.default_detector", no_detector)
+    def no_decoding(*_args, **_kw):
+        raise AssertionError("the images were decoded and detected again")
+    monkeypatch.setattr("facet.models.cache.decode_faces", no_decoding)
     again, _, found_again = build_cache(paths, FACE_SPEC, tmp_path / "cache", workers=1)
     assert found_again == found and np.array_equal(again, images)
 
@@ -175,3 +175,12 @@ def test_drawing_marks_each_face_box():
     assert (out[60, 20] != 128).any()  # the box's left edge
     assert (out[100, 140] == 128).all()  # far from any box or label
     assert (rgb == 128).all()  # the input is not drawn on
+
+
+def test_a_crop_far_larger_than_the_model_input_is_scaled_before_padding():
+    from facet.faces import cut_square
+    rgb = np.full((3000, 2000, 3), 200, np.uint8)
+    out = cut_square(rgb, -500, 100, 4000, 256)  # past the left and bottom borders
+    assert out.shape == (256, 256, 3)
+    assert (out[:, :25] == 0).all() and (out[10:150, 40:150] == 200).all()
+    assert np.array_equal(cut_square(rgb, 10, 10, 100, 256), rgb[10:110, 10:110])

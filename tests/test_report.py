@@ -85,7 +85,7 @@ def test_predictions_without_probabilities_and_unmatched_answers_are_clear(tmp_p
     details, answers = synthetic(50)
     with pytest.raises(ReportError, match="--details"):
         build(details[["path", "label"]], answers, tmp_path)
-    answers["ImageID"] = "other.jpg"
+    answers["ImageID"] = [f"other{i}.jpg" for i in range(len(answers))]
     with pytest.raises(ReportError, match="no image"):
         build(details, answers, tmp_path)
 
@@ -94,3 +94,14 @@ def test_fast_macro_f1_is_the_competition_macro_f1():
     rng = np.random.default_rng(3)
     truth, pred = rng.integers(0, 18, 500), rng.integers(-1, 18, 500)
     assert macro_f1_counts(truth, pred, 18) == pytest.approx(scores(truth, pred, 18)["macro_f1"])
+
+
+def test_unusable_group_columns_are_named_not_a_crash(tmp_path):
+    details, answers = synthetic(200)
+    answers["gender"] = "male"  # words, not codes
+    answers["age_years"] = ""
+    result = build(details, answers, tmp_path, resamples=100)
+    named = {m["group"]: m["why"] for m in result["groups_not_reported"]}
+    assert named["gender"] == named["age band (real age)"] == "no usable value in its column"
+    with pytest.raises(ReportError, match="twice"):
+        build(pd.concat([details, details]), answers, tmp_path)
