@@ -9,7 +9,8 @@ default step; gender and age as the quick models), exports them to artifacts/fac
 
 1. Detection on every realphotos photo: YuNet at a low threshold, detections matched greedily
    by score to the annotated boxes at IoU >= 0.4; recall over faces >= 24 px, precision over
-   all detections (one on a smaller annotated face is neither right nor wrong), per threshold.
+   all detections (one on a smaller annotated face is neither right nor wrong), per threshold;
+   as the photos come and enlarged --upscale times (`--only-detection`: just these curves).
 2. Photo -> mask state on the photos held out from training (realmasks' val split, by photo):
    (a) `facet predict --faces all` on the photos, a missed face counted wrong; (b) the same
    models on the annotated boxes (mapped to the detector's box convention), the oracle crop.
@@ -94,8 +95,8 @@ def load_boxes(shared: Path) -> pd.DataFrame:
     return boxes
 
 
-def detection(boxes: pd.DataFrame) -> tuple[dict, list[dict]]:
-    detector = YuNet(score_threshold=0.3)  # low, for the whole curve
+def detection(boxes: pd.DataFrame, upscale: float = 1.0) -> tuple[dict, list[dict]]:
+    detector = YuNet(score_threshold=0.3, upscale=upscale)  # low, for the whole curve
     records, pairs, ms = [], [], []
     for path, group in boxes.groupby("path", sort=True):
         rgb = read_image(path)
@@ -235,6 +236,18 @@ def speed(models: Path, baseline: Path, sets: dict[str, list[Path]], rounds: int
     return out
 
 
+def plot_upscaled(curve: list[dict], upscale: float, path: Path) -> None:
+    """Add the curve with enlarged photos to the plot of the default one."""
+    import matplotlib.pyplot as plt
+
+    ax = plt.gca()
+    curve = [c for c in curve if c["detections"]]
+    ax.plot([c["recall"] for c in curve], [c["precision"] for c in curve], "s--", ms=3,
+            color="tab:green", label=f"photos enlarged {upscale:g}x before detection")
+    ax.legend(fontsize=7, loc="lower left")
+    plt.gcf().savefig(path, dpi=110)
+
+
 def plot(curve: list[dict], chosen: float, path: Path) -> None:
     import matplotlib
 
@@ -242,7 +255,9 @@ def plot(curve: list[dict], chosen: float, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.2, 4.2))
-    ax.plot([c["recall"] for c in curve], [c["precision"] for c in curve], "o-", ms=3)
+    curve = [c for c in curve if c["detections"]]  # a threshold nothing passes has no precision
+    ax.plot([c["recall"] for c in curve], [c["precision"] for c in curve], "o-", ms=3,
+            label="photos as they come")
     for c in curve:
         if c["threshold"] == chosen:
             ax.plot(c["recall"], c["precision"], "r*", ms=12,
@@ -257,6 +272,19 @@ def plot(curve: list[dict], chosen: float, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def detection_only(boxes: pd.DataFrame, out: Path, upscale: float) -> None:
+    """Both detection curves (as photos come, and enlarged), into an existing faces.json."""
+    result = json.loads(out.read_text()) if out.exists() else {}
+    result["detection"], _ = detection(boxes)
+    result[f"detection_upscale_{upscale:g}"], _ = detection(boxes, upscale)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    plot(result["detection"]["curve"], FACE_SCORE, out.with_name("faces_pr.png"))
+    plot_upscaled(result[f"detection_upscale_{upscale:g}"]["curve"], upscale,
+                  out.with_name("faces_pr.png"))
+    print(json.dumps({k: v for k, v in result.items() if k.startswith("detection")}))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shared", type=Path, required=True)
@@ -266,9 +294,14 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--eval-images", type=int, default=2100, help="maskfaces eval images timed.")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/faces.json"))
+    p.add_argument("--upscale", type=float, default=1.5, help="The enlarged detection curve.")
+    p.add_argument("--only-detection", action="store_true",
+                   help="Only the detection curves (no training, no models).")
     args = p.parse_args()
-    train_and_export(args.shared, args.runs, args.models)
     boxes = load_boxes(args.shared)
+    if args.only_detection:
+        return detection_only(boxes, args.out, args.upscale)
+    train_and_export(args.shared, args.runs, args.models)
     detect, _ = detection(boxes)
     print(json.dumps(detect), flush=True)
     meta = json.loads((args.runs / "mask" / "best.json").read_text())
@@ -289,8 +322,7 @@ def main() -> None:
                             {"realphotos": photos, "maskfaces eval": eval_images}, args.rounds)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    plot(detect["curve"], FACE_SCORE, args.out.with_name("faces_pr.png"))
-    print(json.dumps(result, indent=2))
+    detection_only(boxes, args.out, args.upscale)
 
 
 if __name__ == "__main__":

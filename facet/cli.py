@@ -209,6 +209,8 @@ def predict(source: Path = typer.Argument(..., help="eval/ folder, info.csv, a C
                                         "largest or center (nearest the photo's centre)."),
             detector: Optional[Path] = typer.Option(None, help="Another YuNet ONNX file (default: the shipped one)."),
             face_score: float = typer.Option(FACE_SCORE, help="Detector score a face needs."),
+            face_upscale: float = typer.Option(1.0, help="Enlarge photos this much (up to 640 px) "
+                                               "before detection: finds smaller faces, slower."),
             draw: Optional[Path] = typer.Option(None, help="Write each photo with its faces' boxes and labels drawn into this folder."),
             ):
     """Batch inference on onnxruntime: fills `ans` for every row it can read. Exit status 3 if
@@ -233,7 +235,8 @@ def predict(source: Path = typer.Argument(..., help="eval/ folder, info.csv, a C
         rules = ImageRules(max_bytes, max_pixels, min_side, max_aspect)
         predictor = Predictor(models, mode=mode, device=device, threads=threads, tta=tta,
                               variant=variant, rules=rules,
-                              detector=YuNet(detector, face_score), primary_rule=primary)
+                              detector=YuNet(detector, face_score, upscale=face_upscale),
+                              primary_rule=primary)
     except (InputError, FileNotFoundError, ValueError, RuntimeError, DetectorError) as exc:
         _fail(str(exc))
     if faces == "all" and not predictor.crops_faces:
@@ -350,7 +353,6 @@ def serve(models: Optional[Path] = typer.Option(None, help="Folder written by `f
           ui: Optional[bool] = typer.Option(None, "--ui/--no-ui", help="The try-it page at /ui."),
           ):
     """Run the HTTP prediction service (BentoML) on the exported models."""
-    from facet.faces import YuNet
     from facet.serve.config import ServeConfig
     from facet.serve.predictor import Predictor
     env = dict(os.environ)
@@ -366,7 +368,7 @@ def serve(models: Optional[Path] = typer.Option(None, help="Folder written by `f
         _fail(f"bad serve settings: {exc}")
     try:  # a broken model folder or detector is one clear line here, not a traceback per worker
         Predictor(settings.models, mode=settings.mode, device="cpu", variant=settings.variant,
-                  threads=1, detector=YuNet(settings.detector or None, settings.face_score))
+                  threads=1, detector=settings.face_detector())
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         _fail(str(exc))
     typer.echo(f"serving {settings.models} on http://{host}:{port}/v1 "

@@ -61,23 +61,27 @@ class YuNet:
 
     Photos larger than ``max_side`` are detected on a scaled-down copy (the boxes are mapped
     back), which bounds the cost of a 12 MP photo; faces are then cropped from the full-size
-    image. Safe to call from several threads (batches are decoded in a thread pool).
+    image. ``upscale`` > 1 enlarges smaller photos (up to ``max_side``) so that small faces are
+    found: more recall for more time (BENCHMARKS.md, "Faces in photos"). Safe to call from several threads (batches are decoded in a thread pool).
     """
 
     name = "yunet"
     STRIDES = (8, 16, 32)
 
     def __init__(self, path: str | Path | None = None, score_threshold: float = FACE_SCORE,
-                 nms_threshold: float = 0.3, max_side: int = 640, engine: str = "auto"):
+                 nms_threshold: float = 0.3, max_side: int = 640, engine: str = "auto",
+                 upscale: float = 1.0):
         self.path = Path(path) if path else YUNET
         if not 0 < score_threshold < 1:
             raise ValueError(f"score_threshold must be in (0, 1), got {score_threshold}")
         if max_side < 32:
             raise ValueError(f"max_side must be at least 32, got {max_side}")
+        if not 1 <= upscale <= 4:
+            raise ValueError(f"upscale must be between 1 and 4, got {upscale}")
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-        self.score_threshold, self.nms_threshold, self.max_side = (
-            score_threshold, nms_threshold, max_side)
+        self.score_threshold, self.nms_threshold, self.max_side, self.upscale = (
+            score_threshold, nms_threshold, max_side, upscale)
         self.sha256 = _sha256(self.path)
         self._local = threading.local()  # OpenCV: one detector per thread (setInputSize mutates)
         self._session = None
@@ -104,9 +108,10 @@ class YuNet:
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
         h, w = rgb.shape[:2]
-        scale = min(1.0, self.max_side / max(h, w))
+        scale = min(self.upscale, self.max_side / max(h, w))
         small = rgb if scale == 1 else cv2.resize(
-            rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+            rgb, (max(1, round(w * scale)), max(1, round(h * scale))),
+            interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
         bgr = np.ascontiguousarray(small[:, :, ::-1])  # YuNet was trained on BGR
         rows = self._run_onnxruntime(bgr) if self._session is not None else self._run_opencv(bgr)
         faces = [Face(tuple(float(v) / scale for v in r[:4]), float(r[14]),
@@ -159,7 +164,8 @@ class YuNet:
     def describe(self) -> dict:
         return {"name": self.name, "engine": self.engine, "file": self.path.name,
                 "sha256": self.sha256, "score_threshold": self.score_threshold,
-                "nms_threshold": self.nms_threshold, "max_side": self.max_side}
+                "nms_threshold": self.nms_threshold, "max_side": self.max_side,
+                "upscale": self.upscale}
 
 
 def _ort_session(path: Path, required: bool):

@@ -6,7 +6,7 @@ import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from facet.faces import FACE_SCORE, PRIMARY_RULES
+from facet.faces import FACE_SCORE, PRIMARY_RULES, YuNet
 from facet.preprocess import DEFAULT_RULES, ImageRules
 
 
@@ -42,6 +42,7 @@ class ServeConfig:
     # faces (models exported with crop=face)
     detector: str = ""  # a YuNet ONNX file ("": the one shipped with facet)
     face_score: float = FACE_SCORE  # detector score a face needs
+    face_upscale: float = 1.0  # enlarge photos this much before detection (small faces)
     primary_face: str = "largest"  # the face the top-level answer is for: largest | center
     max_faces: int = 32  # faces answered per photo (the largest ones)
 
@@ -80,6 +81,10 @@ class ServeConfig:
             raise ValueError(f"face_score={self.face_score}: must be in (0, 1)")
         if not 0 < self.body_timeout_s <= 35:  # with the model's 20 s, inside the 60 s timeout
             raise ValueError(f"body_timeout_s={self.body_timeout_s}: must be in (0, 35]")
+
+    def face_detector(self) -> YuNet:
+        """The detector these settings describe (models trained with crop=face)."""
+        return YuNet(self.detector or None, self.face_score, upscale=self.face_upscale)
 
     @property
     def rules(self) -> ImageRules:

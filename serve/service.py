@@ -91,7 +91,7 @@ class FacetModel:
                                    threads=CONFIG.threads or None, tta=CONFIG.tta,
                                    variant=CONFIG.variant, rules=CONFIG.rules,
                                    spinning=CONFIG.spinning, primary_rule=CONFIG.primary_face,
-                                   detector=YuNet(CONFIG.detector or None, CONFIG.face_score))
+                                   detector=CONFIG.face_detector())
         self.batches = self.images = 0
         self.busy_s = 0.0  # time spent running the models: busy_s / wall time is utilisation
 
@@ -451,6 +451,6 @@ class Facet:
         if self._info is None:  # asked once per worker, when the model service is up
             info = await _reachable(self.model.to_async.info())
             if any(PreprocessSpec.from_dict(s).crop == "face" for s in info["specs"]):
-                self.detector = YuNet(CONFIG.detector or None, CONFIG.face_score)
+                self.detector = CONFIG.face_detector()
             self._info = info
         return self._info

@@ -73,6 +73,15 @@ def test_large_photos_are_detected_on_a_smaller_copy_and_boxes_mapped_back():
     assert all(max(iou(tuple(4 * v for v in b), f) for f in found) >= 0.4 for b in GROUP3_BOXES)
 
 
+def test_small_photos_can_be_enlarged_for_detection_and_boxes_map_back():
+    found = YuNet(upscale=1.5).detect(read_image(PHOTOS / "group3.jpg"))  # 400 px -> 600 px
+    assert len(found) == 3
+    assert all(max(iou(b, f) for f in found) >= 0.4 for b in GROUP3_BOXES)
+    assert YuNet(upscale=1.5).describe()["upscale"] == 1.5
+    with pytest.raises(ValueError, match="upscale"):
+        YuNet(upscale=0.5)
+
+
 def test_crop_rule_is_a_square_margin_times_the_face_centred_on_it():
     face = Face((100, 50, 40, 60), 0.9)
     left, top, side = crop_box(face, 1.6)
