@@ -373,7 +373,7 @@ def serve(models: Optional[Path] = typer.Option(None, help="Folder written by `f
         _fail(str(exc))
     typer.echo(f"serving {settings.models} on http://{host}:{port}/v1 "
                f"(batching {'on' if settings.batching else 'off'})"
-               + (f"; try it at http://{host}:{port}/ui" if settings.ui else ""), err=True)
+               + (f"; try it at http://{host}:{port}/ui/" if settings.ui else ""), err=True)
     cmd = [sys.executable, "-m", "bentoml", "serve", "facet.serve.service:Facet",
            "--host", host, "--port", str(port)]
     raise typer.Exit(_run_server(cmd, env))
