@@ -62,11 +62,13 @@ class YuNet:
     Photos larger than ``max_side`` are detected on a scaled-down copy (the boxes are mapped
     back), which bounds the cost of a 12 MP photo; faces are then cropped from the full-size
     image. ``upscale`` > 1 enlarges smaller photos (up to ``max_side``) so that small faces are
-    found: more recall for more time (BENCHMARKS.md, "Faces in photos"). Safe to call from several threads (batches are decoded in a thread pool).
+    found: more recall for more time (BENCHMARKS.md, "Faces in photos"). Safe to call from
+    several threads (batches are decoded in a thread pool).
     """
 
     name = "yunet"
     STRIDES = (8, 16, 32)
+    OUTPUTS = [f"{k}_{s}" for s in STRIDES for k in ("cls", "obj", "bbox", "kps")]
 
     def __init__(self, path: str | Path | None = None, score_threshold: float = FACE_SCORE,
                  nms_threshold: float = 0.3, max_side: int = 640, engine: str = "auto",
@@ -133,7 +135,7 @@ class YuNet:
         ph, pw = -(-h // 32) * 32, -(-w // 32) * 32  # the input padded to whole strides
         blob = np.zeros((1, 3, ph, pw), np.float32)
         blob[0, :, :h, :w] = bgr.transpose(2, 0, 1)
-        out = dict(zip(self._outputs, self._session.run(self._outputs, {"input": blob})))
+        out = dict(zip(self.OUTPUTS, self._session.run(self.OUTPUTS, {"input": blob})))
         parts = []
         for stride in self.STRIDES:
             cols = pw // stride
@@ -156,10 +158,6 @@ class YuNet:
         kept = cv2.dnn.NMSBoxes(rows[:, :4].tolist(), rows[:, 14].tolist(),
                                 self.score_threshold, self.nms_threshold, top_k=5000)
         return rows[np.asarray(kept, int).reshape(-1)]
-
-    @property
-    def _outputs(self) -> list[str]:
-        return [f"{k}_{s}" for k in ("cls", "obj", "bbox", "kps") for s in YuNet.STRIDES]
 
     def describe(self) -> dict:
         return {"name": self.name, "engine": self.engine, "file": self.path.name,
@@ -190,8 +188,8 @@ def _ort_session(path: Path, required: bool):
         opts.log_severity_level = 3
         session = ort.InferenceSession(model.SerializeToString(), opts,
                                        providers=["CPUExecutionProvider"])
-        names = [f"{k}_{s}" for k in ("cls", "obj", "bbox", "kps") for s in YuNet.STRIDES]
-        session.run(names, {"input": np.zeros((1, 3, 32, 32), np.float32)})  # fails here, not per photo
+        # a wrong file fails here, not on every photo
+        session.run(YuNet.OUTPUTS, {"input": np.zeros((1, 3, 32, 32), np.float32)})
         return session
     except Exception as exc:  # noqa: BLE001 - onnx/onnxruntime raise their own classes
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]

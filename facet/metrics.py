@@ -47,15 +47,20 @@ def macro_f1_counts(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> f
 AGE_BANDS = (0, 13, 20, 30, 45, 60, 200)  # years; [lo, hi) per band
 
 
+def age_bands(years, bands=AGE_BANDS) -> pd.Series:
+    """Each real age's band label ("0-12", ..., "60+"); NaN outside the bands."""
+    return pd.cut(pd.Series(years), list(bands), right=False,
+                  labels=[f"{lo}-{hi - 1}" if hi < 200 else f"{lo}+"
+                          for lo, hi in zip(bands, bands[1:])])
+
+
 def by_age_band(y_true, y_pred, years, bands=AGE_BANDS) -> pd.DataFrame:
     """Macro-F1 and accuracy per band of real age: where an attribute's errors sit (for
     gender, mostly in children). Images with unknown age (< 0) are left out."""
     frame = pd.DataFrame({"true": np.asarray(y_true), "pred": np.asarray(y_pred),
                           "years": np.asarray(years)})
     frame = frame[frame["years"] >= 0]
-    frame["band"] = pd.cut(frame["years"], list(bands), right=False,
-                           labels=[f"{lo}-{hi - 1}" if hi < 200 else f"{lo}+"
-                                   for lo, hi in zip(bands, bands[1:])])
+    frame["band"] = age_bands(frame["years"], bands)
     rows = []
     n_classes = int(max(np.max(y_true, initial=0), np.max(y_pred, initial=0))) + 1
     for band, group in frame.groupby("band", observed=True):

@@ -16,12 +16,13 @@ import pandas as pd
 
 from facet.calibration import BINS, ece, reliability, scale
 from facet.combine import ATTRIBUTES, class_names, combine_probs, split_labels
-from facet.metrics import AGE_BANDS, macro_f1_counts, scores
+from facet.metrics import age_bands, macro_f1_counts, scores
 
 # The groups a face-attribute report is asked about; each is reported when the answers carry it.
 EXPECTED_GROUPS = {"race": "race", "gender": "gender", "age band (real age)": "age_years",
                    "mask state": "mask"}
-NOT_GROUPS = {"ImageID", "ans", "person", "path", "id"}
+PREDICTIONS = {"path", "label"} | {f"p_{a}_{c}" for a, cs in ATTRIBUTES.items() for c in cs}
+NOT_GROUPS = {"ImageID", "ans", "person", "id", *PREDICTIONS, *ATTRIBUTES}
 MAX_GROUP_VALUES = 30
 
 
@@ -63,22 +64,21 @@ def build(details: pd.DataFrame, answers: pd.DataFrame, out_dir: Path,
 
 
 def _join(details: pd.DataFrame, answers: pd.DataFrame) -> pd.DataFrame:
-    need = {"path", "label"} | {f"p_{a}_{c}" for a, cs in ATTRIBUTES.items() for c in cs}
-    if missing := need - set(details.columns):
+    if missing := PREDICTIONS - set(details.columns):
         raise ReportError(f"the predictions lack {sorted(missing)[:4]}...: give the --details "
                           "CSV of `facet predict` (it has each attribute's probabilities)")
     if not {"ImageID", "ans"} <= set(answers.columns):
         raise ReportError(f"the answers need ImageID and ans columns; they have {list(answers.columns)}")
     if "face" in details.columns:  # --faces all: the primary face answers for the image
         details = details[details["primary"].astype(str).str.lower() == "true"]
-    details = details[sorted(need)].assign(ImageID=details["path"].map(lambda p: Path(str(p)).name))
+    details = details[sorted(PREDICTIONS)].assign(ImageID=details["path"].map(lambda p: Path(str(p)).name))
     if details["ImageID"].duplicated().any():
         raise ReportError("the predictions name some file twice (images are matched to the "
                           "answers by file name): " + ", ".join(
                               details.loc[details["ImageID"].duplicated(), "ImageID"][:3]))
     if answers["ImageID"].duplicated().any():
         raise ReportError("the answers list some ImageID twice")
-    answers = answers.drop(columns=[c for c in answers.columns if c in need])  # theirs win
+    answers = answers.drop(columns=[c for c in answers.columns if c in PREDICTIONS])  # theirs win
     frame = answers.merge(details, on="ImageID", how="left", validate="one_to_one")
     if frame["label"].isna().all():
         raise ReportError("no image of the answers is in the predictions (matched by file name)")
@@ -94,13 +94,10 @@ def _argmax(probs: np.ndarray) -> np.ndarray:
 def _group_columns(frame: pd.DataFrame) -> tuple[dict[str, pd.Series], list[dict]]:
     groups: dict[str, pd.Series] = {}
     for column in frame.columns:
-        if column in NOT_GROUPS or column.startswith("p_") or column in (
-                "label", "class", "confidence", "error", "face_found", *ATTRIBUTES):
+        if column in NOT_GROUPS:  # ids, answers, predictions; the attributes come below
             continue
         if column == "age_years":
-            years = pd.to_numeric(frame[column], errors="coerce")
-            bands = pd.cut(years, list(AGE_BANDS), right=False, labels=[
-                f"{lo}-{hi - 1}" if hi < 200 else f"{lo}+" for lo, hi in zip(AGE_BANDS, AGE_BANDS[1:])])
+            bands = age_bands(pd.to_numeric(frame[column], errors="coerce"))
             groups["age band (real age)"] = bands.astype(str).where(bands.notna())
         elif 1 < frame[column].nunique() <= MAX_GROUP_VALUES:
             groups[column] = frame[column].astype(str)
