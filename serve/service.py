@@ -295,11 +295,9 @@ def _answer(probs: np.ndarray, info: dict) -> list[dict]:
 
 
 async def model_info(request: Request) -> JSONResponse:
-    service = bentoml.get_current_service()
-    await service.model_info()  # the front's detector is set up with it
-    info = await _reachable(service.model.to_async.info())  # fresh: counters
-    return JSONResponse({**info, "detector": service.detector and service.detector.describe(),
-                         "service": {"batching": CONFIG.batching,
+    # fresh (counters); its detector is built from the same settings as the front's
+    info = await _reachable(bentoml.get_current_service().model.to_async.info())
+    return JSONResponse({**info, "service": {"batching": CONFIG.batching,
                                              "max_batch_size": CONFIG.max_batch_size,
                                              "max_upload_bytes": CONFIG.max_upload_bytes,
                                              "max_pixels": CONFIG.max_pixels,
