@@ -1,7 +1,7 @@
 """`facet export`: three runs -> a model folder that `facet predict` and `facet serve` load.
 
-The folder holds ``<attribute>.onnx`` (+ ``<attribute>.int8.onnx``), ``ensemble.onnx`` and
-``facet.json``, which names the files.
+The folder holds ``<attribute>.onnx`` (+ ``<attribute>.int8.onnx``, ``<attribute>.fp16.onnx``),
+``ensemble.onnx`` (+ ``ensemble.fp16.onnx``) and ``facet.json``, which names the files.
 """
 from __future__ import annotations
 
@@ -17,13 +17,14 @@ from facet.calibration import ece, fit_temperature, scale
 from facet.combine import ATTRIBUTES
 from facet.metrics import scores
 from facet.preprocess import ImageError, PreprocessSpec, load, normalize
-from facet.serve.predictor import ENSEMBLE, INDEX
+from facet.serve.predictor import INDEX, merged_file
 
 from .ensemble import build_ensemble
 from .onnx_export import export_attribute, read_info
 
 log = logging.getLogger(__name__)
-INT8_TOLERANCE = 0.01  # macro-F1 an int8 model may lose before export warns against it
+F1_TOLERANCE = 0.01  # macro-F1 an int8 or fp16 model may lose before export warns against it
+FP16_AGREEMENT = 0.995  # share of fp32's labels an fp16 model must give before export warns
 CALIBRATION_IMAGES = 256  # int8 activation ranges are measured on this many real images
 
 
@@ -53,7 +54,8 @@ def fit_calibration(run: Path) -> dict | None:
 
 def export_all(runs: dict[str, Path], out_dir: Path, parity_images: list[str] | None = None,
                parity_count: int = 64, ensemble: bool = True, quantize: bool = False,
-               eval_limit: int = 2000, calibrate: bool = True, echo=print) -> dict:
+               eval_limit: int = 2000, calibrate: bool = True, fp16: bool = False,
+               echo=print) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     index: dict = {"models": {"fp32": {}}, "parity": {}, "calibration": {}}
     for attribute, run in runs.items():
@@ -72,22 +74,24 @@ def export_all(runs: dict[str, Path], out_dir: Path, parity_images: list[str] | 
         index["parity"][attribute] = report
         echo(f"{attribute}: {path} | parity on {report['images']} images: max |dp| "
              f"{report['max_abs_diff']:.1e}, argmax mismatches {report['argmax_mismatches']}")
-    if quantize:
-        index["models"]["int8"] = {}
-        index["int8_eval"] = {}
+    for variant in [v for v, wanted in (("int8", quantize), ("fp16", fp16)) if wanted]:
+        index["models"][variant], index[f"{variant}_eval"] = {}, {}
         for attribute, run in runs.items():
-            check = val_images(run, eval_limit)
-            int8 = _quantize(out_dir / f"{attribute}.onnx", _calibration_images(run, check))
-            index["models"]["int8"][attribute] = int8.name
-            index["int8_eval"][attribute] = result = _compare(
-                out_dir / f"{attribute}.onnx", int8, check)
-            echo(f"{attribute} int8: {int8} | macro-F1 {result['fp32_macro_f1']:.4f} -> "
-                 f"{result['int8_macro_f1']:.4f} ({result['delta']:+.4f}) on "
+            check, fp32 = val_images(run, eval_limit), out_dir / f"{attribute}.onnx"
+            made = (_quantize(fp32, _calibration_images(run, check)) if variant == "int8"
+                    else _half(fp32))
+            index["models"][variant][attribute] = made.name
+            index[f"{variant}_eval"][attribute] = result = _compare(fp32, made, check, variant)
+            echo(f"{attribute} {variant}: {made} | macro-F1 {result['fp32_macro_f1']:.4f} -> "
+                 f"{result[f'{variant}_macro_f1']:.4f} ({result['delta']:+.4f}) on "
                  f"{result['images']} val images, agreement {result['agreement']:.4f}")
-            if result["delta"] < -INT8_TOLERANCE:
-                echo(f"WARNING: {attribute} int8 loses {-result['delta']:.4f} macro-F1; "
-                     "keep using fp32 (the default) for this model")
-    (out_dir / ENSEMBLE).unlink(missing_ok=True)  # never a merged graph of older members
+            if result["delta"] < -F1_TOLERANCE or (variant == "fp16"
+                                                     and result["agreement"] < FP16_AGREEMENT):
+                echo(f"WARNING: {attribute} {variant} loses {-result['delta']:.4f} macro-F1 and "
+                     f"agrees on {result['agreement']:.4f} of labels; keep using fp32 (the "
+                     "default) for this model")
+    for variant in ("fp32", "fp16"):  # never a merged graph of older members
+        (out_dir / merged_file(variant)).unlink(missing_ok=True)
     specs = {json.dumps(read_info(out_dir / f)["preprocess"], sort_keys=True)
              for f in index["models"]["fp32"].values()}
     if ensemble and len(specs) > 1:
@@ -96,9 +100,11 @@ def export_all(runs: dict[str, Path], out_dir: Path, parity_images: list[str] | 
     elif ensemble:
         import onnx
         merged = build_ensemble({a: str(out_dir / f) for a, f in index["models"]["fp32"].items()})
-        onnx.save(merged, str(out_dir / ENSEMBLE))
-        echo(f"ensemble: {out_dir / ENSEMBLE} (predict and serve time it against three "
-             "sessions where they run, and keep the faster)")
+        onnx.save(merged, str(out_dir / merged_file("fp32")))
+        if fp16:
+            _half(out_dir / merged_file("fp32"))
+        echo(f"ensemble: {out_dir / merged_file('fp32')}{' (+ fp16)' if fp16 else ''} (predict "
+             "and serve time it against three sessions where they run, and keep the faster)")
     _write(out_dir / INDEX, index)
     return index
 
@@ -162,15 +168,33 @@ def _quantize(path: Path, calibration: list[str], batch: int = 32) -> Path:
     return out
 
 
-def _compare(fp32: Path, int8: Path, frame: pd.DataFrame, batch: int = 128) -> dict:
+def _half(path: Path) -> Path:
+    """fp16 weights and activations (Tensor Cores' type) with fp32 input and outputs, so callers
+    feed and read the same arrays as fp32; the metadata is kept. ``x.onnx`` -> ``x.fp16.onnx``."""
+    import onnx
+    import onnx_ir
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    out = path.with_name(path.stem + ".fp16.onnx")
+    half = onnx_ir.from_proto(convert_float_to_float16(onnx.load(str(path)), keep_io_types=True))
+    half.graph.sort()  # the converter appends the input casts last: the checker wants them first
+    half = onnx_ir.to_proto(half)
+    onnx.checker.check_model(half, full_check=True)
+    onnx.save(half, str(out))
+    return out
+
+
+def _compare(fp32: Path, other: Path, frame: pd.DataFrame, variant: str, batch: int = 128) -> dict:
+    """fp32 against a reduced-precision variant on real val images: macro-F1 of each, and the
+    share of images where both give the same label."""
     import onnxruntime as ort
-    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (fp32, int8)]
+    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (fp32, other)]
     meta = read_info(fp32)
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     preds: list[list[np.ndarray]] = [[], []]
     labels = []
     rows = frame.to_dict("records")
-    for start in tqdm(range(0, len(rows), batch), desc=f"int8 check {meta['attribute']}",
+    for start in tqdm(range(0, len(rows), batch), desc=f"{variant} check {meta['attribute']}",
                       leave=False):
         chunk = rows[start:start + batch]
         images, kept = _readable([r["path"] for r in chunk], spec)
@@ -180,6 +204,6 @@ def _compare(fp32: Path, int8: Path, frame: pd.DataFrame, batch: int = 128) -> d
             preds[k].append(s.run(None, {"image": x})[0].argmax(1))
     a, b = np.concatenate(preds[0]), np.concatenate(preds[1])
     n = len(ATTRIBUTES[meta["attribute"]])
-    f32, f8 = scores(labels, a, n)["macro_f1"], scores(labels, b, n)["macro_f1"]
-    return {"images": len(labels), "fp32_macro_f1": f32, "int8_macro_f1": f8, "delta": f8 - f32,
-            "agreement": float((a == b).mean())}
+    f32, reduced = scores(labels, a, n)["macro_f1"], scores(labels, b, n)["macro_f1"]
+    return {"images": len(labels), "fp32_macro_f1": f32, f"{variant}_macro_f1": reduced,
+            "delta": reduced - f32, "agreement": float((a == b).mean())}

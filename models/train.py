@@ -237,9 +237,15 @@ class Trainer:
         self.criterion = build_loss(r.loss, r.num_classes,
                                     weight.to(self.device) if weight is not None else None,
                                     r.label_smoothing, r.focal_gamma, r.f1_weight)
-        # Mixed precision on CUDA only: bf16 autocast is several times slower on CPUs.
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16,
-                                       enabled=self.device.type == "cuda")
+        # Mixed precision on CUDA only (bf16 autocast is several times slower on CPUs): bf16
+        # where the GPU has it, else fp16, whose narrow range needs the loss scaled.
+        cuda = self.device.type == "cuda"
+        dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
+        self.precision = ("bf16" if dtype == torch.bfloat16 else "fp16") if cuda else "fp32"
+        self.autocast = torch.autocast("cuda", dtype=dtype, enabled=cuda)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
+        # compiled for the training steps only: EMA, validation and checkpoints use the module
+        self.forward = torch.compile(self.model) if r.compile else self.model
 
     # ---- loop -------------------------------------------------------------------------
     def _train_epoch(self, loader, epoch: int, step: int) -> tuple[float, float, int]:
@@ -254,11 +260,12 @@ class Trainer:
             y = y.to(self.device, non_blocking=True)
             x, target = self.mixer(x, y) if self.mixer else (x, y)
             with self.autocast:
-                logits = self.model(x)
+                logits = self.forward(x)
                 loss = self.criterion(logits, target)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            self.scaler.scale(loss).backward()  # the scaler passes everything through when off
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
             step += 1
             if self.ema is not None:
                 self.ema.update(self.model, step=step)
@@ -314,6 +321,7 @@ class Trainer:
                      "summary": self.table.summary(), **self.split,
                      "problems": len(self.problems)},
             "pretrained": self.weights_origin, "device": str(self.device),
+            "precision": self.precision,
             "workers": self.workers, "torch": torch.__version__, "python": platform.python_version(),
         }
 
@@ -343,6 +351,8 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
             if self.ema is not None:
                 self.ema.module.load_state_dict(state["ema"])
+            if "scaler" in state:
+                self.scaler.load_state_dict(state["scaler"])
             start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
             best, stale, history = float(state["best"]), int(state["stale"]), state["history"]
             self._write_metrics(history)  # drops any row of an epoch last.pt did not commit
@@ -430,6 +440,8 @@ class Trainer:
                  "recipe": json.dumps(self.recipe.to_dict())}
         if self.ema is not None:
             state["ema"] = self.ema.module.state_dict()
+        if self.scaler.is_enabled():
+            state["scaler"] = self.scaler.state_dict()
         torch.save(state, tmp)
         os.replace(tmp, path)  # a crash while saving keeps the previous last.pt
 

@@ -9,13 +9,19 @@ from pathlib import Path
 from facet.faces import FACE_SCORE, PRIMARY_RULES, YuNet
 from facet.preprocess import DEFAULT_RULES, ImageRules
 
+from .predictor import DEVICES, GpuOptions
+
 
 @dataclass(frozen=True)
 class ServeConfig:
     models: str = "artifacts"  # folder written by `facet export`
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto | cpu | cuda | tensorrt (opt-in)
+    device_id: int = 0  # the GPU the model workers use
+    cudnn_conv_algo_search: str = "EXHAUSTIVE"  # EXHAUSTIVE | HEURISTIC | DEFAULT
+    gpu_mem_limit: int = 0  # bytes the CUDA arena may hold per model worker (0: no limit)
+    trt_cache: str = ".cache/facet/tensorrt"  # TensorRT engines (device=tensorrt)
     mode: str = "auto"  # auto | ensemble | separate
-    variant: str = "fp32"  # fp32 | int8 (if exported with --quantize)
+    variant: str = "fp32"  # fp32 | int8 | fp16 (if exported with --quantize / --fp16)
     threads: int = 0  # onnxruntime intra-op threads (0: its default)
     spinning: bool = False  # onnxruntime threads busy-wait between runs: off, as the front
     #                         end shares the cores (same throughput, ~12% less CPU per request)
@@ -79,8 +85,16 @@ class ServeConfig:
             raise ValueError(f"primary_face={self.primary_face!r}: must be one of {PRIMARY_RULES}")
         if not 0 < self.face_score < 1:
             raise ValueError(f"face_score={self.face_score}: must be in (0, 1)")
+        if self.device not in DEVICES:
+            raise ValueError(f"device={self.device!r}: must be one of {DEVICES}")
+        self.gpu_options()
         if not 0 < self.body_timeout_s <= 35:  # with the model's 20 s, inside the 60 s timeout
             raise ValueError(f"body_timeout_s={self.body_timeout_s}: must be in (0, 35]")
+
+    def gpu_options(self) -> GpuOptions:
+        """The CUDA/TensorRT provider options of the model workers (checked on creation)."""
+        return GpuOptions(self.device_id, self.cudnn_conv_algo_search, self.gpu_mem_limit,
+                          trt_cache=self.trt_cache)
 
     def face_detector(self) -> YuNet:
         """The detector these settings describe (models trained with crop=face)."""

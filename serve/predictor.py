@@ -26,37 +26,102 @@ import onnxruntime as ort  # noqa: E402
 log = logging.getLogger(__name__)
 INDEX = "facet.json"  # the model folder's index of files, written by `facet export`
 ENSEMBLE = "ensemble.onnx"
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 MODES = ("auto", "ensemble", "separate")
 
 
-def providers(device: str = "auto") -> list[str]:
-    """CUDA first when onnxruntime-gpu sees a GPU, CPU always as the fallback."""
+DEVICES = ("auto", "cpu", "cuda", "tensorrt")
+CONV_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
+
+
+@dataclass(frozen=True)
+class GpuOptions:
+    """onnxruntime's CUDA and TensorRT provider settings (ignored on the CPU)."""
+
+    device_id: int = 0
+    cudnn_conv_algo_search: str = "EXHAUSTIVE"  # tries every conv algorithm once per shape:
+    #                                             slow first batch, fastest after
+    gpu_mem_limit: int = 0  # bytes the CUDA arena may hold (0: no limit)
+    arena_extend_strategy: str = "kNextPowerOfTwo"  # or kSameAsRequested (less memory held)
+    trt_cache: str = ".cache/facet/tensorrt"  # TensorRT engines, built once per model and shape
+
+    def __post_init__(self):
+        if self.device_id < 0 or self.gpu_mem_limit < 0:
+            raise ValueError("device_id and gpu_mem_limit must be >= 0")
+        if self.cudnn_conv_algo_search not in CONV_SEARCH:
+            raise ValueError(f"cudnn_conv_algo_search must be one of {CONV_SEARCH}, "
+                             f"got {self.cudnn_conv_algo_search!r}")
+        if self.arena_extend_strategy not in ("kNextPowerOfTwo", "kSameAsRequested"):
+            raise ValueError("arena_extend_strategy must be kNextPowerOfTwo or kSameAsRequested")
+
+    def cuda(self) -> dict:
+        options = {"device_id": self.device_id,
+                   "cudnn_conv_algo_search": self.cudnn_conv_algo_search,
+                   "arena_extend_strategy": self.arena_extend_strategy,
+                   "do_copy_in_default_stream": True}
+        return options | ({"gpu_mem_limit": self.gpu_mem_limit} if self.gpu_mem_limit else {})
+
+    def tensorrt(self) -> dict:
+        return {"device_id": self.device_id, "trt_fp16_enable": True,
+                "trt_engine_cache_enable": True, "trt_engine_cache_path": self.trt_cache,
+                "trt_timing_cache_enable": True, "trt_timing_cache_path": self.trt_cache}
+
+
+def providers(device: str = "auto", gpu: GpuOptions = GpuOptions()) -> list:
+    """onnxruntime providers, best first, each with its options: TensorRT only when asked for
+    (device=tensorrt: engines take minutes to build on first use), CUDA when onnxruntime-gpu
+    has it, the CPU always last as the fallback for ops the others lack."""
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     available = ort.get_available_providers()
+    cpu, cuda = "CPUExecutionProvider", ("CUDAExecutionProvider", gpu.cuda())
     if device == "cpu":
-        return ["CPUExecutionProvider"]
-    if device == "cuda" and "CUDAExecutionProvider" not in available:
-        raise RuntimeError("device=cuda but onnxruntime has no CUDAExecutionProvider: "
+        return [cpu]
+    if device in ("cuda", "tensorrt") and cuda[0] not in available:
+        raise RuntimeError(f"device={device} but onnxruntime has no CUDAExecutionProvider: "
                            "install facet[gpu] (onnxruntime-gpu) instead of facet[cpu]")
-    if "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
+    if device == "tensorrt":
+        if "TensorrtExecutionProvider" not in available:
+            raise RuntimeError("device=tensorrt but this onnxruntime has no "
+                               "TensorrtExecutionProvider (onnxruntime-gpu with TensorRT's "
+                               "libraries on the library path); use device=cuda")
+        Path(gpu.trt_cache).mkdir(parents=True, exist_ok=True)
+        return [("TensorrtExecutionProvider", gpu.tensorrt()), cuda, cpu]
+    return [cuda, cpu] if cuda[0] in available else [cpu]
 
 
-def _session(path: Path, device: str, threads: int | None, spinning: bool) -> ort.InferenceSession:
+def _session(path: Path, device: str, threads: int | None, spinning: bool,
+             gpu: GpuOptions = GpuOptions()) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         opts.intra_op_num_threads = threads
     if not spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    chosen = providers(device)
+    chosen = providers(device, gpu)
     if not path.is_file():
         raise ModelFileError(f"{path}: file not found (re-run `facet export`)")
     try:
-        return ort.InferenceSession(str(path), opts, providers=chosen)
+        session = ort.InferenceSession(str(path), opts, providers=chosen)
     except Exception as exc:  # noqa: BLE001 - onnxruntime's own error classes, one per cause
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise ModelFileError(f"{path}: not a valid ONNX model ({reason})") from None
+    wanted = chosen[0] if isinstance(chosen[0], str) else chosen[0][0]
+    got = session.get_providers()[0]
+    # onnxruntime falls back to the CPU, with only a log line, when the CUDA or cuDNN
+    # libraries do not load: a GPU asked for by name must not quietly run on the CPU.
+    if got != wanted and device != "auto":
+        raise RuntimeError(f"{path.name}: device={device} asked for {wanted}, but onnxruntime "
+                           f"runs it on {got} (the CUDA, cuDNN or TensorRT libraries did not "
+                           "load: see onnxruntime's messages above)")
+    if got != wanted:
+        log.warning("%s: %s did not load, running on %s", path.name, wanted, got)
+    return session
+
+
+def merged_file(variant: str) -> str:
+    """The merged graph's file name of a variant (``ensemble.onnx``, ``ensemble.fp16.onnx``)."""
+    return ENSEMBLE if variant == "fp32" else f"ensemble.{variant}.onnx"
 
 
 def read_index(model_dir: Path) -> dict:
@@ -111,13 +176,17 @@ class Predictor:
     Models exported with ``crop: face`` get a face detector (``detector``, else the shipped
     YuNet); ``primary_rule`` picks the face that answers for a photo, ``max_faces`` bounds
     how many faces of one photo are answered.
+    device: auto | cpu | cuda | tensorrt, with ``gpu``'s provider options. io_binding: each
+    batch goes to the device once, as one OrtValue per input spec shared by the sessions that
+    read it (default: on when a GPU runs the models).
     """
 
     def __init__(self, model_dir: str | Path, mode: str = "auto", device: str = "auto",
                  threads: int | None = None, tta: bool = False, variant: str = "fp32",
                  rules: ImageRules = DEFAULT_RULES, spinning: bool = True,
                  detector: Detector | None = None, primary_rule: str = "largest",
-                 max_faces: int = 64):
+                 max_faces: int = 64, gpu: GpuOptions = GpuOptions(),
+                 io_binding: bool | None = None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         self.model_dir = Path(model_dir)
@@ -129,19 +198,24 @@ class Predictor:
         if not isinstance(files, dict) or set(files) != set(ATTRIBUTES):
             raise ModelFileError(f"{self.model_dir / INDEX}: the {variant} entry must name one "
                                  f"file for each of {list(ATTRIBUTES)} (re-run `facet export`)")
-        merged = variant == "fp32" and (self.model_dir / ENSEMBLE).exists()
+        self.merged_path = self.model_dir / merged_file(variant)
+        merged = self.merged_path.exists()
         if mode == "ensemble" and not merged:
             raise FileNotFoundError(
-                f"no {ENSEMBLE} in {self.model_dir} (the models' specs differ, or it was not "
-                "exported)" if variant == "fp32" else f"{variant} models run as separate sessions")
+                f"no {self.merged_path.name} in {self.model_dir} (the models' specs differ, or "
+                "it was not exported)" if variant != "int8" else "int8 models run as separate sessions")
         self.variant, self.tta, self.rules = variant, tta, rules
         modes = ("separate", "ensemble") if mode == "auto" and merged else (
             ("separate",) if mode == "auto" else (mode,))
-        opened = {m: self._open(m, files, device, threads, spinning) for m in modes}
-        self.timing_ms = _time_modes(opened) if len(opened) > 1 else {}
+        opened = {m: self._open(m, files, device, threads, spinning, gpu) for m in modes}
+        first = next(iter(opened.values()))[0]
+        self.provider = next(iter(first.values())).get_providers()[0]
+        on_gpu = self.provider in GPU_PROVIDERS
+        self.binding = (("cuda" if on_gpu else "cpu", gpu.device_id if on_gpu else 0)
+                        if (on_gpu if io_binding is None else io_binding) else None)
+        self.timing_ms = _time_modes(opened, self.binding) if len(opened) > 1 else {}
         self.mode = min(self.timing_ms, key=self.timing_ms.get) if self.timing_ms else modes[0]
         self.sessions, self.info, self.specs = opened[self.mode]
-        self.provider = next(iter(self.sessions.values())).get_providers()[0]
         self.distinct_specs = list(dict.fromkeys(self.specs.values()))
         if primary_rule not in PRIMARY_RULES:
             raise ValueError(f"primary face rule must be one of {PRIMARY_RULES}, got {primary_rule!r}")
@@ -153,15 +227,16 @@ class Predictor:
             log.warning("the models were trained with crops from another detector file than %s: "
                         "their faces may be cut differently", self.detector.path)
 
-    def _open(self, mode: str, files: dict, device: str, threads: int | None, spinning: bool):
+    def _open(self, mode: str, files: dict, device: str, threads: int | None, spinning: bool,
+              gpu: GpuOptions):
         """(sessions, per-attribute info, per-attribute spec) of ``mode``, checked."""
         if mode == "ensemble":  # one session; the members' metadata rides in its own
-            path = self.model_dir / ENSEMBLE
-            sessions = {"ensemble": _session(path, device, threads, spinning)}
+            path = self.merged_path
+            sessions = {"ensemble": _session(path, device, threads, spinning, gpu)}
             info = parse(sessions["ensemble"].get_modelmeta().custom_metadata_map,
                          str(path))["members"]
         else:
-            sessions = {a: _session(self.model_dir / files[a], device, threads, spinning)
+            sessions = {a: _session(self.model_dir / files[a], device, threads, spinning, gpu)
                         for a in ATTRIBUTES}
             info = {a: parse(s.get_modelmeta().custom_metadata_map, files[a])
                     for a, s in sessions.items()}
@@ -188,18 +263,31 @@ class Predictor:
     # ---- models -----------------------------------------------------------------------
     def predict(self, batches: dict[PreprocessSpec, np.ndarray]) -> Prediction:
         """``batches``: uint8 NHWC per spec (see :meth:`stack`)."""
-        attributes = _run(self.mode, self.sessions, self.specs, batches)
+        attributes = self.infer(self.feed(batches))
         if self.tta:
             flipped = _run(self.mode, self.sessions, self.specs,
-                           {s: b[:, :, ::-1] for s, b in batches.items()})
+                           {s: b[:, :, ::-1] for s, b in batches.items()}, self.binding)
             attributes = {a: (attributes[a] + flipped[a]) / 2 for a in attributes}
         return Prediction(attributes, combine_probs(attributes["mask"], attributes["gender"],
                                                      attributes["age"]))
 
+    def feed(self, batches: dict[PreprocessSpec, np.ndarray]) -> dict:
+        """uint8 NHWC per spec -> the models' inputs (normalised; on the device with io
+        binding). With :meth:`infer`, the models alone can be timed on inputs made once."""
+        return _feed(batches, self.binding)
+
+    def infer(self, inputs: dict) -> dict[str, np.ndarray]:
+        """Each attribute's probabilities from :meth:`feed`'s inputs."""
+        return _infer(self.mode, self.sessions, self.specs, inputs)
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.provider in GPU_PROVIDERS
+
     def model_info(self) -> dict:
         return {
             "mode": self.mode, "mode_timing_ms": self.timing_ms, "variant": self.variant,
-            "provider": self.provider, "tta": self.tta,
+            "provider": self.provider, "io_binding": self.binding is not None, "tta": self.tta,
             "detector": self.detector.describe() if self.detector else None,
             "primary_face": self.primary_rule if self.crops_faces else None,
             "classes": class_names(),
@@ -230,16 +318,46 @@ def unpack(rows: np.ndarray, specs: list[PreprocessSpec]) -> dict[PreprocessSpec
 
 
 def _run(mode: str, sessions: dict, specs: dict[str, PreprocessSpec],
-         batches: dict[PreprocessSpec, np.ndarray]) -> dict[str, np.ndarray]:
+         batches: dict[PreprocessSpec, np.ndarray],
+         binding: tuple[str, int] | None = None) -> dict[str, np.ndarray]:
+    return _infer(mode, sessions, specs, _feed(batches, binding))
+
+
+def _feed(batches: dict[PreprocessSpec, np.ndarray], binding: tuple[str, int] | None) -> dict:
+    """Each spec's batch normalised and, with io binding, copied to the device once, however
+    many sessions read it."""
     inputs = {spec: normalize(b, spec) for spec, b in batches.items()}
+    if binding:
+        inputs = {spec: ort.OrtValue.ortvalue_from_numpy(x, *binding) for spec, x in inputs.items()}
+    return inputs
+
+
+def _infer(mode: str, sessions: dict, specs: dict[str, PreprocessSpec], inputs: dict
+           ) -> dict[str, np.ndarray]:
+    """Every attribute's probabilities from ``_feed``'s inputs."""
+    def call(session, names, x):
+        return _run_bound(session, names, x) if isinstance(x, ort.OrtValue) else \
+            session.run(names, {"image": x})
     if mode == "ensemble":  # one input: its members share one spec (export checks)
-        outputs = sessions["ensemble"].run([f"{a}_probs" for a in ATTRIBUTES],
-                                           {"image": inputs[specs["mask"]]})
+        outputs = call(sessions["ensemble"], [f"{a}_probs" for a in ATTRIBUTES],
+                       inputs[specs["mask"]])
         return dict(zip(ATTRIBUTES, outputs))
-    return {a: sessions[a].run(None, {"image": inputs[specs[a]]})[0] for a in ATTRIBUTES}
+    return {a: call(sessions[a], ["probs"], inputs[specs[a]])[0] for a in ATTRIBUTES}
 
 
-def _time_modes(opened: dict, batch: int = 16, repeats: int = 3) -> dict[str, float]:
+def _run_bound(session: ort.InferenceSession, names: list[str], image: ort.OrtValue
+               ) -> list[np.ndarray]:
+    """One run with the input already on the session's device and the outputs copied back."""
+    bound = session.io_binding()
+    bound.bind_ortvalue_input("image", image)
+    for name in names:
+        bound.bind_output(name, "cpu")
+    session.run_with_iobinding(bound)
+    return bound.copy_outputs_to_cpu()
+
+
+def _time_modes(opened: dict, binding: tuple[str, int] | None, batch: int = 16,
+                repeats: int = 3) -> dict[str, float]:
     """Median ms per batch of each mode, interleaved, on this machine: the merged graph's gain
     over three sessions depends on the cores and the provider, so it is measured where it runs."""
     rng = np.random.default_rng(0)
@@ -249,7 +367,7 @@ def _time_modes(opened: dict, batch: int = 16, repeats: int = 3) -> dict[str, fl
     for i in range(repeats + 1):  # the first round warms up
         for mode, (sessions, _, per) in opened.items():
             start = time.perf_counter()
-            _run(mode, sessions, per, batches)
+            _run(mode, sessions, per, batches, binding)
             if i:
                 times[mode].append((time.perf_counter() - start) * 1000)
     return {m: round(float(np.median(v)), 2) for m, v in times.items()}

@@ -91,7 +91,7 @@ class FacetModel:
                                    threads=CONFIG.threads or None, tta=CONFIG.tta,
                                    variant=CONFIG.variant, rules=CONFIG.rules,
                                    spinning=CONFIG.spinning, primary_rule=CONFIG.primary_face,
-                                   detector=CONFIG.face_detector())
+                                   detector=CONFIG.face_detector(), gpu=CONFIG.gpu_options())
         self.batches = self.images = 0
         self.busy_s = 0.0  # time spent running the models: busy_s / wall time is utilisation
 

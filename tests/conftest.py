@@ -61,7 +61,7 @@ def runs(dataset, tmp_path_factory) -> dict[str, Path]:
 def exported(runs, tmp_path_factory) -> Path:
     from facet.export.pipeline import export_all
     out = tmp_path_factory.mktemp("artifacts")
-    export_all(runs, out, ensemble=True, quantize=True, echo=lambda *_: None)
+    export_all(runs, out, ensemble=True, quantize=True, fp16=True, echo=lambda *_: None)
     return out
 
 
