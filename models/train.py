@@ -325,9 +325,12 @@ class Trainer:
             "workers": self.workers, "torch": torch.__version__, "python": platform.python_version(),
         }
 
-    def fit(self, resume: bool = False) -> RunResult:
+    def fit(self, resume: bool = False,
+            on_epoch: Callable[[int, dict], None] | None = None) -> RunResult:
         """Train; ``resume`` continues from the run folder's last.pt, which must exist and hold
-        the same recipe (but for :data:`RESUME_MAY_CHANGE`)."""
+        the same recipe (but for :data:`RESUME_MAY_CHANGE`). ``on_epoch(epoch, row)`` is called
+        after each epoch is saved, with its metrics.csv row (tracking, pruning: an exception it
+        raises ends the run there, with the best checkpoint so far kept)."""
         r = self.recipe
         last = self.run_dir / "last.pt"
         state = self._resumable(last) if resume else None
@@ -398,6 +401,8 @@ class Trainer:
             # after, so a crash in between leaves metrics.csv behind, never ahead.
             self._save_last(last, epoch, step, best, stale, history)
             self._write_metrics(history)
+            if on_epoch is not None:
+                on_epoch(epoch, history[-1])
         return self._finish(pd.DataFrame(history))
 
     def _by_source(self, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, dict]:
