@@ -1,6 +1,7 @@
 """Trained attribute checkpoints -> ONNX files with their preprocessing inside as metadata."""
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -35,21 +36,46 @@ class _Probabilities(torch.nn.Module):
         return (logits / self.temperature if self.temperature != 1.0 else logits).softmax(-1)
 
 
-def export_attribute(run: str | Path, out: str | Path, parity_images: list[str],
-                     calibration: dict | None = None) -> dict:
-    """Export one run's best checkpoint to ``out``; returns the parity report.
+class _Average(torch.nn.Module):
+    """The mean of several models' probabilities (fold ensembles), and with ``flip`` of each
+    image and its mirror too (TTA inside the graph, so every caller gets it without code)."""
 
-    ``calibration``: {"temperature": T, "val_ece": {...}} from ``pipeline.fit_calibration``;
-    T is applied inside the graph and recorded in the metadata (T = 1 when None).
+    def __init__(self, members: list[torch.nn.Module], flip: bool):
+        super().__init__()
+        self.members, self.flip = torch.nn.ModuleList(members), flip
+
+    def forward(self, image):
+        if self.flip:  # one pass over both: [images; mirrored images]
+            image = torch.cat([image, image.flip(3)])
+        probs = torch.stack([m(image) for m in self.members]).mean(0)
+        return probs.view(2, -1, probs.shape[-1]).mean(0) if self.flip else probs
+
+
+def export_attribute(runs: list[str | Path], out: str | Path, parity_images: list[str],
+                     calibrations: list[dict | None] | None = None, tta: bool = False) -> dict:
+    """Export the best checkpoint of each run in ``runs`` (one attribute; several: an ensemble
+    averaging their probabilities) to ``out``; returns the parity report.
+
+    ``calibrations``: per run, {"temperature": T, "val_ece": {...}} from
+    ``pipeline.fit_calibration``; T is applied inside the graph and recorded in the metadata
+    (T = 1 when None). ``tta``: the graph also averages over the mirrored image.
 
     Raises :class:`ParityError` when ONNX Runtime and PyTorch disagree by more than 1e-4
     on any probability or on any argmax over ``parity_images``.
     """
-    ckpt = find_checkpoint(run)
-    model, meta = load_model(ckpt)
+    ckpts = [find_checkpoint(run) for run in runs]
+    loaded = [load_model(ckpt) for ckpt in ckpts]
+    meta = loaded[0][1]
     spec = PreprocessSpec.from_dict(meta["preprocess"])
-    calibration = calibration or {"temperature": 1.0, "val_ece": None}
-    wrapped = _Probabilities(model, calibration["temperature"]).eval()
+    for ckpt, (_, other) in zip(ckpts, loaded):
+        if (other["attribute"], other["classes"], PreprocessSpec.from_dict(other["preprocess"])) \
+                != (meta["attribute"], meta["classes"], spec):
+            raise ValueError(f"{ckpt}: an ensemble's members need one attribute, class list and "
+                             f"input spec; it differs from {ckpts[0]}")
+    calibrations = [c or {"temperature": 1.0, "val_ece": None}
+                    for c in (calibrations or [None] * len(runs))]
+    members = [_Probabilities(model, c["temperature"]) for (model, _), c in zip(loaded, calibrations)]
+    wrapped = (members[0] if len(members) == 1 and not tta else _Average(members, tta)).eval()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.zeros(2, 3, spec.height, spec.width)
@@ -60,14 +86,25 @@ def export_attribute(run: str | Path, out: str | Path, parity_images: list[str],
                       opset_version=OPSET, input_names=["image"], output_names=["probs"],
                       dynamic_shapes={"image": {0: torch.export.Dim("batch")}})
     proto = onnx.load(str(tmp))
+    hashes = [file_sha256(c) for c in ckpts]
     info = {
         "attribute": meta["attribute"], "classes": meta["classes"], "preprocess": spec.to_dict(),
         "detector": meta.get("detector"),
-        "age_rule": meta["age_rule"], "val_macro_f1": meta["val_macro_f1"],
-        "epoch": meta["epoch"], "backbone": meta["recipe"]["backbone"], "run": meta["run"],
-        "checkpoint": str(ckpt), "checkpoint_sha256": file_sha256(ckpt),
+        "age_rule": meta["age_rule"], "val_macro_f1": float(np.mean([m["val_macro_f1"] for _, m in loaded])),
+        "epoch": meta["epoch"], "backbone": "+".join(dict.fromkeys(m["recipe"]["backbone"] for _, m in loaded)),
+        "run": meta["run"], "checkpoint": str(ckpts[0]),
+        # one member: its file's hash; an ensemble: the hash of its members' hashes, in order
+        "checkpoint_sha256": hashes[0] if len(hashes) == 1 else
+        hashlib.sha256("".join(hashes).encode()).hexdigest(),
         "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "opset": OPSET,
-        "temperature": calibration["temperature"], "val_ece": calibration["val_ece"],
+        # an ensemble's members each have their own (in "members"): no one T undoes their mean
+        "temperature": calibrations[0]["temperature"] if len(ckpts) == 1 else None,
+        "val_ece": calibrations[0]["val_ece"] if len(ckpts) == 1 else None,
+        "tta": tta,
+        "members": [{"run": m["run"], "checkpoint": str(c), "checkpoint_sha256": h,
+                     "val_macro_f1": m["val_macro_f1"], "epoch": m["epoch"],
+                     "backbone": m["recipe"]["backbone"], "temperature": cal["temperature"]}
+                    for (_, m), c, h, cal in zip(loaded, ckpts, hashes, calibrations)],
     }
     set_metadata(proto, info)
     proto.producer_name = "facet"

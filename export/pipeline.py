@@ -52,28 +52,31 @@ def fit_calibration(run: Path) -> dict | None:
         "after": round(ece(scale(probs, temperature), labels), 4), "images": len(labels)}}
 
 
-def export_all(runs: dict[str, Path], out_dir: Path, parity_images: list[str] | None = None,
-               parity_count: int = 64, ensemble: bool = True, quantize: bool = False,
-               eval_limit: int = 2000, calibrate: bool = True, fp16: bool = False,
-               echo=print) -> dict:
+def export_all(runs: dict[str, Path | list[Path]], out_dir: Path,
+               parity_images: list[str] | None = None, parity_count: int = 64,
+               ensemble: bool = True, quantize: bool = False, eval_limit: int = 2000,
+               calibrate: bool = True, fp16: bool = False, tta: bool = False, echo=print) -> dict:
+    """``runs``: attribute -> a run, or several (an ensemble averaged inside its graph; each
+    member calibrated on its own val images). The parity and int8/fp16 checks use the first
+    member's val images."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    index: dict = {"models": {"fp32": {}}, "parity": {}, "calibration": {}}
+    members = {a: [Path(r)] if isinstance(r, (str, Path)) else [Path(m) for m in r]
+               for a, r in runs.items()}
+    runs = {a: m[0] for a, m in members.items()}
+    index: dict = {"models": {"fp32": {}}, "parity": {}, "calibration": {},
+                   "members": {a: [str(r) for r in m] for a, m in members.items()}, "tta": tta}
     for attribute, run in runs.items():
         images = parity_images or val_images(run, parity_count)["path"].tolist()
         path = out_dir / f"{attribute}.onnx"
-        calibration = fit_calibration(run) if calibrate else None
-        index["calibration"][attribute] = calibration
-        if calibration:
-            e = calibration["val_ece"]
-            echo(f"{attribute}: temperature {calibration['temperature']:.3f} | val ECE "
-                 f"{e['before']:.4f} -> {e['after']:.4f} on {e['images']} images")
-        elif calibrate:
-            echo(f"{attribute}: no val_probs.npy/val.csv in {run}: not calibrated (T = 1)")
-        report = export_attribute(run, path, images, calibration)
+        calibrations = [_calibration(r, attribute, calibrate, echo) for r in members[attribute]]
+        # one T for the attribute's probabilities: only a single model has one
+        index["calibration"][attribute] = calibrations[0] if len(calibrations) == 1 else None
+        report = export_attribute(members[attribute], path, images, calibrations, tta)
         index["models"]["fp32"][attribute] = path.name
         index["parity"][attribute] = report
-        echo(f"{attribute}: {path} | parity on {report['images']} images: max |dp| "
-             f"{report['max_abs_diff']:.1e}, argmax mismatches {report['argmax_mismatches']}")
+        echo(f"{attribute}: {path} ({len(members[attribute])} model(s){', flip TTA' if tta else ''})"
+             f" | parity on {report['images']} images: max |dp| {report['max_abs_diff']:.1e}, "
+             f"argmax mismatches {report['argmax_mismatches']}")
     for variant in [v for v, wanted in (("int8", quantize), ("fp16", fp16)) if wanted]:
         index["models"][variant], index[f"{variant}_eval"] = {}, {}
         for attribute, run in runs.items():
@@ -107,6 +110,17 @@ def export_all(runs: dict[str, Path], out_dir: Path, parity_images: list[str] | 
              "and serve time it against three sessions where they run, and keep the faster)")
     _write(out_dir / INDEX, index)
     return index
+
+
+def _calibration(run: Path, attribute: str, calibrate: bool, echo) -> dict | None:
+    calibration = fit_calibration(run) if calibrate else None
+    if calibration:
+        e = calibration["val_ece"]
+        echo(f"{attribute}: {run}: temperature {calibration['temperature']:.3f} | val ECE "
+             f"{e['before']:.4f} -> {e['after']:.4f} on {e['images']} images")
+    elif calibrate:
+        echo(f"{attribute}: no val_probs.npy/val.csv in {run}: not calibrated (T = 1)")
+    return calibration
 
 
 def _write(path: Path, data: dict) -> None:

@@ -216,6 +216,10 @@ class Predictor:
         self.timing_ms = _time_modes(opened, self.binding) if len(opened) > 1 else {}
         self.mode = min(self.timing_ms, key=self.timing_ms.get) if self.timing_ms else modes[0]
         self.sessions, self.info, self.specs = opened[self.mode]
+        if tta and all(m.get("tta") for m in self.info.values()):
+            log.warning("the models average each image with its mirror inside their graphs "
+                        "already: tta ignored")
+            self.tta = False
         self.distinct_specs = list(dict.fromkeys(self.specs.values()))
         if primary_rule not in PRIMARY_RULES:
             raise ValueError(f"primary face rule must be one of {PRIMARY_RULES}, got {primary_rule!r}")
