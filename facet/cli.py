@@ -98,106 +98,248 @@ def _source_spec(spec: str, keys: tuple[str, ...]) -> tuple[Path, dict[str, str]
     return Path(path), options
 
 
+# Options that `train` and `tune` share: the data, how it is read, and where training runs.
+DATA = typer.Option([], help="Competition train/ folder (images/, train.csv), optionally "
+                    "',name=NAME'; repeat for more sources.")
+MANIFEST = typer.Option([], help="CSV with path and mask/gender/age columns, optionally "
+                        "',group=COL,root=DIR,name=NAME'; repeat for more sources.")
+ROOT = typer.Option(None, help="Folder manifests' paths are relative to (default: each CSV's folder).")
+GROUP = typer.Option("person", help="Manifest column that keeps a person's images on one side of "
+                     "the split; 'none': each image its own group (val scores optimistic).")
+FIXES = typer.Option(None, help="Label fixes CSV (id,field,value).")
+STRICT = typer.Option(False, help="Stop at the first data problem instead of skipping it.")
+CACHE_DIR = typer.Option(Path(".cache/facet"), help="Decoded-image cache.")
+DEVICE = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ...")
+WORKERS = typer.Option(None, help="DataLoader workers (default: cores-1, max 4).")
+TRACK = typer.Option(None, help="mlflow or none (default: mlflow when MLFLOW_TRACKING_URI is "
+                     "set); pip install 'facet[track]'.")
+
+
 @app.command()
 def train(attribute: str = Attribute,
-          data: list[str] = typer.Option([], help="Competition train/ folder (images/, train.csv), "
-                                         "optionally ',name=NAME'; repeat for more sources."),
-          manifest: list[str] = typer.Option([], help="CSV with path and mask/gender/age columns, "
-                                             "optionally ',group=COL,root=DIR,name=NAME'; repeat "
-                                             "for more sources."),
-          root: Optional[Path] = typer.Option(None, help="Folder manifests' paths are relative to "
-                                              "(default: each CSV's folder)."),
-          group: str = typer.Option("person", help="Manifest column that keeps a person's images on one "
-                                    "side of the split; 'none': each image its own group (val scores "
-                                    "optimistic)."),
-          fixes: Optional[Path] = typer.Option(None, help="Label fixes CSV (id,field,value)."),
-          strict: bool = typer.Option(False, help="Stop at the first data problem instead of skipping it."),
+          data: list[str] = DATA,
+          manifest: list[str] = MANIFEST,
+          root: Optional[Path] = ROOT,
+          group: str = GROUP,
+          fixes: Optional[Path] = FIXES,
+          strict: bool = STRICT,
           set_: list[str] = typer.Option([], "--set", help="Override a recipe field: --set lr=3e-4"),
           out: Path = typer.Option(Path("runs"), help="Runs go to OUT/<attribute>/<timestamp>."),
           run_dir: Optional[Path] = typer.Option(None, help="Exact run folder (overrides --out)."),
           resume: bool = typer.Option(False, help="Continue the run in --run-dir from its last.pt, with "
                                       "its recipe (--set may change only patience)."),
-          cache_dir: Path = typer.Option(Path(".cache/facet"), help="Decoded-image cache."),
-          device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
-          workers: Optional[int] = typer.Option(None, help="DataLoader workers (default: cores-1, max 4)."),
+          cache_dir: Path = CACHE_DIR,
+          device: str = DEVICE,
+          workers: Optional[int] = WORKERS,
+          folds: Optional[int] = typer.Option(None, min=2, help="Folds of the person-level split (default: the recipe's, 5)."),
+          fold: Optional[str] = typer.Option(None, help="The fold held out for validation (default: the recipe's, 0), "
+                                             "or 'all': every fold in turn into RUN_DIR/fold<k>, then the "
+                                             "out-of-fold macro-F1 (RUN_DIR/cv.json, oof.csv); --resume continues it."),
+          from_study: Optional[str] = typer.Option(None, help="Train with the best trial's overrides of a "
+                                                   "`facet tune` study: its folder or RDB URL (--set still wins)."),
+          study_name: Optional[str] = typer.Option(None, help="The study in --from-study (needed when it holds several)."),
+          track: Optional[str] = TRACK,
           ):
     """Train one attribute model with its recipe (models/<attribute>/recipe.py)."""
     from facet.models.recipe import Recipe, load_recipe
     from facet.models.data import DataError
+    from facet.models.folds import SUMMARY, fit_folds
     from facet.models.train import ResumeError, Trainer
+    if fold not in (None, "all") and not fold.isdigit():
+        _fail(f"--fold must be a fold number or 'all', got {fold!r}")
+    if from_study and resume:
+        _fail("--from-study starts a new run: give it without --resume")
+    studied = _best_overrides(attribute, from_study, study_name) if from_study else []
+    tracker = _tracker(track)
     try:
         recipe, augment = load_recipe(attribute)
         if resume:
-            if run_dir is None or not (run_dir / "recipe.json").exists():
+            saved = run_dir and next((run_dir / f for f in (SUMMARY, "recipe.json")
+                                      if (run_dir / f).exists()), None)
+            if saved is None:
                 _fail("--resume needs --run-dir pointing at an earlier run")
-            recipe = Recipe(**json.loads((run_dir / "recipe.json").read_text())["recipe"])
-        recipe = recipe.override(set_)
+            fields = json.loads(saved.read_text())["recipe"]
+            recipe = Recipe(**{**fields, "fold": 0 if fields["fold"] == "all" else fields["fold"]})
+        recipe = recipe.override([*studied, *set_, *([f"folds={folds}"] if folds else []),
+                                  *([f"fold={fold}"] if fold not in (None, "all") else [])])
     except ValueError as exc:
         _fail(str(exc))
     table = _read_table(data, manifest, root, group, fixes, strict)
     run_dir = run_dir or out / attribute / time.strftime("%Y%m%d-%H%M%S")
+
+    def fit(recipe: Recipe, run: Path, again: bool):
+        try:
+            trainer = Trainer(recipe, augment, table, run, cache_dir, device, workers,
+                              source=" + ".join([*data, *manifest]))
+        except ValueError as exc:  # a recipe the attribute's augmentations refuse
+            _fail(str(exc))
+        with tracker.training(recipe, run):
+            return trainer.fit(resume=again, on_epoch=tracker.log_epoch)
+
     try:
-        trainer = Trainer(recipe, augment, table, run_dir, cache_dir, device, workers,
-                          source=" + ".join([*data, *manifest]))
-    except ValueError as exc:  # a recipe the attribute's augmentations refuse
-        _fail(str(exc))
-    try:
-        result = trainer.fit(resume=resume)
+        if fold == "all":
+            cv = fit_folds(recipe, run_dir, fit, resume)
+            typer.echo(f"{attribute}: {recipe.folds} folds, val macro-F1 "
+                       + " ".join(f"{f:.4f}" for f in cv["per_fold_macro_f1"])
+                       + f" (mean {cv['mean_macro_f1']:.4f} ± {cv['std_macro_f1']:.4f}); "
+                       f"out-of-fold macro-F1 {cv['oof_macro_f1']:.4f} on {cv['oof_images']:,} "
+                       f"images; {run_dir / SUMMARY}")
+            return
+        result = fit(recipe, run_dir, resume)
     except (ResumeError, DataError) as exc:
         _fail(str(exc))
     typer.echo(f"{attribute}: best val macro-F1 {result.best_f1:.4f} at epoch {result.best_epoch}; "
                f"run folder {result.run_dir}")
 
 
+def _tracker(track: Optional[str]):
+    from facet.tracking import TrackingError, tracker
+    try:
+        return tracker(track)
+    except TrackingError as exc:
+        _fail(str(exc))
+
+
+def _optuna_needed(what: str) -> None:
+    _fail(f"{what} needs Optuna: pip install 'facet[tune]'")
+
+
+def _best_overrides(attribute: str, location: str, study_name: Optional[str]) -> list[str]:
+    """The overrides of the best trial of a `facet tune` study."""
+    try:
+        from facet.models.tune import StudyError, best_trial
+    except ImportError:
+        _optuna_needed("--from-study")
+    try:
+        trial = best_trial(location, study_name, attribute)
+    except StudyError as exc:
+        _fail(str(exc))
+    overrides = trial.user_attrs["overrides"]
+    typer.echo(f"from study {location}: trial {trial.number} (val macro-F1 {trial.value:.4f}): "
+               + " ".join(overrides))
+    return overrides
+
+
 @app.command()
-def export(runs: list[Path] = typer.Argument(..., help="Three run folders (or best.safetensors files), any order."),
+def tune(attribute: str = Attribute,
+         data: list[str] = DATA,
+         manifest: list[str] = MANIFEST,
+         root: Optional[Path] = ROOT,
+         group: str = GROUP,
+         fixes: Optional[Path] = FIXES,
+         strict: bool = STRICT,
+         set_: list[str] = typer.Option([], "--set", help="Override a recipe field in every trial "
+                                        "(e.g. a shorter budget); a searched field is then pinned."),
+         trials: Optional[int] = typer.Option(None, min=1, help="Trials this process runs (a re-run "
+                                              "or another process adds to the same study)."),
+         timeout: Optional[float] = typer.Option(None, min=1, help="Start no trial after this many seconds."),
+         storage: Optional[str] = typer.Option(None, help="RDB URL of the study (default: "
+                                               "sqlite:///STUDY_DIR/tune.db). Processes on several "
+                                               "machines that share one database share the study."),
+         study_name: Optional[str] = typer.Option(None, help="Default: the attribute."),
+         study_dir: Optional[Path] = typer.Option(None, help="Trial run folders, study.json and plots "
+                                                  "(default: runs/tune/<study name>)."),
+         min_epochs: int = typer.Option(2, min=0, help="Epochs every trial runs before it may be pruned."),
+         startup_trials: int = typer.Option(2, min=0, help="Complete trials before any trial is pruned."),
+         seed: int = typer.Option(0, help="Sampler seed (processes that start one study at the "
+                                  "same moment: give each its own)."),
+         cache_dir: Path = CACHE_DIR,
+         device: str = DEVICE,
+         workers: Optional[int] = WORKERS,
+         track: Optional[str] = TRACK,
+         ):
+    """Search an attribute's recipe on Optuna (the search space is in models/<attribute>/recipe.py):
+    TPE sampling, trials pruned on their per-epoch val macro-F1, each trial a run folder."""
+    from facet.models.data import DataError
+    from facet.models.recipe import load_recipe
+    try:
+        from facet.models.tune import StudyError, tune as run_study
+    except ImportError:
+        _optuna_needed("facet tune")
+    if trials is None and timeout is None:
+        _fail("give --trials and/or --timeout")
+    try:
+        load_recipe(attribute)[0].override(set_)
+    except ValueError as exc:
+        _fail(str(exc))
+    tracker = _tracker(track)
+    table = _read_table(data, manifest, root, group, fixes, strict)
+    study_dir = study_dir or Path("runs") / "tune" / (study_name or attribute)
+    try:
+        summary = run_study(attribute, table, study_dir, trials, timeout=timeout, storage=storage,
+                            study_name=study_name, base=set_, seed=seed, min_epochs=min_epochs,
+                            startup_trials=startup_trials, cache_dir=cache_dir, device=device,
+                            workers=workers, source=" + ".join([*data, *manifest]),
+                            tracker=tracker, echo=typer.echo)
+    except (StudyError, DataError) as exc:
+        _fail(str(exc))
+    best = summary["best"]
+    typer.echo(f"{attribute}: {summary['trials']['total']} trials in {summary['study']}"
+               + (f"; best val macro-F1 {best['value']:.4f} (trial {best['trial']}): "
+                  f"{' '.join(best['overrides'])}" if best else "; none complete yet")
+               + f"; {study_dir / 'study.json'}")
+
+
+@app.command()
+def export(runs: list[Path] = typer.Argument(..., help="Run folders (or best.safetensors files) in any order: one per "
+                                             "attribute, or several (an ensemble averaged inside the graph); a "
+                                             "`--fold all` folder stands for its folds."),
            out: Path = typer.Option(Path("artifacts"), help="Model folder to write."),
            parity_images: list[Path] = typer.Option([], help="Images for the PyTorch/ONNX parity check "
                                                     "(default: 64 of each run's own val images)."),
            ensemble: bool = typer.Option(True, help="Also write the merged one-session graph."),
            quantize: bool = typer.Option(False, help="Also write int8 models (static, calibrated on val images) and their F1 change."),
-           eval_limit: int = typer.Option(2000, help="Val images for the int8 accuracy check (0: all)."),
+           fp16: bool = typer.Option(False, help="Also write fp16 models (GPU Tensor Cores; fp32 in and out) and their agreement with fp32."),
+           eval_limit: int = typer.Option(2000, help="Val images for the int8/fp16 accuracy check (0: all)."),
            calibrate: bool = typer.Option(True, help="Temperature-scale each model on its val images "
                                           "(inside the graph), so confidence means what it says."),
+           tta: bool = typer.Option(False, help="Bake flip TTA into the graphs: every caller gets the "
+                                    "mean over each image and its mirror (twice the model time)."),
+           track: Optional[str] = TRACK,
            ):
-    """Export three trained attribute models to ONNX, with parity checks and metadata."""
+    """Export the trained attribute models to ONNX, with parity checks and metadata."""
     from facet.export.onnx_export import ParityError
     from facet.export.pipeline import export_all
     from facet.models.checkpoint import find_checkpoint
-    by_attribute: dict[str, Path] = {}
-    for run in runs:
+    from facet.models.folds import fold_runs
+    by_attribute: dict[str, list[Path]] = {}
+    for run in [fold for given in runs for fold in (fold_runs(given) or [given])]:
         try:
             meta = json.loads(find_checkpoint(run).with_suffix(".json").read_text())
         except FileNotFoundError as exc:
             _fail(str(exc))
-        if meta["attribute"] in by_attribute:
-            _fail(f"two {meta['attribute']} runs given: {by_attribute[meta['attribute']]} and {run}")
-        by_attribute[meta["attribute"]] = Path(run)
+        by_attribute.setdefault(meta["attribute"], []).append(Path(run))
     missing = {"mask", "gender", "age"} - set(by_attribute)
     if missing:
         _fail(f"no run for {sorted(missing)}: give one run folder per attribute")
+    tracker = _tracker(track)
     try:
-        export_all(by_attribute, out, [str(p) for p in parity_images] or None,
+        index = export_all(by_attribute, out, [str(p) for p in parity_images] or None,
                    ensemble=ensemble, quantize=quantize, eval_limit=eval_limit,
-                   calibrate=calibrate, echo=typer.echo)
+                   calibrate=calibrate, fp16=fp16, tta=tta, echo=typer.echo)
     except ParityError as exc:
         _fail(f"parity check failed: {exc}", code=1)
+    except ValueError as exc:  # an ensemble's members that do not fit together
+        _fail(str(exc))
+    tracker.log_export(out, index)
 
 
 @app.command()
-def predict(source: Path = typer.Argument(..., help="eval/ folder, info.csv, a CSV with a path column, a folder of images, or one image."),
+def predict(source: str = typer.Argument(..., help="eval/ folder, info.csv, a CSV or Parquet manifest with a path column, a folder of images, or one image; with --engine ray also under a URI (s3://, gs://, ...)."),
             out: Path = typer.Option(..., "--out", "-o", help="Submission CSV to write (atomically)."),
             models: Path = typer.Option(Path("artifacts"), help="Folder written by `facet export`."),
-            images: Optional[Path] = typer.Option(None, help="Folder the CSV's image names are relative to."),
+            images: Optional[str] = typer.Option(None, help="Folder the manifest's image names are relative to (with --engine ray, also a URI)."),
             path_column: Optional[str] = typer.Option(None, help="CSV column holding image paths."),
             allow_outside: bool = typer.Option(False, help="Let the CSV's relative paths leave the images folder."),
             details: Optional[Path] = typer.Option(None, help="Also write per-attribute labels and probabilities."),
-            batch_size: int = typer.Option(64, min=1),
-            workers: int = typer.Option(2, min=1, help="Decoding threads."),
+            batch_size: Optional[int] = typer.Option(None, min=1, help="Images per model call (default: 64 on the CPU, 256 on a GPU)."),
+            workers: Optional[int] = typer.Option(None, min=1, help="Decoding threads (default: 2 on the CPU; on a GPU, the CPU cores up to 8)."),
             tta: bool = typer.Option(False, help="Average with the horizontally flipped image."),
             mode: str = typer.Option("auto", help="auto, ensemble or separate."),
-            variant: str = typer.Option("fp32", help="fp32 or int8 (if exported)."),
-            device: str = typer.Option("auto", help="auto, cpu or cuda."),
+            variant: str = typer.Option("fp32", help="fp32, or int8 / fp16 (if exported)."),
+            device: str = typer.Option("auto", help="auto, cpu, cuda or tensorrt (opt-in: builds engines on first use)."),
+            device_id: int = typer.Option(0, min=0, help="The GPU to run on."),
+            conv_search: str = typer.Option("EXHAUSTIVE", help="cuDNN convolution algorithm search: EXHAUSTIVE, HEURISTIC or DEFAULT."),
             threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads."),
             max_bytes: int = typer.Option(DEFAULT_RULES.max_bytes, help="Largest image file read."),
             max_pixels: int = typer.Option(DEFAULT_RULES.max_pixels, help="Largest image (pixels, from its header)."),
@@ -212,6 +354,14 @@ def predict(source: Path = typer.Argument(..., help="eval/ folder, info.csv, a C
             face_upscale: float = typer.Option(1.0, help="Enlarge photos this much (up to 640 px) "
                                                "before detection: finds smaller faces, slower."),
             draw: Optional[Path] = typer.Option(None, help="Write each photo with its faces' boxes and labels drawn into this folder."),
+            engine: str = typer.Option("local", help="local: this process; ray: a Ray cluster, in resumable Parquet parts (pip install 'facet[ray]')."),
+            address: Optional[str] = typer.Option(None, help="Ray: 'auto' or ray://host:port joins a running cluster; none starts one on this machine."),
+            actors: int = typer.Option(1, min=1, help="Ray: model actors (one Predictor each)."),
+            cpus_per_actor: float = typer.Option(0.5, min=0, help="Ray: CPUs each actor reserves; the rest decode."),
+            gpus_per_actor: float = typer.Option(0, min=0, help="Ray: GPUs each actor reserves (its models then run on CUDA)."),
+            actor_resource: list[str] = typer.Option([], help="Ray: NAME=AMOUNT of a custom resource each actor needs (pins the actors to nodes that have it); repeatable."),
+            parts_dir: Optional[str] = typer.Option(None, help="Ray: folder or URI of the Parquet parts (default: OUT with the suffix .parts); a re-run skips the parts there."),
+            part_size: int = typer.Option(10_000, min=1, help="Ray: rows per part."),
             ):
     """Batch inference on onnxruntime: fills `ans` for every row it can read. Exit status 3 if
     any image could not be read (see the .errors.csv file). Models exported with crop=face
@@ -219,14 +369,30 @@ def predict(source: Path = typer.Argument(..., help="eval/ folder, info.csv, a C
     from facet.faces import DetectorError, YuNet
     from facet.preprocess import ImageRules
     from facet.serve.batch import (InputError, check_writable, details as details_frame,
-                                   errors_frame, face_details, predict_paths, read_inputs,
-                                   submission, write_atomic)
-    from facet.serve.predictor import Predictor
+                                   face_details, is_uri, predict_paths, read_inputs, submission,
+                                   write_atomic)
+    from facet.serve.predictor import GpuOptions, Predictor
     errors_path = out.with_suffix(".errors.csv")
     if faces not in ("primary", "all"):
         _fail(f"--faces must be primary or all, got {faces!r}")
     if faces == "all" and details is None:
         _fail("--faces all writes one row per face into the --details file: give --details")
+    if engine == "ray":
+        if faces == "all" or draw:
+            _fail("--faces all and --draw run with --engine local only")
+        return _predict_ray(
+            source, out, details, errors_path, models, images, path_column, allow_outside,
+            ImageRules(max_bytes, max_pixels, min_side, max_aspect), detector,
+            dict(mode=mode, variant=variant, tta=tta, threads=threads, primary_rule=primary,
+                 face_score=face_score, face_upscale=face_upscale),
+            dict(address=address, actors=actors, cpus_per_actor=cpus_per_actor,
+                 gpus_per_actor=gpus_per_actor, resources=_resources(actor_resource),
+                 batch_size=batch_size or (256 if gpus_per_actor else 64)),
+            parts_dir or out.with_suffix(".parts"), part_size)
+    if engine != "local":
+        _fail(f"--engine must be local or ray, got {engine!r}")
+    if is_uri(source) or is_uri(images):
+        _fail("object-store URIs (s3://, gs://, ...) are read with --engine ray")
     try:
         for path in (out, details, errors_path):
             if path is not None:
@@ -236,19 +402,20 @@ def predict(source: Path = typer.Argument(..., help="eval/ folder, info.csv, a C
         predictor = Predictor(models, mode=mode, device=device, threads=threads, tta=tta,
                               variant=variant, rules=rules,
                               detector=YuNet(detector, face_score, upscale=face_upscale),
-                              primary_rule=primary)
+                              primary_rule=primary,
+                              gpu=GpuOptions(device_id, cudnn_conv_algo_search=conv_search))
     except (InputError, FileNotFoundError, ValueError, RuntimeError, DetectorError) as exc:
         _fail(str(exc))
     if faces == "all" and not predictor.crops_faces:
         _fail(f"--faces all needs models that find faces; {models} holds models exported "
               "with crop=none (they take each image as one face crop)")
-    if inputs.skipped:
-        names = ", ".join(p.name for p in inputs.skipped[:5])
-        more = f" and {len(inputs.skipped) - 5} more" if len(inputs.skipped) > 5 else ""
-        typer.secho(f"skipped {len(inputs.skipped)} file(s) that are not JPEG, PNG, WebP or "
-                    f"BMP: {names}{more}", fg="yellow", err=True)
+    _warn_skipped(inputs.skipped)
+    # a GPU eats batches faster than two threads decode them
+    batch_size = batch_size or (256 if predictor.on_gpu else 64)
+    workers = workers or (min(8, os.cpu_count() or 2) if predictor.on_gpu else 2)
     typer.echo(f"{len(inputs.paths):,} images | provider {predictor.provider} | mode "
-               f"{predictor.mode} | {variant}{' + flip TTA' if tta else ''}", err=True)
+               f"{predictor.mode} | {variant}{' + flip TTA' if tta else ''} | batch {batch_size}, "
+               f"{workers} decoding threads", err=True)
     t = time.perf_counter()
     result = predict_paths(predictor, inputs.paths, batch_size, workers, refused=inputs.refused,
                            every=faces == "all")
@@ -267,13 +434,83 @@ def predict(source: Path = typer.Argument(..., help="eval/ folder, info.csv, a C
         from facet.draw import draw_results
         drawn = draw_results(inputs.paths, result, draw, rules)
         typer.echo(f"drew {drawn:,} photos into {draw}", err=True)
-    if result.errors:
-        write_atomic(errors_frame(result), errors_path)
-        for _, path, message in result.errors[:5]:
+    _report_unreadable(result.errors, errors_path)
+
+
+def _warn_skipped(skipped: list) -> None:
+    if skipped:
+        names = ", ".join(os.path.basename(str(p)) for p in skipped[:5])
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        typer.secho(f"skipped {len(skipped)} file(s) that are not JPEG, PNG, WebP or "
+                    f"BMP: {names}{more}", fg="yellow", err=True)
+
+
+def _report_unreadable(errors: list[tuple[int, str, str]], errors_path: Path) -> None:
+    """The rows without an answer into ``errors_path``, and exit status 3; nothing if none."""
+    from facet.serve.batch import errors_frame, write_atomic
+    if errors:
+        write_atomic(errors_frame(errors), errors_path)
+        for _, path, message in errors[:5]:
             typer.secho(f"unreadable: {path}: {message}", fg="yellow", err=True)
-        typer.secho(f"{len(result.errors)} image(s) could not be read and have no answer; "
+        typer.secho(f"{len(errors)} image(s) could not be read and have no answer; "
                     f"see {errors_path}", fg="red", err=True)
         raise typer.Exit(3)
+
+
+def _resources(items: list[str]) -> dict[str, float]:
+    """``NAME=AMOUNT`` items -> {name: amount}."""
+    out = {}
+    for item in items:
+        name, _, amount = item.partition("=")
+        try:
+            out[name] = float(amount)
+        except ValueError:
+            _fail(f"--actor-resource {item!r}: give NAME=AMOUNT, e.g. big_node=1")
+    return out
+
+
+def _predict_ray(source: str, out: Path, details: Optional[Path], errors_path: Path,
+                 models: Path, images: Optional[str], path_column: Optional[str],
+                 allow_outside: bool, rules, detector: Optional[Path], answering: dict,
+                 cluster: dict, parts_dir: str | Path, part_size: int) -> None:
+    """`facet predict --engine ray`: the parts first (a re-run skips those written), then the
+    same merged files as the local engine."""
+    try:
+        from facet.serve.ray_engine import Answering, Cluster, Job
+        from facet.serve.storage import Filesystems, read_source
+    except ImportError as exc:
+        _fail(f"--engine ray needs Ray Data and pyarrow ({exc.name} is missing): "
+              "pip install 'facet[ray]'")
+    from facet.serve.batch import check_writable, write_atomic
+    filesystems = Filesystems()
+    try:
+        for path in (out, details, errors_path):
+            if path is not None:
+                check_writable(path)
+        inputs = read_source(source, images, path_column, allow_outside, filesystems)
+        detector_file = (detector.name, detector.read_bytes()) if detector else None
+        job = Job(inputs, models, Answering(rules=rules, detector_file=detector_file, **answering),
+                  parts_dir, part_size, filesystems)
+    except (OSError, ValueError, RuntimeError) as exc:  # InputError and ModelFileError too
+        _fail(str(exc))
+    _warn_skipped(inputs.skipped)
+    cluster = Cluster(**cluster)
+    typer.echo(f"{len(inputs.paths):,} images in {job.parts:,} part(s) of up to {part_size:,} "
+               f"rows under {parts_dir} ({len(job.written):,} there already) | {cluster.actors} "
+               f"actor(s), batch {cluster.batch_size}", err=True)
+    report = job.run(cluster)
+    startup = f", {report.startup_s:.1f}s of it starting" if report.startup_s else ""
+    typer.echo(f"parts: {report.done:,} done, {report.skipped:,} skipped, {report.failed:,} "
+               f"failed | {report.rows:,} images in {report.seconds:.1f}s ({report.rate:.0f} "
+               f"img/s{startup}) on {len(report.nodes)} node(s)", err=True)
+    if report.failed:
+        _fail(f"{report.failed:,} part(s) not answered: {report.error}. The parts written are "
+              "kept: a re-run with the same parts folder answers only the others", code=1)
+    write_atomic(job.submission(), out)
+    if details:
+        write_atomic(job.details(), details)
+    typer.echo(f"wrote {out}", err=True)
+    _report_unreadable(job.errors(), errors_path)
 
 
 @app.command()

@@ -130,13 +130,19 @@ def read_bytes(path: str | Path, max_bytes: int = DEFAULT_RULES.max_bytes) -> by
             raise ImageError("is a folder, not an image")
         if not stat.S_ISREG(st.st_mode):
             raise ImageError("not a regular file (a pipe, device or socket): refused")
-        if st.st_size > max_bytes:
-            raise ImageTooLarge(f"file is {st.st_size:,} bytes, over the limit of {max_bytes:,}")
         with open(fd, "rb", closefd=False) as f:
-            data = f.read(max_bytes + 1)
+            return read_limited(f, st.st_size, max_bytes)
     finally:
         os.close(fd)
-    if len(data) > max_bytes:  # grew while being read
+
+
+def read_limited(stream, size: int, max_bytes: int = DEFAULT_RULES.max_bytes) -> bytes:
+    """An open file's bytes, refused from its ``size`` before reading when over ``max_bytes``,
+    and never more than ``max_bytes`` read (a file may grow while it is read)."""
+    if size > max_bytes:
+        raise ImageTooLarge(f"file is {size:,} bytes, over the limit of {max_bytes:,}")
+    data = stream.read(max_bytes + 1)
+    if len(data) > max_bytes:
         raise ImageTooLarge(f"file is over the limit of {max_bytes:,} bytes")
     return data
 

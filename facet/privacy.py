@@ -2,7 +2,8 @@
 import os
 
 DEFAULTS = {"BENTOML_DO_NOT_TRACK": "True", "ORT_DISABLE_TELEMETRY": "1",
-            "HF_HUB_DISABLE_TELEMETRY": "1"}
+            "HF_HUB_DISABLE_TELEMETRY": "1", "RAY_USAGE_STATS_ENABLED": "0",
+            "MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
 def apply_defaults() -> None:

@@ -1,7 +1,9 @@
 """A training recipe: everything that differs between the three attribute models.
 
 Each attribute keeps its recipe in ``models/<attribute>/recipe.py`` as ``RECIPE`` plus an
-``augmentations(recipe)`` function returning its albumentations pipeline (train only).
+``augmentations(recipe)`` function returning its albumentations pipeline (train only), and
+``search_space(trial)``: the ``--set`` overrides `facet tune` tries, drawn from an Optuna trial
+whose parameters are named after the recipe fields they set.
 Any field can be overridden from the command line with ``--set field=value``.
 """
 from __future__ import annotations
@@ -166,12 +168,17 @@ class Recipe:
         changes: dict[str, Any] = {}
         for item in assignments:
             key, sep, text = item.partition("=")
-            key = key.strip().replace("-", "_")
+            key = field_name(key)
             if not sep or key not in hints:
                 known = ", ".join(f.name for f in fields(Recipe))
                 raise ValueError(f"cannot set {item!r}: expected field=value, fields: {known}")
             changes[key] = _parse(hints[key], text.strip(), key)
         return dataclasses.replace(self, **changes)
+
+
+def field_name(key: str) -> str:
+    """The recipe field a ``--set`` key names (``weight-decay`` -> ``weight_decay``)."""
+    return key.strip().replace("-", "_")
 
 
 def _parse(hint, text: str, key: str):

@@ -5,11 +5,15 @@ No torch here: numpy, OpenCV/Pillow and onnxruntime only.
 from __future__ import annotations
 
 import os
+import posixpath
+import re
 import tempfile
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -30,51 +34,116 @@ class InputError(ValueError):
 @dataclass
 class Inputs:
     frame: pd.DataFrame  # the rows to write back, in their order
-    paths: list[Path]  # one image per row
+    paths: list[Path | str]  # one image per row: a local path, or a URI (str)
     answer_column: str = "ans"
     refused: dict[int, str] = field(default_factory=dict)  # row -> why it is not even read
-    skipped: list[Path] = field(default_factory=list)  # files in a folder that are not images
+    skipped: list[Path | str] = field(default_factory=list)  # a folder's files that are not images
 
 
-def read_inputs(source: Path, images: Path | None = None, path_column: str | None = None,
+def read_inputs(source: Path, images: Path | str | None = None, path_column: str | None = None,
                 allow_outside: bool = False) -> Inputs:
-    """The competition's eval folder or info.csv, any CSV with a path column, a folder, or
-    one image file.
+    """The competition's eval folder or info.csv, any CSV or Parquet manifest with a path
+    column, a folder, or one image file.
 
-    A CSV's relative paths must stay inside the images folder (``../../etc/passwd`` is refused
-    per row) unless ``allow_outside``; absolute paths are explicit and allowed.
+    A manifest's relative paths must stay inside the images folder (``../../etc/passwd`` is
+    refused per row) unless ``allow_outside``; absolute paths are explicit and allowed.
+    ``images`` may be an object-store URI (``s3://bucket/images``).
     """
     source = Path(source)
     if source.is_dir() and (source / "info.csv").exists():
         return read_inputs(source / "info.csv", images or source / "images", path_column,
                            allow_outside)
     if source.is_dir():
-        entries = sorted(p for p in source.iterdir() if not p.name.startswith("."))
-        files = [p for p in entries if p.suffix.lower() in SUFFIXES]
-        if not files:
-            raise InputError(f"{source} holds no images ({', '.join(SUFFIXES)})")
-        skipped = [p for p in entries if p.suffix.lower() not in SUFFIXES and p.is_file()]
-        return Inputs(pd.DataFrame({"path": [str(f) for f in files]}), files, skipped=skipped)
+        return folder_inputs(source, list(source.iterdir()), Path.is_file)
     if not source.is_file():
         raise InputError(f"{source} does not exist")
     if source.suffix.lower() in SUFFIXES:  # one photo
         return Inputs(pd.DataFrame({"path": [str(source)]}), [source])
-    frame = read_csv(source, InputError, dtype=str, keep_default_na=False)
+    return manifest_inputs(read_manifest(source), source, images or source.parent, path_column,
+                           allow_outside)
+
+
+def folder_inputs(source, entries: list, is_file: Callable[[Path | str], bool]) -> Inputs:
+    """A folder's images in name order; its other files are listed as skipped, not read.
+    ``entries``: the folder's paths (local or URIs); ``is_file(entry)`` says which are files."""
+    entries = sorted(e for e in entries if not _name(e).startswith("."))
+    files = [e for e in entries if _suffix(e) in SUFFIXES]
+    if not files:
+        raise InputError(f"{source} holds no images ({', '.join(SUFFIXES)})")
+    skipped = [e for e in entries if _suffix(e) not in SUFFIXES and is_file(e)]
+    return Inputs(pd.DataFrame({"path": [str(f) for f in files]}), files, skipped=skipped)
+
+
+def read_manifest(source, name: str | None = None) -> pd.DataFrame:
+    """A CSV or Parquet manifest (a path or an open file; ``name`` for messages) with every
+    column as text, so that the rows are written back as they were read."""
+    name = str(name or source)
+    if not name.lower().endswith(".parquet"):
+        return read_csv(source, InputError, name=name, dtype=str, keep_default_na=False)
+    try:
+        frame = pd.read_parquet(source)
+    except ImportError:
+        raise InputError(f"{name}: reading Parquet needs pyarrow: "
+                         "pip install 'facet[ray]'") from None
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise InputError(f"{name}: not a readable Parquet file ({exc})") from None
+    return frame.astype(object).where(frame.notna(), "").astype(str)
+
+
+def manifest_inputs(frame: pd.DataFrame, source, base: Path | str, path_column: str | None = None,
+                    allow_outside: bool = False) -> Inputs:
+    """A manifest's rows, each image resolved against ``base`` (a folder or a URI prefix)."""
     column = path_column or next((c for c in ("ImageID", "path", "image", "file")
                                   if c in frame.columns), None)
     if column is None or column not in frame.columns:
         raise InputError(f"{source}: no image column (ImageID, path, image or file; or give "
                          f"--path-column); columns are {list(frame.columns)}")
-    base = Path(images or source.parent)
-    paths = [base / p for p in frame[column]]
-    inside = os.path.abspath(base)
+    base = base if is_uri(base) else Path(base)
+    names = frame[column]
     refused = {i: f"{name!r} leads outside the images folder {base} (--allow-outside allows it)"
-               for i, name in enumerate(frame[column])
-               if not allow_outside and not os.path.isabs(name)
-               and os.path.commonpath([inside, os.path.abspath(base / name)]) != inside}
-    refused.update({i: "empty path" for i, name in enumerate(frame[column]) if not name.strip()})
-    return Inputs(frame, paths, refused=refused)
+               for i, name in enumerate(names) if not allow_outside and _leaves(base, name)}
+    refused.update({i: "empty path" for i, name in enumerate(names) if not name.strip()})
+    return Inputs(frame, [_join(base, name) for name in names], refused=refused)
 
+
+_URI = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]+://")
+
+
+def is_uri(path) -> bool:
+    """``s3://...``, ``gs://...``: anything with a scheme (local paths are never given one)."""
+    return isinstance(path, str) and _URI.match(path) is not None
+
+
+def _name(path) -> str:
+    return posixpath.basename(str(path))
+
+
+def _suffix(path) -> str:
+    return posixpath.splitext(_name(path))[1].lower()
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/a/b/`` -> (``s3://bucket``, ``/a/b``)."""
+    scheme, _, rest = uri.partition("://")
+    authority, slash, key = rest.partition("/")
+    return f"{scheme}://{authority}", "/" + key.strip("/") if slash else "/"
+
+
+def _join(base: Path | str, name: str) -> Path | str:
+    if is_uri(name):
+        return name
+    if is_uri(base) and not os.path.isabs(name):
+        root, key = split_uri(base)
+        return root + posixpath.normpath(posixpath.join(key, name))
+    return Path(base) / name
+
+
+def _leaves(base: Path | str, name: str) -> bool:
+    """Whether a relative ``name`` leads outside ``base`` (URIs and absolute paths are explicit)."""
+    if is_uri(name) or os.path.isabs(name):
+        return False
+    inside = split_uri(base)[1] if is_uri(base) else os.path.abspath(base)
+    return os.path.commonpath([inside, os.path.normpath(os.path.join(inside, name))]) != inside
 
 
 @dataclass
@@ -181,14 +250,24 @@ def check_writable(path: Path) -> None:
     os.unlink(probe)
 
 
-def write_atomic(frame: pd.DataFrame, path: Path) -> None:
-    """Write a CSV so that readers see the old file or the whole new one, never half."""
+def write_atomic(frame: pd.DataFrame | Iterable[pd.DataFrame], path: Path) -> None:
+    """Write a CSV so that readers see the old file or the whole new one, never half.
+    ``frame`` may be a stream of frames with the same columns, written one after another."""
+    with atomic_file(path) as f:
+        for k, piece in enumerate([frame] if isinstance(frame, pd.DataFrame) else frame):
+            piece.to_csv(f, index=False, header=k == 0)
+
+
+@contextmanager
+def atomic_file(path: Path, mode: str = "w"):
+    """A file that readers see whole or not at all: written under a temporary name beside
+    ``path`` (a hidden ``.tmp`` file), renamed to ``path`` once complete."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", newline="") as f:
-            frame.to_csv(f, index=False)
+        with os.fdopen(fd, mode, newline=None if "b" in mode else "") as f:
+            yield f
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -202,11 +281,12 @@ def submission(inputs: Inputs, result: BatchResult) -> pd.DataFrame:
     return out
 
 
-def details(inputs: Inputs, result: BatchResult) -> pd.DataFrame:
-    """One line per row: its answer, probabilities, primary face (when faces are detected)
+def details(inputs: Inputs, result: BatchResult, faces: bool | None = None) -> pd.DataFrame:
+    """One line per row: its answer, probabilities, primary face (when faces are detected, or
+    when ``faces`` says so: the columns of a part of the rows must not depend on its rows)
     and error."""
     out = pd.DataFrame({"path": [str(p) for p in inputs.paths]})
-    if any(found is not None for found in result.face_found):
+    if faces if faces is not None else any(found is not None for found in result.face_found):
         out["face_found"] = [_flag(found) for found in result.face_found]
         out = pd.concat([out, _face_columns(result.primary)], axis=1)
     out = pd.concat([out, _answers(result.labels, result.probs, result.attributes)], axis=1)
@@ -272,7 +352,7 @@ def _answers(labels: np.ndarray, probs: np.ndarray, attributes: dict[str, np.nda
     return out
 
 
-def errors_frame(result: BatchResult) -> pd.DataFrame:
-    """One line per failed image; ``row`` counts data rows from 1, as a spreadsheet shows them."""
-    return pd.DataFrame([(i + 1, p, m) for i, p, m in result.errors],
-                        columns=["row", "path", "error"])
+def errors_frame(errors: list[tuple[int, str, str]]) -> pd.DataFrame:
+    """One line per failed image (``BatchResult.errors``); ``row`` counts data rows from 1, as
+    a spreadsheet shows them."""
+    return pd.DataFrame([(i + 1, p, m) for i, p, m in errors], columns=["row", "path", "error"])

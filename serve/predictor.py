@@ -28,8 +28,6 @@ INDEX = "facet.json"  # the model folder's index of files, written by `facet exp
 ENSEMBLE = "ensemble.onnx"
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 MODES = ("auto", "ensemble", "separate")
-
-
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")
 CONV_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
 
@@ -269,8 +267,7 @@ class Predictor:
         """``batches``: uint8 NHWC per spec (see :meth:`stack`)."""
         attributes = self.infer(self.feed(batches))
         if self.tta:
-            flipped = _run(self.mode, self.sessions, self.specs,
-                           {s: b[:, :, ::-1] for s, b in batches.items()}, self.binding)
+            flipped = self.infer(self.feed({s: b[:, :, ::-1] for s, b in batches.items()}))
             attributes = {a: (attributes[a] + flipped[a]) / 2 for a in attributes}
         return Prediction(attributes, combine_probs(attributes["mask"], attributes["gender"],
                                                      attributes["age"]))

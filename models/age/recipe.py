@@ -32,3 +32,19 @@ def augmentations(recipe: Recipe) -> A.Compose:
         A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.6),
         A.HueSaturationValue(hue_shift_limit=8, sat_shift_limit=20, val_shift_limit=10, p=0.4),
     ], seed=recipe.seed)
+
+
+def search_space(trial) -> list[str]:
+    """`facet tune`: overrides to try (each parameter is named after its recipe field),
+    including where the upper training boundary sits and how hard the focal loss focuses."""
+    return [
+        f"lr={trial.suggest_float('lr', 2e-4, 3e-3, log=True)}",
+        f"weight_decay={trial.suggest_float('weight_decay', 5e-3, 0.1, log=True)}",
+        f"label_smoothing={trial.suggest_float('label_smoothing', 0.0, 0.15)}",
+        f"drop_rate={trial.suggest_float('drop_rate', 0.0, 0.5)}",
+        f"focal_gamma={trial.suggest_float('focal_gamma', 0.0, 3.0)}",
+        f"cutmix={trial.suggest_float('cutmix', 0.0, 0.5)}",
+        f"mixup={trial.suggest_float('mixup', 0.0, 0.3)}",
+        f"ema={trial.suggest_categorical('ema', [0.0, 0.998])}",
+        f"age_thresholds={trial.suggest_categorical('age_thresholds', ['30,57', '30,58', '30,60'])}",
+    ]

@@ -31,3 +31,17 @@ def augmentations(recipe: Recipe) -> A.Compose:
         A.HueSaturationValue(hue_shift_limit=10, sat_shift_limit=25, val_shift_limit=15, p=0.5),
         A.ToGray(p=0.1),
     ], seed=recipe.seed)
+
+
+def search_space(trial) -> list[str]:
+    """`facet tune`: overrides to try (each parameter is named after its recipe field): the
+    regularisers that fight overfitting the faces it knows, and the step size."""
+    return [
+        f"lr={trial.suggest_float('lr', 2e-4, 3e-3, log=True)}",
+        f"weight_decay={trial.suggest_float('weight_decay', 5e-3, 0.1, log=True)}",
+        f"label_smoothing={trial.suggest_float('label_smoothing', 0.0, 0.2)}",
+        f"drop_rate={trial.suggest_float('drop_rate', 0.0, 0.5)}",
+        f"cutmix={trial.suggest_float('cutmix', 0.0, 0.7)}",
+        f"mixup={trial.suggest_float('mixup', 0.0, 0.3)}",  # cutmix + mixup <= 1 by the ranges
+        f"ema={trial.suggest_categorical('ema', [0.0, 0.998])}",
+    ]

@@ -47,3 +47,15 @@ def augmentations(recipe: Recipe) -> A.Compose:
     }
     return A.Compose([t for group in GROUPS if group in on for t in steps[group]],
                      seed=recipe.seed)
+
+
+def search_space(trial) -> list[str]:
+    """`facet tune`: overrides to try (each parameter is named after its recipe field). No
+    CutMix or MixUp: the mask's position is the label, and a pasted patch may carry it or not."""
+    return [
+        f"lr={trial.suggest_float('lr', 2e-4, 3e-3, log=True)}",
+        f"weight_decay={trial.suggest_float('weight_decay', 5e-3, 0.1, log=True)}",
+        f"label_smoothing={trial.suggest_float('label_smoothing', 0.0, 0.15)}",
+        f"drop_rate={trial.suggest_float('drop_rate', 0.0, 0.4)}",
+        f"ema={trial.suggest_categorical('ema', [0.0, 0.998])}",
+    ]
