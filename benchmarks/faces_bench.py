@@ -38,9 +38,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from mask_real import eval_sets, source_args  # noqa: E402
 
 from facet.combine import ATTRIBUTES  # noqa: E402
-from facet.faces import FACE_SCORE, Face, YuNet, crop_box, cut  # noqa: E402
+from facet.faces import FACE_SCORE, Face, YuNet  # noqa: E402
 from facet.metrics import scores  # noqa: E402
-from facet.preprocess import read_image, resize  # noqa: E402
+from facet.preprocess import cut_face, read_image  # noqa: E402
 from facet.serve.batch import predict_paths  # noqa: E402
 from facet.serve.predictor import Predictor  # noqa: E402
 
@@ -95,8 +95,9 @@ def load_boxes(shared: Path) -> pd.DataFrame:
     return boxes
 
 
-def detection(boxes: pd.DataFrame, upscale: float = 1.0) -> tuple[dict, list[dict]]:
-    detector = YuNet(score_threshold=0.3, upscale=upscale)  # low, for the whole curve
+def detection(boxes: pd.DataFrame, upscale: float = 1.0,
+              detector_file: Path | None = None) -> tuple[dict, list[dict]]:
+    detector = YuNet(detector_file, score_threshold=0.3, upscale=upscale)  # low: the whole curve
     records, pairs, ms = [], [], []
     for path, group in boxes.groupby("path", sort=True):
         rgb = read_image(path)
@@ -116,9 +117,19 @@ def detection(boxes: pd.DataFrame, upscale: float = 1.0) -> tuple[dict, list[dic
         tp = sum(r["tp"] for r in kept)
         curve.append({"threshold": float(t), "recall": round(tp / n_big, 4),
                       "precision": round(tp / max(1, len(kept)), 4), "detections": len(kept)})
-    return {"photos": boxes["path"].nunique(), "faces": len(boxes), "faces_24px": n_big,
+    return {"detector": detector.path.name, "upscale": upscale,
+            "photos": boxes["path"].nunique(), "faces": len(boxes), "faces_24px": n_big,
             "median_ms_per_photo": round(float(np.median(ms)), 2), "curve": curve,
-            "box_convention": convention(pairs)}, pairs
+            "best": best_threshold(curve), "box_convention": convention(pairs)}, pairs
+
+
+def best_threshold(curve: list[dict]) -> dict:
+    """The operating point the curve picks: the threshold of the highest detection F1 (recall
+    and precision weighed alike; a tie goes to the higher threshold)."""
+    def f1(c: dict) -> float:
+        return 2 * c["recall"] * c["precision"] / max(c["recall"] + c["precision"], 1e-9)
+    best = max(curve, key=lambda c: (round(f1(c), 4), c["threshold"]))
+    return {**best, "f1": round(f1(best), 4)}
 
 
 def convention(pairs: list[tuple]) -> dict:
@@ -135,11 +146,6 @@ def as_detected(box: tuple, c: dict) -> Face:
     cx, cy = x + w / 2 + c["dx"] * w, y + h / 2 + c["dy"] * h
     dw, dh = w * c["sw"], h * c["sh"]
     return Face((cx - dw / 2, cy - dh / 2, dw, dh), 1.0)
-
-
-def oracle_crop(rgb: np.ndarray, face: Face, spec) -> np.ndarray:
-    left, top, side = crop_box(face, spec.margin)
-    return resize(cut(rgb, left, top, side, side), spec)
 
 
 def f1_row(truth, pred) -> dict:
@@ -177,7 +183,7 @@ def photo_to_mask(boxes: pd.DataFrame, models: Path, work: Path, conv: dict) -> 
     oracle = []
     for path, group in held.groupby("path", sort=False):
         rgb = read_image(path)
-        inputs = [{s: oracle_crop(rgb, as_detected(box, conv), s) for s in predictor.distinct_specs}
+        inputs = [{s: cut_face(rgb, as_detected(box, conv), s) for s in predictor.distinct_specs}
                   for box in group["box"]]
         oracle += list(predictor.predict(Predictor.stack(inputs)).attributes["mask"].argmax(1))
     return {"photos": len(photos), "detected": f1_row(truth, detected_pred),
@@ -236,53 +242,50 @@ def speed(models: Path, baseline: Path, sets: dict[str, list[Path]], rounds: int
     return out
 
 
-def plot_upscaled(curve: list[dict], upscale: float, path: Path) -> None:
-    """Add the curve with enlarged photos to the plot of the default one."""
-    import matplotlib.pyplot as plt
-
-    ax = plt.gca()
-    curve = [c for c in curve if c["detections"]]
-    ax.plot([c["recall"] for c in curve], [c["precision"] for c in curve], "s--", ms=3,
-            color="tab:green", label=f"photos enlarged {upscale:g}x before detection")
-    ax.legend(fontsize=7, loc="lower left")
-    plt.gcf().savefig(path, dpi=110)
-
-
-def plot(curve: list[dict], chosen: float, path: Path) -> None:
+def plot(runs: list[dict], chosen: float, path: Path) -> None:
+    """Every detection run's PR curve, its operating point at ``chosen`` starred."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.2, 4.2))
-    curve = [c for c in curve if c["detections"]]  # a threshold nothing passes has no precision
-    ax.plot([c["recall"] for c in curve], [c["precision"] for c in curve], "o-", ms=3,
-            label="photos as they come")
-    for c in curve:
-        if c["threshold"] == chosen:
-            ax.plot(c["recall"], c["precision"], "r*", ms=12,
-                    label=f"operating point {chosen:g}: R {c['recall']:.3f}, P {c['precision']:.3f}")
-        ax.annotate(f"{c['threshold']:g}", (c["recall"], c["precision"]), fontsize=6,
-                    xytext=(3, 3), textcoords="offset points")
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    for run, colour in zip(runs, plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+        curve = [c for c in run["curve"] if c["detections"]]  # nothing passes: no precision
+        ax.plot([c["recall"] for c in curve], [c["precision"] for c in curve],
+                "o-" if run["upscale"] == 1 else "s--", ms=3, color=colour,
+                label=f"{run['detector']}, x{run['upscale']:g} ({run['median_ms_per_photo']:.0f} ms/photo)")
+        for c in curve:
+            if c["threshold"] == chosen:
+                ax.plot(c["recall"], c["precision"], "*", ms=11, color=colour)
+            ax.annotate(f"{c['threshold']:g}", (c["recall"], c["precision"]), fontsize=5,
+                        xytext=(3, 3), textcoords="offset points", color=colour)
     ax.axvline(0.95, color="gray", ls=":", lw=1)
     ax.axhline(0.90, color="gray", ls=":", lw=1)
-    ax.set(xlabel="recall (faces >= 24 px)", ylabel="precision", title="YuNet on realphotos (IoU >= 0.4)")
+    ax.set(xlabel="recall (faces >= 24 px)", ylabel="precision",
+           title=f"YuNet on realphotos (IoU >= 0.4; stars: threshold {chosen:g})")
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
-def detection_only(boxes: pd.DataFrame, out: Path, upscale: float) -> None:
-    """Both detection curves (as photos come, and enlarged), into an existing faces.json."""
+def detection_only(boxes: pd.DataFrame, out: Path, upscale: float,
+                   detectors: list[Path]) -> None:
+    """The detection curves of each detector file, as photos come and enlarged ``upscale``
+    times, into an existing faces.json, and one PR plot of them all."""
     result = json.loads(out.read_text()) if out.exists() else {}
-    result["detection"], _ = detection(boxes)
-    result[f"detection_upscale_{upscale:g}"], _ = detection(boxes, upscale)
+    result["detectors"] = [detection(boxes, u, d)[0] for d in [None, *detectors]
+                           for u in (1.0, upscale)]
+    result["detection"] = result["detectors"][0]  # the shipped file as photos come
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    plot(result["detection"]["curve"], FACE_SCORE, out.with_name("faces_pr.png"))
-    plot_upscaled(result[f"detection_upscale_{upscale:g}"]["curve"], upscale,
-                  out.with_name("faces_pr.png"))
-    print(json.dumps({k: v for k, v in result.items() if k.startswith("detection")}))
+    plot(result["detectors"], FACE_SCORE, out.with_name("faces_pr.png"))
+    for d in result["detectors"]:
+        print(f"{d['detector']} x{d['upscale']:g}: {d['median_ms_per_photo']} ms/photo, best "
+              f"threshold {d['best']['threshold']} (recall {d['best']['recall']}, precision "
+              f"{d['best']['precision']}, F1 {d['best']['f1']}); at {FACE_SCORE}: "
+              + next(f"recall {c['recall']}, precision {c['precision']}" for c in d["curve"]
+                     if c["threshold"] == FACE_SCORE))
 
 
 def main() -> None:
@@ -297,10 +300,12 @@ def main() -> None:
     p.add_argument("--upscale", type=float, default=1.5, help="The enlarged detection curve.")
     p.add_argument("--only-detection", action="store_true",
                    help="Only the detection curves (no training, no models).")
+    p.add_argument("--detector", type=Path, action="append", default=[],
+                   help="Another YuNet file whose curves join the shipped one's (repeatable).")
     args = p.parse_args()
     boxes = load_boxes(args.shared)
     if args.only_detection:
-        return detection_only(boxes, args.out, args.upscale)
+        return detection_only(boxes, args.out, args.upscale, args.detector)
     train_and_export(args.shared, args.runs, args.models)
     detect, _ = detection(boxes)
     print(json.dumps(detect), flush=True)
@@ -322,7 +327,7 @@ def main() -> None:
                             {"realphotos": photos, "maskfaces eval": eval_images}, args.rounds)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    detection_only(boxes, args.out, args.upscale)
+    detection_only(boxes, args.out, args.upscale, args.detector)
 
 
 if __name__ == "__main__":

@@ -65,16 +65,28 @@ def eval_sets(shared: Path, recipe) -> dict[str, pd.DataFrame]:
     return sets
 
 
-@torch.inference_mode()
-def predict(run: Path, paths: list[str], batch: int = 128) -> np.ndarray:
+def load_run(run: Path) -> tuple[torch.nn.Module, PreprocessSpec]:
+    """A run's best checkpoint, ready for CPU inference, and its preprocessing spec."""
     model, meta = load_model(run)
-    spec = PreprocessSpec.from_dict(meta["preprocess"])
-    model = model.to(memory_format=torch.channels_last)
+    return model.to(memory_format=torch.channels_last), PreprocessSpec.from_dict(meta["preprocess"])
+
+
+@torch.inference_mode()
+def classify(model: torch.nn.Module, spec: PreprocessSpec, images: list[np.ndarray],
+             batch: int = 128) -> np.ndarray:
+    """The model's answers for uint8 inputs already cut and sized by ``spec``."""
     out = []
-    for start in range(0, len(paths), batch):
-        x = normalize(np.stack([load(p, spec) for p in paths[start:start + batch]]), spec)
+    for start in range(0, len(images), batch):
+        x = normalize(np.stack(images[start:start + batch]), spec)
         out.append(model(torch.from_numpy(x).to(memory_format=torch.channels_last)).argmax(1).numpy())
-    return np.concatenate(out)
+    return np.concatenate(out) if out else np.zeros(0, int)
+
+
+def predict(run: Path, paths: list[str], alter=None) -> np.ndarray:
+    """The run's answers for image files; ``alter(index, uint8 image)`` may change each first."""
+    model, spec = load_run(run)
+    alter = alter or (lambda i, image: image)
+    return classify(model, spec, [alter(i, load(p, spec)) for i, p in enumerate(paths)])
 
 
 def plot(rows: list[dict], path: Path) -> None:

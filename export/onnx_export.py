@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from facet.serve.metadata import METADATA_KEY, read_metadata
 
 OPSET = 18
 PARITY_ATOL = 1e-4
+log = logging.getLogger(__name__)
 
 
 class ParityError(AssertionError):
@@ -81,10 +83,12 @@ def export_attribute(runs: list[str | Path], out: str | Path, parity_images: lis
     dummy = torch.zeros(2, 3, spec.height, spec.width)
     tmp = out.with_suffix(".tmp.onnx")
     # The torch.export-based exporter (the TorchScript one is deprecated); one self-contained
-    # file, not a separate .onnx.data; batch size left free.
+    # file, not a separate .onnx.data; batch size left free. Its "[torch.onnx] ..." progress
+    # lines only with debug logging (`facet -v export`).
     torch.onnx.export(wrapped, (dummy,), str(tmp), dynamo=True, external_data=False,
                       opset_version=OPSET, input_names=["image"], output_names=["probs"],
-                      dynamic_shapes={"image": {0: torch.export.Dim("batch")}})
+                      dynamic_shapes={"image": {0: torch.export.Dim("batch")}},
+                      verbose=log.isEnabledFor(logging.DEBUG))
     proto = onnx.load(str(tmp))
     hashes = [file_sha256(c) for c in ckpts]
     info = {

@@ -2,6 +2,7 @@
 `facet predict` never loads torch."""
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -20,8 +21,9 @@ from facet.preprocess import DEFAULT_RULES
 
 privacy.apply_defaults()
 
+# Plain (click) help: rich markup would read the extras in "pip install 'facet[track]'" as tags.
 app = typer.Typer(help="Face photos -> 18 classes (mask x gender x age).", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+                  pretty_exceptions_enable=False, add_completion=False, rich_markup_mode=None)
 Attribute = typer.Argument(..., help="mask, gender or age")
 
 
@@ -44,8 +46,9 @@ def make_data(out: Path = typer.Argument(Path("demo/data"), help="Folder to writ
               eval_persons: int = typer.Option(20, help="Eval persons (7 images each)."),
               size: int = typer.Option(96, help="Image side in pixels."),
               seed: int = typer.Option(0)):
-    """Write a small synthetic dataset in the competition layout (for smoke tests and the demo;
-    it says nothing about accuracy on real photos)."""
+    """Write a small synthetic dataset in the competition layout.
+
+    For smoke tests and the demo: its scores say nothing about accuracy on real photos."""
     from facet.synthetic import make_dataset
     t = time.perf_counter()
     make_dataset(out, persons, eval_persons, size, seed)
@@ -72,9 +75,9 @@ def _read_table(data: list[str], manifests: list[str], root: Optional[Path], gro
             table = read_competition(path, strict, options.get("name"))
             tables.append(apply_fixes(table, fixes, strict) if fixes else table)
         for spec in manifests:
-            path, options = _source_spec(spec, ("group", "root", "name"))
+            path, options = _source_spec(spec, ("group", "root", "name", "path"))
             tables.append(read_manifest(path, options.get("root", root), options.get("group", group),
-                                        strict, options.get("name")))
+                                        strict, options.get("name"), options.get("path", "path")))
         table = combine(tables)
     except (DataError, FileNotFoundError) as exc:
         _fail(str(exc))
@@ -101,8 +104,9 @@ def _source_spec(spec: str, keys: tuple[str, ...]) -> tuple[Path, dict[str, str]
 # Options that `train` and `tune` share: the data, how it is read, and where training runs.
 DATA = typer.Option([], help="Competition train/ folder (images/, train.csv), optionally "
                     "',name=NAME'; repeat for more sources.")
-MANIFEST = typer.Option([], help="CSV with path and mask/gender/age columns, optionally "
-                        "',group=COL,root=DIR,name=NAME'; repeat for more sources.")
+MANIFEST = typer.Option([], help="CSV with path and mask/gender/age columns (and face boxes "
+                        "x0,y0,x1,y1 or xmin,ymin,xmax,ymax, one row per face), optionally "
+                        "',group=COL,root=DIR,name=NAME,path=COL'; repeat for more sources.")
 ROOT = typer.Option(None, help="Folder manifests' paths are relative to (default: each CSV's folder).")
 GROUP = typer.Option("person", help="Manifest column that keeps a person's images on one side of "
                      "the split; 'none': each image its own group (val scores optimistic).")
@@ -140,7 +144,9 @@ def train(attribute: str = Attribute,
           study_name: Optional[str] = typer.Option(None, help="The study in --from-study (needed when it holds several)."),
           track: Optional[str] = TRACK,
           ):
-    """Train one attribute model with its recipe (models/<attribute>/recipe.py)."""
+    """Train one attribute model with its recipe.
+
+    The recipe is models/<attribute>/recipe.py; --set overrides its fields."""
     from facet.models.recipe import Recipe, load_recipe
     from facet.models.data import DataError
     from facet.models.folds import SUMMARY, fit_folds
@@ -248,8 +254,10 @@ def tune(attribute: str = Attribute,
          workers: Optional[int] = WORKERS,
          track: Optional[str] = TRACK,
          ):
-    """Search an attribute's recipe on Optuna (the search space is in models/<attribute>/recipe.py):
-    TPE sampling, trials pruned on their per-epoch val macro-F1, each trial a run folder."""
+    """Search an attribute's recipe on Optuna.
+
+    The search space is in models/<attribute>/recipe.py: TPE sampling, trials pruned on their
+    per-epoch val macro-F1, each trial a run folder."""
     from facet.models.data import DataError
     from facet.models.recipe import load_recipe
     try:
@@ -297,7 +305,9 @@ def export(runs: list[Path] = typer.Argument(..., help="Run folders (or best.saf
                                     "mean over each image and its mirror (twice the model time)."),
            track: Optional[str] = TRACK,
            ):
-    """Export the trained attribute models to ONNX, with parity checks and metadata."""
+    """Export the trained attribute models to ONNX.
+
+    Each file passes a PyTorch/ONNX parity check and carries its preprocessing and metadata."""
     from facet.export.onnx_export import ParityError
     from facet.export.pipeline import export_all
     from facet.models.checkpoint import find_checkpoint
@@ -363,9 +373,11 @@ def predict(source: str = typer.Argument(..., help="eval/ folder, info.csv, a CS
             parts_dir: Optional[str] = typer.Option(None, help="Ray: folder or URI of the Parquet parts (default: OUT with the suffix .parts); a re-run skips the parts there."),
             part_size: int = typer.Option(10_000, min=1, help="Ray: rows per part."),
             ):
-    """Batch inference on onnxruntime: fills `ans` for every row it can read. Exit status 3 if
-    any image could not be read (see the .errors.csv file). Models exported with crop=face
-    find the faces first; the details say whether a face was found."""
+    """Batch inference on onnxruntime: fill `ans` for each image.
+
+    A row whose image cannot be read keeps `ans` empty, and the exit status is 3 (see the
+    .errors.csv file). Models exported with crop=face find the faces first; the details
+    say whether a face was found."""
     from facet.faces import DetectorError, YuNet
     from facet.preprocess import ImageRules
     from facet.serve.batch import (InputError, check_writable, details as details_frame,
@@ -408,7 +420,9 @@ def predict(source: str = typer.Argument(..., help="eval/ folder, info.csv, a CS
         _fail(str(exc))
     if faces == "all" and not predictor.crops_faces:
         _fail(f"--faces all needs models that find faces; {models} holds models exported "
-              "with crop=none (they take each image as one face crop)")
+              f"with crop=none (they take each image as one face crop): {PHOTO_MODELS}")
+    if not predictor.crops_faces:
+        _warn_photos(inputs.paths, predictor.distinct_specs)
     _warn_skipped(inputs.skipped)
     # a GPU eats batches faster than two threads decode them
     batch_size = batch_size or (256 if predictor.on_gpu else 64)
@@ -426,8 +440,8 @@ def predict(source: str = typer.Argument(..., help="eval/ folder, info.csv, a CS
     done = int((result.labels >= 0).sum())
     typer.echo(f"wrote {out}: {done:,} answered in {elapsed:.1f}s "
                f"({len(inputs.paths) / max(elapsed, 1e-9):.0f} img/s)", err=True)
-    if predictor.crops_faces:
-        missed = sum(found is False for found in result.face_found)
+    missed = sum(found is False for found in result.face_found)
+    if missed:
         typer.echo(f"faces: none found in {missed:,} of {done:,} answered photos (answered from "
                    "the fallback region, face_found=false)", err=True)
     if draw:
@@ -435,6 +449,36 @@ def predict(source: str = typer.Argument(..., help="eval/ folder, info.csv, a CS
         drawn = draw_results(inputs.paths, result, draw, rules)
         typer.echo(f"drew {drawn:,} photos into {draw}", err=True)
     _report_unreadable(result.errors, errors_path)
+
+
+PHOTO_MODELS = "for photos, train the models with --set crop=face and export them again"
+# A face crop is a few times the model input at most (the competition's 384 px for 96-128 px
+# models); a photo of people is far larger.
+PHOTO_RATIO = 4
+
+
+def _warn_photos(paths: list, specs: list, sample: int = 64) -> None:
+    """One warning when models that take each image as one face (crop=none) are given what
+    looks like photos: images of the first ``sample`` far larger than the model input."""
+    from PIL import Image
+
+    from facet.preprocess import read_bytes
+    side = min(min(s.height, s.width) for s in specs)
+    large = []
+    for path in paths[:sample]:
+        try:  # read_bytes refuses pipes and devices; Pillow reads the header only
+            size = Image.open(io.BytesIO(read_bytes(path))).size
+        except Exception:  # noqa: BLE001 - unreadable: predicting names it
+            continue
+        if min(size) > PHOTO_RATIO * side:
+            large.append((path, size))
+    if large:
+        path, (width, height) = large[0]
+        typer.secho(f"warning: {len(large)} of the first {min(sample, len(paths))} images are "
+                    f"far larger than the models' {side} px input (e.g. "
+                    f"{os.path.basename(str(path))}, {width}x{height}): photos, not face crops? "
+                    "These models (crop=none) answer each whole image as one face and never "
+                    f"look for faces; {PHOTO_MODELS}", fg="yellow", err=True)
 
 
 def _warn_skipped(skipped: list) -> None:
@@ -519,7 +563,9 @@ def score(pred: Path = typer.Option(..., help="Submission CSV (ImageID, ans)."),
           plot: Optional[Path] = typer.Option(None, help="Write the 18-class confusion matrix here (PNG)."),
           as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
           ):
-    """18-class macro-F1 and accuracy, and per-attribute macro-F1, of a submission."""
+    """Score a submission: 18-class and per-attribute macro-F1.
+
+    And the accuracy of each; --plot draws the 18-class confusion matrix."""
     try:
         from facet.score import ScoreError, plot as plot_result, score_files
     except ImportError as exc:  # a serving install has no scikit-learn or matplotlib
@@ -543,14 +589,16 @@ def score(pred: Path = typer.Option(..., help="Submission CSV (ImageID, ans)."),
 
 @app.command()
 def report(pred: Path = typer.Option(..., help="The --details CSV of `facet predict` (probabilities per attribute)."),
-           answers: Path = typer.Option(..., help="Answers CSV (ImageID, ans; any other column is a group)."),
+           answers: Path = typer.Option(..., help="Answers CSV (ImageID, ans; any other column is a group), or a labels manifest (path, and any of mask, gender, age in years): scored per attribute, by age band."),
            out: Path = typer.Option(Path("report"), help="Folder to write report.md, report.json and PNGs into."),
            models: Optional[Path] = typer.Option(None, help="The model folder: its temperatures give "
                                                  "the calibration before scaling."),
            resamples: int = typer.Option(1000, min=100, help="Bootstrap resamples per group."),
            ):
-    """Where the model fails, for whom, and how sure it is: per-group metrics with bootstrap
-    intervals, calibration (ECE, reliability), the most confident wrong answers."""
+    """Where the model fails, for whom, and how sure it is.
+
+    Per-group metrics with bootstrap intervals, calibration (ECE, reliability), the most
+    confident wrong answers."""
     try:
         from facet.report import ReportError, build
     except ImportError as exc:
@@ -565,12 +613,13 @@ def report(pred: Path = typer.Option(..., help="The --details CSV of `facet pred
                        temperatures, resamples)
     except (ReportError, OSError, ValueError) as exc:
         _fail(str(exc))
-    typer.echo(f"18-class macro-F1 {result['macro_f1']:.4f} on {result['images']:,} images; "
-               f"report: {out / 'report.md'}")
-    for name, group in result["groups"].items():
+    overall = (f"18-class macro-F1 {result['macro_f1']:.4f}" if "macro_f1" in result else
+               ", ".join(f"{a} macro-F1 {s['macro_f1']:.4f}" for a, s in result["attributes"].items()))
+    typer.echo(f"{overall} on {result['images']:,} images; report: {out / 'report.md'}")
+    for group in result["groups"].values():
         gap = group["gap"]
-        typer.echo(f"  {name}: largest gap {gap['best']} over {gap['worst']} "
-                   f"{gap['macro_f1_gap']:.4f}{' (intervals apart)' if gap['clear'] else ''}")
+        typer.echo(f"  {group['score']} macro-F1 by {group['by']}: largest gap {gap['best']} over "
+                   f"{gap['worst']} {gap['macro_f1_gap']:.4f}{' (intervals apart)' if gap['clear'] else ''}")
     for name, c in result["calibration"].items():
         before = f" (before scaling {c['ece_before_scaling']:.4f})" if "ece_before_scaling" in c else ""
         typer.echo(f"  ECE {name}: {c['ece']:.4f}{before}")
@@ -580,16 +629,19 @@ def report(pred: Path = typer.Option(..., help="The --details CSV of `facet pred
 def serve(models: Optional[Path] = typer.Option(None, help="Folder written by `facet export` "
                                                "(default: the settings' models, artifacts)."),
           host: str = typer.Option("127.0.0.1", help="Address to bind (0.0.0.0 behind a load balancer)."),
-          port: int = typer.Option(3000),
+          port: int = typer.Option(3000, help="Port to listen on."),
           config: Optional[Path] = typer.Option(None, help="TOML settings file (see README)."),
           workers: Optional[int] = typer.Option(None, help="HTTP front-end processes."),
           model_workers: Optional[int] = typer.Option(None, help="Model processes."),
           batching: Optional[bool] = typer.Option(None, "--batching/--no-batching",
                                                   help="Adaptive batching of concurrent requests."),
-          device: Optional[str] = typer.Option(None, help="auto, cpu or cuda."),
+          device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or tensorrt (opt-in: "
+                                               "builds engines on first use)."),
           ui: Optional[bool] = typer.Option(None, "--ui/--no-ui", help="The try-it page at /ui."),
           ):
-    """Run the HTTP prediction service (BentoML) on the exported models."""
+    """Serve the exported models over HTTP (BentoML).
+
+    The options override the FACET_* environment variables, which override the --config file."""
     from facet.serve.config import ServeConfig
     from facet.serve.predictor import Predictor
     env = dict(os.environ)
@@ -672,8 +724,10 @@ DEMO_EXTRA = {"mask": ["aug_groups=flip"]}
 def demo(out: Path = typer.Option(Path("demo"), help="Folder for the data, runs, models and results."),
          persons: int = typer.Option(120, help="Synthetic training persons."),
          ):
-    """The whole pipeline in minutes on the embedded synthetic dataset: make data, train the three
-    models (a tiny backbone), export to ONNX, predict the eval set and score it."""
+    """The whole pipeline in minutes on embedded synthetic data.
+
+    Make data, train the three models (a tiny backbone), export to ONNX, predict the eval set
+    and score it."""
     data, runs, models = out / "data", out / "runs", out / "artifacts"
     steps = [["make-data", str(data), "--persons", str(persons), "--eval-persons", str(persons // 4)]]
     for attribute in ("mask", "gender", "age"):

@@ -1,8 +1,8 @@
 """Photos with what the system saw drawn on them: each answered face's box, class and confidence.
 
 Faces answered with low confidence are drawn in orange with a thin box, confident ones in
-green; a photo answered without a face (none found, or models that take whole images) gets
-its label in the top-left corner. Numpy, OpenCV and Pillow only.
+green; a photo answered without a face gets its label in the top-left corner, saying whether
+no face was found or the models (crop=none) never looked for one. Numpy, OpenCV and Pillow only.
 """
 from __future__ import annotations
 
@@ -17,18 +17,21 @@ from facet.faces import Face
 from facet.preprocess import DEFAULT_RULES, ImageError, ImageRules, read_image
 
 LOW_CONFIDENCE = 0.5
+WHOLE_IMAGE = "whole image, no face search: "
 _SURE, _UNSURE, _NOFACE = (40, 200, 60), (255, 150, 0), (220, 40, 40)
 
 
-def draw_faces(rgb: np.ndarray, answers: list[tuple[Face | None, int, float]]) -> np.ndarray:
-    """``answers``: (face or None, 18-class label, confidence). Returns a drawn copy."""
+def draw_faces(rgb: np.ndarray, answers: list[tuple[Face | None, int, float]],
+               searched: bool = True) -> np.ndarray:
+    """``answers``: (face or None, 18-class label, confidence); ``searched``: whether faces
+    were looked for (False: the models take the whole image as one face). Returns a drawn copy."""
     out = np.ascontiguousarray(rgb.copy())
     scale = max(0.35, min(out.shape[:2]) / 900)
     names = class_names()
     for face, label, confidence in answers:
         text = f"{names[label]} {confidence:.2f}"
         if face is None:
-            _label(out, "no face: " + text, 2, 2, _NOFACE, scale)
+            _label(out, ("no face: " if searched else WHOLE_IMAGE) + text, 2, 2, _NOFACE, scale)
             continue
         colour = _SURE if confidence >= LOW_CONFIDENCE else _UNSURE
         x, y, w, h = (round(v) for v in face.box)
@@ -67,7 +70,8 @@ def draw_results(paths: list[Path], result, out_dir: Path,
         name = Path(paths[i]).stem
         name = f"{name}.{i + 1}" if name in used else name
         used.add(name)
-        cv2.imwrite(str(out_dir / f"{name}.jpg"), draw_faces(rgb, answers)[:, :, ::-1],
+        cv2.imwrite(str(out_dir / f"{name}.jpg"),
+                    draw_faces(rgb, answers, result.face_found[i] is not None)[:, :, ::-1],
                     [cv2.IMWRITE_JPEG_QUALITY, 90])
         drawn += 1
     return drawn

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from facet.calibration import BINS, ece, reliability, scale
-from facet.combine import ATTRIBUTES, class_names, combine_probs, split_labels
+from facet.combine import (ATTRIBUTES, TRUE_AGE_RULE, class_names, combine_labels, combine_probs,
+                           parse_code, split_labels)
 from facet.metrics import age_bands, macro_f1_counts, scores
 
 # The groups a face-attribute report is asked about; each is reported when the answers carry it.
@@ -33,29 +34,44 @@ class ReportError(ValueError):
 def build(details: pd.DataFrame, answers: pd.DataFrame, out_dir: Path,
           temperatures: dict[str, float] | None = None, resamples: int = 1000,
           hardest: int = 16, seed: int = 0) -> dict:
+    """``answers``: the competition's (ImageID, ans, any group columns), scored on the 18
+    classes; or a labels manifest (path and any of mask, gender, age in years, age_group: what
+    ``facet train --manifest`` reads), scored per labelled attribute."""
     frame = _join(details, answers)
-    truth = frame["ans"].to_numpy(int)
     pred = frame["label"].to_numpy(int)
     attributes = {a: frame[[f"p_{a}_{c}" for c in classes]].to_numpy(np.float64)
                   for a, classes in ATTRIBUTES.items()}
-    true_codes = dict(zip(ATTRIBUTES, split_labels(truth)))
-    overall = scores(truth, pred, len(class_names()))
-    result = {
-        "images": len(frame), "unanswered": int((pred < 0).sum()),
-        "macro_f1": round(overall["macro_f1"], 4), "accuracy": round(overall["accuracy"], 4),
-        "per_class_f1": dict(zip(class_names(), (round(f, 4) for f in overall["per_class_f1"]))),
-        "attributes": {a: {"macro_f1": round(s["macro_f1"], 4), "accuracy": round(s["accuracy"], 4)}
-                       for a in ATTRIBUTES
-                       for s in [scores(true_codes[a], _argmax(attributes[a]), len(ATTRIBUTES[a]))]},
-    }
+    truth = frame["ans"].to_numpy(int)
+    full = bool((truth >= 0).all())  # every image has all three labels: the 18 classes score
+    true_codes = (dict(zip(ATTRIBUTES, split_labels(truth))) if full else
+                  {a: frame[a].to_numpy(int) for a in ATTRIBUTES if (frame[a] >= 0).any()})
+    targets = ({"18-class": (truth, pred, len(class_names()))} if full else
+               {a: (codes, _argmax(attributes[a]), len(ATTRIBUTES[a]))
+                for a, codes in true_codes.items()})
+    result = {"images": len(frame), "unanswered": int((pred < 0).sum()), "scored": list(targets),
+              "attributes": {a: {"macro_f1": round(s["macro_f1"], 4),
+                                 "accuracy": round(s["accuracy"], 4), "images": int(known.sum())}
+                             for a, codes in true_codes.items()
+                             for known in [codes >= 0]
+                             for s in [scores(codes[known], _argmax(attributes[a])[known],
+                                              len(ATTRIBUTES[a]))]}}
+    if full:
+        overall = scores(truth, pred, len(class_names()))
+        result.update({"macro_f1": round(overall["macro_f1"], 4),
+                       "accuracy": round(overall["accuracy"], 4),
+                       "per_class_f1": dict(zip(class_names(), (round(f, 4) for f in
+                                                                overall["per_class_f1"])))})
     groups, missing = _group_columns(frame)
     rng = np.random.default_rng(seed)
-    result["groups"] = {name: _by_group(values, truth, pred, rng, resamples)
-                        for name, values in groups.items()}
+    result["groups"] = {name if full else f"{score} by {name}":
+                        _by_group(values, *target, rng, resamples) | {"score": score, "by": name}
+                        for name, values in groups.items()
+                        for score, target in targets.items() if name != score}
     result["groups_not_reported"] = missing
-    result["calibration"] = _calibration(attributes, true_codes, truth, temperatures)
+    result["calibration"] = _calibration(attributes, true_codes, truth if full else None,
+                                         temperatures)
     out_dir.mkdir(parents=True, exist_ok=True)
-    result["hardest"] = _hardest(frame, truth, pred, attributes, hardest, out_dir / "hardest.png")
+    result["hardest"] = _hardest(frame, true_codes, attributes, hardest, out_dir / "hardest.png")
     _plot_reliability(result["calibration"], out_dir / "reliability.png")
     _plot_groups(result["groups"], out_dir / "groups.png")
     (out_dir / "report.json").write_text(json.dumps(result, indent=2))
@@ -63,12 +79,41 @@ def build(details: pd.DataFrame, answers: pd.DataFrame, out_dir: Path,
     return result
 
 
+def _from_manifest(manifest: pd.DataFrame) -> pd.DataFrame:
+    """A labels manifest as answers: ImageID from the path's file name, each attribute's code
+    (-1: not labelled), real ages kept for the age bands, ans where all three are known."""
+    if "path" not in manifest.columns:
+        raise ReportError(f"the answers need ImageID and ans columns, or a path column and "
+                          f"labels (a manifest); they have {list(manifest.columns)}")
+    out = pd.DataFrame({"ImageID": manifest["path"].map(lambda p: Path(str(p)).name)})
+    for i, row in enumerate(manifest.to_dict("records"), start=2):
+        try:
+            for attribute in ("mask", "gender"):
+                out.loc[i - 2, attribute] = (parse_code(attribute, row[attribute])
+                                             if str(row.get(attribute, "")).strip() else -1)
+            years = str(row.get("age", "")).strip()
+            group = str(row.get("age_group", "")).strip()
+            out.loc[i - 2, "age_years"] = float(years) if years else np.nan
+            out.loc[i - 2, "age"] = (TRUE_AGE_RULE.group(float(years)) if years else
+                                     parse_code("age", group) if group else -1)
+        except ValueError as exc:
+            raise ReportError(f"answers line {i} ({row['path']}): {exc}") from None
+    codes = out[list(ATTRIBUTES)].astype(int)
+    if (codes < 0).all(axis=None):
+        raise ReportError("the manifest labels no image (columns mask, gender, age in years or "
+                          "age_group)")
+    out[list(ATTRIBUTES)] = codes
+    out["ans"] = np.where((codes >= 0).all(axis=1), combine_labels(*codes.clip(0).T.values), -1)
+    groups = [c for c in manifest.columns if c not in (*ATTRIBUTES, "age_group", "path")]
+    return pd.concat([out, manifest[groups].reset_index(drop=True)], axis=1)
+
+
 def _join(details: pd.DataFrame, answers: pd.DataFrame) -> pd.DataFrame:
     if missing := PREDICTIONS - set(details.columns):
         raise ReportError(f"the predictions lack {sorted(missing)[:4]}...: give the --details "
                           "CSV of `facet predict` (it has each attribute's probabilities)")
     if not {"ImageID", "ans"} <= set(answers.columns):
-        raise ReportError(f"the answers need ImageID and ans columns; they have {list(answers.columns)}")
+        answers = _from_manifest(answers)
     if "face" in details.columns:  # --faces all: the primary face answers for the image
         details = details[details["primary"].astype(str).str.lower() == "true"]
     details = details[sorted(PREDICTIONS)].assign(ImageID=details["path"].map(lambda p: Path(str(p)).name))
@@ -114,9 +159,11 @@ def _group_columns(frame: pd.DataFrame) -> tuple[dict[str, pd.Series], list[dict
     return groups, missing
 
 
-def _by_group(values: pd.Series, truth, pred, rng, resamples: int) -> dict:
+def _by_group(values: pd.Series, truth, pred, n_classes: int, rng, resamples: int) -> dict:
+    """Macro-F1 and accuracy of (truth, pred) per value, with bootstrap intervals; images with
+    no true label (< 0) are left out."""
     rows = []
-    n_classes = len(class_names())
+    values = values.where(truth >= 0)
     for value in sorted(v for v in values.dropna().unique()):
         idx = np.flatnonzero((values == value).to_numpy())
         t, p = truth[idx], pred[idx]
@@ -138,15 +185,17 @@ def _by_group(values: pd.Series, truth, pred, rng, resamples: int) -> dict:
 
 
 def _calibration(attributes: dict, true_codes: dict, truth, temperatures) -> dict:
+    """ECE and reliability of each labelled attribute, and of the 18 classes when ``truth``."""
     out = {}
     before_attrs = {a: scale(p, 1 / temperatures[a]) if temperatures and a in temperatures else None
                     for a, p in attributes.items()}
     answered = np.concatenate([p.sum(1, keepdims=True) > 0 for p in attributes.values()], 1).all(1)
-    for name, probs, labels, before in [
-            *[(a, attributes[a], true_codes[a], before_attrs[a]) for a in ATTRIBUTES],
-            ("18 classes", combine_probs(*attributes.values()), truth,
-             combine_probs(*before_attrs.values()) if all(
-                 v is not None for v in before_attrs.values()) else None)]:
+    entries = [(a, attributes[a], true_codes[a], before_attrs[a]) for a in true_codes]
+    if truth is not None:
+        entries.append(("18 classes", combine_probs(*attributes.values()), truth,
+                        combine_probs(*before_attrs.values()) if all(
+                            v is not None for v in before_attrs.values()) else None))
+    for name, probs, labels, before in entries:
         labels = np.where(answered, labels, -1)
         entry = {"ece": round(ece(probs, labels), 4), "reliability": reliability(probs, labels)}
         if before is not None:
@@ -157,14 +206,20 @@ def _calibration(attributes: dict, true_codes: dict, truth, temperatures) -> dic
     return out
 
 
-def _hardest(frame, truth, pred, attributes, count: int, path: Path) -> list[dict]:
-    """The most confident wrong answers, as a contact sheet."""
-    confidence = combine_probs(*attributes.values()).max(1)
-    wrong = np.flatnonzero((pred >= 0) & (pred != truth))
+def _hardest(frame, true_codes: dict, attributes: dict, count: int, path: Path) -> list[dict]:
+    """The most confident wrong answers (wrong in any labelled attribute), as a contact sheet."""
+    labelled = list(true_codes)
+    confidence = np.prod([attributes[a].max(1) for a in labelled], axis=0)
+    picked = {a: _argmax(attributes[a]) for a in labelled}
+    answered = np.all([picked[a] >= 0 for a in labelled], axis=0)
+    wrong = np.flatnonzero(answered & np.any([(true_codes[a] >= 0) & (picked[a] != true_codes[a])
+                                              for a in labelled], axis=0))
     top = wrong[np.argsort(-confidence[wrong], kind="stable")][:count]
-    names = class_names()
-    rows = [{"image": str(frame["path"].iloc[i]), "true": names[truth[i]], "answer": names[pred[i]],
-             "confidence": round(float(confidence[i]), 4)} for i in top]
+
+    def name(codes: dict, i: int) -> str:
+        return "/".join(ATTRIBUTES[a][codes[a][i]] if codes[a][i] >= 0 else "?" for a in labelled)
+    rows = [{"image": str(frame["path"].iloc[i]), "true": name(true_codes, i),
+             "answer": name(picked, i), "confidence": round(float(confidence[i]), 4)} for i in top]
     if rows:
         _contact_sheet(rows, path)
     return rows
@@ -233,11 +288,12 @@ def _plot_groups(groups: dict, path: Path) -> None:
         values = group["values"]
         y = np.arange(len(values))
         f1 = np.array([v["macro_f1"] for v in values])
-        lo = f1 - np.array([v["macro_f1_ci"][0] for v in values])
-        hi = np.array([v["macro_f1_ci"][1] for v in values]) - f1
+        # a small group's own F1 can fall outside its bootstrap interval (F1 is not a mean)
+        lo = np.clip(f1 - np.array([v["macro_f1_ci"][0] for v in values]), 0, None)
+        hi = np.clip(np.array([v["macro_f1_ci"][1] for v in values]) - f1, 0, None)
         ax.errorbar(f1, y, xerr=[lo, hi], fmt="o", capsize=3)
         ax.set_yticks(y, [f"{v['value']} (n={v['images']})" for v in values], fontsize=8)
-        ax.set(title=f"{name}: 18-class macro-F1, 95% bootstrap interval", xlim=(0, 1))
+        ax.set(title=f"{name}: {group['score']} macro-F1, 95% bootstrap interval", xlim=(0, 1))
         ax.title.set_fontsize(9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -245,17 +301,20 @@ def _plot_groups(groups: dict, path: Path) -> None:
 
 
 def _markdown(r: dict) -> str:
+    overall = (f"18-class macro-F1 **{r['macro_f1']:.4f}**, accuracy {r['accuracy']:.4f}."
+               if "macro_f1" in r else "Scored per labelled attribute (the answers do not "
+               "label all three, so the 18 classes are not scored).")
     lines = ["# facet evaluation report", "",
-             f"{r['images']:,} images, {r['unanswered']} unanswered (counted wrong). "
-             f"18-class macro-F1 **{r['macro_f1']:.4f}**, accuracy {r['accuracy']:.4f}.", "",
-             "| attribute | macro-F1 | accuracy |", "|---|---|---|"]
-    lines += [f"| {a} | {s['macro_f1']:.4f} | {s['accuracy']:.4f} |" for a, s in r["attributes"].items()]
+             f"{r['images']:,} images, {r['unanswered']} unanswered (counted wrong). {overall}", "",
+             "| attribute | images | macro-F1 | accuracy |", "|---|---|---|---|"]
+    lines += [f"| {a} | {s['images']:,} | {s['macro_f1']:.4f} | {s['accuracy']:.4f} |"
+              for a, s in r["attributes"].items()]
     lines += ["", "## By group", "", "![groups](groups.png)", ""]
     for name, group in r["groups"].items():
         gap = group["gap"]
         flag = " **(the intervals do not overlap)**" if gap["clear"] else ""
-        lines += [f"### {name}", "", f"Largest gap: {gap['best']} over {gap['worst']}, "
-                  f"{gap['macro_f1_gap']:.4f} macro-F1{flag}.", "",
+        lines += [f"### {name}", "", f"Largest gap in {group['score']} macro-F1: {gap['best']} over "
+                  f"{gap['worst']}, {gap['macro_f1_gap']:.4f}{flag}.", "",
                   "| value | images | macro-F1 (95% CI) | accuracy (95% CI) |", "|---|---|---|---|"]
         lines += [f"| {v['value']} | {v['images']:,} | {v['macro_f1']:.4f} ({v['macro_f1_ci'][0]:.3f}"
                   f"-{v['macro_f1_ci'][1]:.3f}) | {v['accuracy']:.4f} ({v['accuracy_ci'][0]:.3f}-"
@@ -269,8 +328,9 @@ def _markdown(r: dict) -> str:
     for name, c in r["calibration"].items():
         lines.append(f"| {name} | {c['ece']:.4f} | {c.get('ece_before_scaling', float('nan')):.4f} "
                      f"| {c.get('temperature') or ''} |")
-    lines += ["", "## Per class (18)", "", "| class | F1 |", "|---|---|"]
-    lines += [f"| {k} | {v:.4f} |" for k, v in r["per_class_f1"].items()]
+    if "per_class_f1" in r:
+        lines += ["", "## Per class (18)", "", "| class | F1 |", "|---|---|"]
+        lines += [f"| {k} | {v:.4f} |" for k, v in r["per_class_f1"].items()]
     if r["hardest"]:
         lines += ["", "## Most confident wrong answers", "", "![hardest](hardest.png)", ""]
     return "\n".join(lines) + "\n"

@@ -3,7 +3,8 @@
 The cache is a ``.npy`` file memory-mapped by the DataLoader workers, keyed by the image
 files (path, size, mtime) and the preprocessing spec, so a changed file or size rebuilds it.
 With ``crop: face`` the detector runs here, once per image, and its findings are cached
-beside the images (``.faces.json``), so epochs never run it.
+beside the images (``.faces.json``), so epochs never run it. :func:`cached_landmarks` finds
+each cached image's face landmarks (for augmentations placed on the face) the same way.
 """
 from __future__ import annotations
 
@@ -11,18 +12,19 @@ import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from facet.faces import default_detector
-from facet.preprocess import ImageError, PreprocessSpec, decode_faces
+from facet.faces import Face, default_detector
+from facet.preprocess import ImageError, PreprocessSpec, cut_face, decode_faces, read_image
 
 
-def _key(paths: list[str], spec: PreprocessSpec) -> str:
+def _key(paths: list[str], spec: PreprocessSpec, boxes: list | None) -> str:
     detector = default_detector().describe() if spec.crop == "face" else None  # other crops
-    h = hashlib.sha256(json.dumps([spec.to_dict(), detector], sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps([spec.to_dict(), detector, boxes], sort_keys=True).encode())
     for p in paths:
         st = os.stat(p)
         h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
@@ -30,16 +32,22 @@ def _key(paths: list[str], spec: PreprocessSpec) -> str:
 
 
 def build_cache(paths: list[str], spec: PreprocessSpec, cache_dir: str | Path,
-                workers: int = 4) -> tuple[np.ndarray, list[tuple[int, str]], list[dict | None]]:
+                workers: int = 4, boxes: list | None = None,
+                ) -> tuple[np.ndarray, list[tuple[int, str]], list[dict | None]]:
     """Returns (images (N, H, W, 3) uint8 read-only memmap, [(index, problem), ...], faces),
     ``faces[i]``: the largest face the detector found in image i ({"box", "score",
     "landmarks"}), or None (no face found, the fallback region was cached; or ``crop: none``).
+
+    ``boxes[i]``, where given ((x, y, w, h), not None), names the face of row i in its photo:
+    the crop rule cuts around it from the full photo, whatever the spec's crop, and no detector
+    runs (a photo with several named faces is decoded once for all of them).
 
     Images that fail to decode stay black in the array and are reported; drop their rows.
     """
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = _key(paths, spec)
+    boxes = [list(b) if b is not None else None for b in boxes] if boxes is not None else None
+    key = _key(paths, spec, boxes)
     array_path, bad_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.bad.json"
     faces_path = cache_dir / f"{key}.faces.json"
     if array_path.exists() and bad_path.exists() and faces_path.exists():
@@ -52,6 +60,11 @@ def build_cache(paths: list[str], spec: PreprocessSpec, cache_dir: str | Path,
     faces: list[dict | None] = [None] * len(paths)
     detector = default_detector() if spec.crop == "face" else None
 
+    named: dict[str, list[int]] = {}  # photo -> its rows with a named face
+    for i, box in enumerate(boxes or []):
+        if box is not None:
+            named.setdefault(paths[i], []).append(i)
+
     def work(i: int) -> None:
         try:
             photo = decode_faces(paths[i], [spec], detector=detector)
@@ -62,14 +75,54 @@ def build_cache(paths: list[str], spec: PreprocessSpec, cache_dir: str | Path,
         if photo.primary >= 0:
             faces[i] = photo.faces[photo.primary].to_dict()
 
+    def cut_named(path: str) -> None:
+        try:
+            rgb = read_image(path)
+        except (ImageError, OSError) as exc:
+            bad.extend((i, f"{path}: {exc}") for i in named[path])
+            return
+        for i in named[path]:
+            face = Face(tuple(boxes[i]), 1.0)
+            out[i] = cut_face(rgb, face, spec)
+            faces[i] = face.to_dict()
+
+    tasks = [partial(cut_named, p) for p in named] + [
+        partial(work, i) for i in range(len(paths)) if boxes is None or boxes[i] is None]
     # The decoders (libjpeg-turbo, zlib, OpenCV) release the GIL, so threads scale.
     with ThreadPoolExecutor(workers) as pool:
-        list(tqdm(pool.map(work, range(len(paths))), total=len(paths), unit="img",
+        list(tqdm(pool.map(lambda task: task(), tasks), total=len(tasks), unit="img",
                   desc=f"caching {spec.height}x{spec.width}"
-                       + (" (finding faces)" if detector else ""), leave=False))
+                       + (" (finding faces)" if detector and len(tasks) > len(named) else ""),
+                  leave=False))
     out.flush()
     out = None  # the memmap is closed before the rename
     os.replace(tmp, array_path)  # a crash mid-build never leaves a half cache behind
     bad_path.write_text(json.dumps(sorted(bad)))
     faces_path.write_text(json.dumps(faces))
     return np.load(array_path, mmap_mode="r"), sorted(bad), faces
+
+
+def cached_landmarks(images: np.memmap, workers: int = 4) -> np.ndarray:
+    """(N, 5, 2) float32: the five landmarks of the largest face the detector finds in each
+    image of a :func:`build_cache` array, in that image's pixels (NaN where none is found).
+    Found on the cached pixels themselves, so they hold for any crop rule; cached beside it."""
+    array_path = Path(images.filename)
+    detector = default_detector()
+    tag = hashlib.sha256(json.dumps(detector.describe(), sort_keys=True).encode()).hexdigest()[:8]
+    path = array_path.with_name(f"{array_path.stem}.landmarks-{tag}.npy")
+    if path.exists():
+        return np.load(path)
+    out = np.full((len(images), 5, 2), np.nan, np.float32)
+
+    def work(i: int) -> None:
+        faces = detector.detect(np.asarray(images[i]))
+        if faces:
+            out[i] = max(faces, key=lambda f: f.box[2] * f.box[3]).landmarks
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(tqdm(pool.map(work, range(len(images))), total=len(images), unit="img",
+                  desc="finding landmarks", leave=False))
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, out)
+    os.replace(tmp, path)
+    return out

@@ -1,7 +1,8 @@
 """Reading training data: the competition folder layout, a generic manifest CSV, label fixes.
 
-Every reader returns a :class:`Table`: one row per image with the columns
-``path, person, mask, gender, age_years, age`` (codes; -1 where a label is unknown) and the
+Every reader returns a :class:`Table`: one row per image (or per face, for a manifest with face
+boxes) with the columns ``path, person, mask, gender, age_years, age`` (codes; -1 where a label
+is unknown), ``source`` and ``box`` (the face's (x, y, w, h) in the image, or None) and the
 problems met on the way. Rows with a problem are left out; ``strict=True`` raises instead.
 """
 from __future__ import annotations
@@ -19,7 +20,9 @@ from facet.preprocess import SUFFIXES
 
 FOLDER_RE = re.compile(r"^(?P<id>\d+)_(?P<gender>[A-Za-z]+)_(?P<race>[A-Za-z]+)_(?P<age>\d+)$")
 MAX_AGE = 120
-COLUMNS = ["path", "person", "mask", "gender", "age_years", "age", "source"]
+COLUMNS = ["path", "person", "mask", "gender", "age_years", "age", "source", "box"]
+#: A manifest's face box, as either set of column names: corners in the image's pixels.
+BOX_COLUMNS = (("x0", "y0", "x1", "y1"), ("xmin", "ymin", "xmax", "ymax"))
 NO_GROUP = "none"
 
 log = logging.getLogger(__name__)
@@ -114,7 +117,7 @@ def read_competition(root: str | Path, strict: bool = False, name: str | None = 
                 problems.add(f"{folder / stem}.*: missing image")
         for stem, f in found.items():
             rows.append((str(f), m["id"], MASK_BY_STEM[stem], gender, age,
-                         TRUE_AGE_RULE.group(age), name))
+                         TRUE_AGE_RULE.group(age), name, None))
     _check_train_csv(root, {r[1] for r in rows}, problems)
     return Table(pd.DataFrame(rows, columns=COLUMNS), list(problems), name=name)
 
@@ -142,12 +145,15 @@ def _parse_age(text) -> int:
 
 
 def read_manifest(csv: str | Path, root: str | Path | None = None, group: str = "person",
-                  strict: bool = False, name: str | None = None) -> Table:
+                  strict: bool = False, name: str | None = None,
+                  path_column: str = "path") -> Table:
     """A CSV with ``path`` and any of ``mask``, ``gender``, ``age`` (years) or ``age_group``.
 
-    Paths are relative to ``root`` (default: the CSV's folder). ``group`` names the column that
-    keeps related images on one side of the split (a person, a source photo); ``"none"`` makes
-    each image its own group, which lets one person's images land on both sides.
+    Paths are relative to ``root`` (default: the CSV's folder); ``path_column`` names their
+    column. ``group`` names the column that keeps related images on one side of the split (a
+    person, a source photo); ``"none"`` makes each image its own group, which lets one person's
+    images land on both sides. A face box (``x0,y0,x1,y1`` or ``xmin,ymin,xmax,ymax``) makes
+    each row one face of its photo: the crop is cut around it, and a photo may have many rows.
     """
     csv = Path(csv)
     root = Path(root) if root else csv.parent
@@ -155,8 +161,12 @@ def read_manifest(csv: str | Path, root: str | Path | None = None, group: str = 
     if not csv.is_file():
         raise DataError(f"{csv}: manifest not found")
     df = read_csv(csv, DataError, dtype=str, keep_default_na=False)
-    if "path" not in df.columns:
-        raise DataError(f"{csv}: needs a 'path' column, has {list(df.columns)}")
+    if path_column not in df.columns:
+        raise DataError(f"{csv}: needs a {path_column!r} column (the image paths), has "
+                        f"{list(df.columns)}")
+    if path_column != "path":
+        df = df.drop(columns=["path"], errors="ignore").rename(columns={path_column: "path"})
+    corners = next((c for c in BOX_COLUMNS if set(c) <= set(df.columns)), None)
     labels = [c for c in ("mask", "gender", "age", "age_group") if c in df.columns]
     if not labels:
         raise DataError(f"{csv}: needs at least one of mask, gender, age, age_group columns")
@@ -185,12 +195,23 @@ def read_manifest(csv: str | Path, root: str | Path | None = None, group: str = 
                 age = parse_code("age", rec["age_group"])
             else:
                 age = -1
+            box = _box(rec, corners) if corners else None
         except ValueError as exc:
             problems.add(f"{where}: {exc}")
             continue
         person = f"row{i}" if group == NO_GROUP else rec[group]
-        rows.append((str(path), person, codes["mask"], codes["gender"], years, age, name))
+        rows.append((str(path), person, codes["mask"], codes["gender"], years, age, name, box))
     return Table(pd.DataFrame(rows, columns=COLUMNS), list(problems), group, name)
+
+
+def _box(rec: dict, corners: tuple[str, ...]) -> tuple[float, float, float, float]:
+    try:
+        x0, y0, x1, y1 = (float(rec[c]) for c in corners)
+    except ValueError:
+        raise ValueError(f"face box {[rec[c] for c in corners]} is not four numbers") from None
+    if not (0 <= x0 < x1 and 0 <= y0 < y1):
+        raise ValueError(f"face box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is not a box in the image")
+    return (x0, y0, x1 - x0, y1 - y0)
 
 
 def combine(tables: list[Table]) -> Table:

@@ -33,7 +33,8 @@ class Recipe:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     crop: str = "none"  # none: the images are face crops | face: detect, crop the largest face
-    crop_margin: float = 1.6  # the crop is a square this many times the face box's longer side
+    crop_margin: float = 2.0  # the crop is a square this many times the face box's longer side
+    #                           (the best photo -> mask F1 of 1.4, 1.6 and 2.0: BENCHMARKS.md)
     crop_fallback: str = "whole"  # no face found: the whole image | center (its centred square)
     # optimisation
     optimizer: str = "adamw"  # any timm.optim name
@@ -60,6 +61,8 @@ class Recipe:
     f1_weight: float = 0.0  # adds this much soft macro-F1 loss to ce/focal
     class_weights: str = "none"  # none | balanced | comma-separated weights
     sampler: str = "none"  # none | balanced | sqrt (oversample rare classes)
+    child_weight: float = 1.0  # sampling weight of training images of children (real age
+    #                            under 13; gender's weakest band), within their source
     aug_groups: str = ""  # augmentation groups the attribute's augmentations() turns on,
     #                       comma-separated (its docstring lists them); empty: all of them
     cutmix: float = 0.0  # probability that a batch is CutMix-ed
@@ -104,6 +107,8 @@ class Recipe:
                              f"{self.patience}")
         if self.sampler not in ("none", "balanced", "sqrt"):
             raise ValueError(f"unknown sampler {self.sampler!r}: none, balanced or sqrt")
+        if not 0 < self.child_weight < float("inf"):
+            raise ValueError(f"child_weight must be positive, got {self.child_weight}")
         if self.stratify not in ("attribute", "class18"):
             raise ValueError(f"unknown stratify {self.stratify!r}: attribute or class18")
         self.preprocess  # validates size, resize mode and crop
@@ -138,6 +143,11 @@ class Recipe:
         if not sum(weights.values()):
             raise ValueError(f"source_weights: the sources' weights are all 0 ({weights})")
         return {name: w / sum(weights.values()) for name, w in weights.items()}, absent
+
+    @property
+    def source_weights_names(self) -> list[str]:
+        """The sources ``source_weights`` names."""
+        return [item.partition("=")[0].strip() for item in self.source_weights.split(",") if item]
 
     def selection(self, sources: list[str]) -> str:
         """The ``select_on`` choice that applies to these sources: all, mean or a source."""

@@ -1,6 +1,7 @@
 """Training one attribute model: the machinery every recipe shares."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -25,12 +26,13 @@ from torch.utils.data import (DataLoader, Dataset, RandomSampler, WeightedRandom
 from tqdm import tqdm
 
 from facet.combine import ATTRIBUTES, TRUE_AGE_RULE, combine_labels
-from facet.metrics import (by_age_band, macro_f1_from_confusion, plot_by_age_band, plot_confusion,
-                           plot_curves, scores)
+from facet.metrics import (AGE_BANDS, by_age_band, macro_f1_from_confusion, plot_by_age_band,
+                           plot_confusion, plot_curves, scores)
 from facet.faces import default_detector
 from facet.preprocess import PreprocessSpec, normalize
 
-from .cache import build_cache
+from .augment import uses_landmarks
+from .cache import build_cache, cached_landmarks
 from .checkpoint import create_model, recalibrate_batchnorm, resolve_pretrained, save_weights
 from .data import DataError, Table, training_labels
 from .losses import build_loss, class_weights
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 
 #: Recipe fields a resumed run may change: neither alters what was trained nor the schedule.
 RESUME_MAY_CHANGE = ("patience",)
+CHILD_AGE = AGE_BANDS[1]  # child_weight applies under this real age: the reports' first band
 
 
 class ResumeError(ValueError):
@@ -48,20 +51,27 @@ class ResumeError(ValueError):
 
 
 class CachedImages(Dataset):
-    """Rows of the decoded-image cache -> (normalised CHW tensor, label)."""
+    """Rows of the decoded-image cache -> (normalised CHW tensor, label). The transform also
+    gets each row's face ``landmarks`` (NaN: unknown) and whether it is ``maskable`` (no mask
+    is known to be worn), for augmentations placed on the face."""
 
     def __init__(self, images: np.ndarray, rows: np.ndarray, labels: np.ndarray,
-                 spec: PreprocessSpec, transform: A.Compose | None = None):
+                 spec: PreprocessSpec, transform: A.Compose | None = None,
+                 landmarks: np.ndarray | None = None, maskable: np.ndarray | None = None):
         self.images, self.rows, self.labels = images, rows, labels
         self.spec, self.transform = spec, transform
+        self.landmarks, self.maskable = landmarks, maskable
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int):
-        image = np.asarray(self.images[self.rows[i]])
+        row = self.rows[i]
+        image = np.asarray(self.images[row])
         if self.transform is not None:
-            image = self.transform(image=image)["image"]
+            face = {} if self.landmarks is None else {"landmarks": self.landmarks[row],
+                                                      "maskable": bool(self.maskable[row])}
+            image = self.transform(image=image, **face)["image"]
         return torch.from_numpy(normalize(image, self.spec)), int(self.labels[i])
 
 
@@ -74,20 +84,23 @@ class RunResult:
 
 
 def _sampler(labels: np.ndarray, kind: str, num_samples: int, sources: np.ndarray,
-             shares: dict[str, float] | None = None):
+             shares: dict[str, float] | None = None, boost: np.ndarray | None = None):
     """Draws an epoch's samples: each source gets its share (``shares``, else by size), and
-    within a source ``kind`` balances the classes (balanced), half-way (sqrt), or not (none)."""
+    within a source ``kind`` balances the classes (balanced), half-way (sqrt), or not (none);
+    ``boost`` multiplies some images' weight within their source (children)."""
     generator = torch.Generator()  # seeded at the start of every epoch
     power = {"none": 0.0, "balanced": 1.0, "sqrt": 0.5}.get(kind)
     if power is None:
         raise ValueError(f"unknown sampler {kind!r}: none, balanced or sqrt")
-    if kind == "none" and shares is None:
+    if kind == "none" and (shares is None or len(shares) == 1) and boost is None:
         return RandomSampler(range(len(labels)), num_samples=num_samples, generator=generator)
     weights = np.zeros(len(labels))
     for name in np.unique(sources):
         rows = sources == name
         counts = np.bincount(labels[rows])
         within = 1.0 / np.power(counts[labels[rows]].astype(np.float64), power)
+        if boost is not None:
+            within = within * boost[rows]
         share = shares[name] if shares is not None else rows.mean()
         weights[rows] = share * within / within.sum()
     return WeightedRandomSampler(weights, num_samples, replacement=True, generator=generator)
@@ -130,8 +143,10 @@ class Trainer:
         else:
             raise ValueError(f"unknown stratify {r.stratify!r}: attribute or class18")
         train_rows, val_rows = split_by_source(frame, strat, r)
+        named = frame["box"].notna()  # faces a manifest's boxes name: cut, not detected
         images, bad, faces = build_cache(frame["path"].tolist(), r.preprocess, self.cache_dir,
-                                  workers=max(2, self.workers * 2))
+                                         workers=max(2, self.workers * 2),
+                                         boxes=frame["box"].tolist() if named.any() else None)
         self.problems += [msg for _, msg in bad]
         bad_rows = {i for i, _ in bad}
         train_labels = training_labels(frame, r.attribute, r.age_rule).to_numpy()
@@ -151,6 +166,8 @@ class Trainer:
             "val_persons": int(frame["person"].iloc[val_rows].nunique()),
             "dropped_boundary_ages": int((training_labels(frame, r.attribute, r.age_rule) < 0).sum()),
         }
+        if named.any():
+            self.split["named_faces"] = int(named.sum())
         if r.crop == "face":  # the images the crop rule could not apply to (fallback region)
             readable = len(frame) - len(bad_rows)
             self.split["no_face_found"] = readable - sum(f is not None for f in faces)
@@ -164,8 +181,14 @@ class Trainer:
         except ValueError as exc:
             raise DataError(str(exc)) from None
         true_labels = frame[r.attribute].to_numpy()
+        face = {}
+        if uses_landmarks(self.augment):  # found once, on the cached pixels
+            landmarks = cached_landmarks(images, workers=max(2, self.workers * 2))
+            found = np.isfinite(landmarks[train_rows]).all(axis=(1, 2))
+            self.split["landmarks_found_share"] = round(float(found.mean()), 4)
+            face = {"landmarks": landmarks, "maskable": ~frame["mask"].isin([0, 1]).to_numpy()}
         self.train_set = CachedImages(images, train_rows, train_labels[train_rows], r.preprocess,
-                                      self.augment)
+                                      self.augment, **face)
         self.val_set = CachedImages(images, val_rows, true_labels[val_rows], r.preprocess)
 
     def _loaders(self):
@@ -178,11 +201,15 @@ class Trainer:
         sources = self.frame["source"].to_numpy()[self.train_set.rows]
         sizes = {name: int((sources == name).sum()) for name in self.sources}
         shares, absent = r.source_shares(sizes) if r.source_weights else (None, [])
-        if absent and len(self.sources) > 1:  # one source has nothing to weight: no noise
-            log.warning("source_weights names %s, which are not among the sources (%s): "
-                        "ignored", absent, ", ".join(self.sources))
+        unweighted = sorted(set(self.sources) - set(r.source_weights_names))
+        if absent and unweighted:  # a misspelt name leaves a source at weight 1
+            log.warning("source_weights names %s, which are not among the sources, and not %s "
+                        "(weight 1)", absent, unweighted)
+        years = self.frame["age_years"].to_numpy()[self.train_set.rows]
+        boost = (np.where((years >= 0) & (years < CHILD_AGE), r.child_weight, 1.0)
+                 if r.child_weight != 1 else None)
         train = DataLoader(self.train_set, batch_size=r.batch_size, drop_last=True,
-                           sampler=_sampler(labels, r.sampler, n, sources, shares),
+                           sampler=_sampler(labels, r.sampler, n, sources, shares, boost),
                            worker_init_fn=_seed_worker,
                            generator=torch.Generator(), **common)
         val = DataLoader(self.val_set, batch_size=r.batch_size * 2, shuffle=False,
@@ -338,6 +365,7 @@ class Trainer:
         self._prepare()
         train_loader, val_loader = self._loaders()
         self._build(len(train_loader))
+        tqdm.write(f"{r.attribute}: {r.backbone}, initial weights: {self.weights_origin}")
         val = self.frame.iloc[self.val_rows]
         pd.DataFrame({"path": val["path"], "person": val["person"], "age_years": val["age_years"],
                       "source": val["source"], "label": self.val_set.labels}).to_csv(
@@ -423,6 +451,10 @@ class Trainer:
                               f"version of facet ({type(exc).__name__}: {exc}); train a new "
                               "run") from None
         now = json.loads(json.dumps(self.recipe.to_dict()))
+        # a field added to Recipe after the run was saved counts at its default
+        defaults = json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(Recipe)
+                                          if f.default is not dataclasses.MISSING}))
+        saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
         changed = [f"{k} {saved.get(k)!r} -> {now.get(k)!r}"
                    for k in sorted(saved.keys() | now.keys())
                    if k not in RESUME_MAY_CHANGE and saved.get(k) != now.get(k)]

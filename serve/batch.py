@@ -303,7 +303,7 @@ def face_details(inputs: Inputs, result: BatchResult) -> pd.DataFrame:
     rows = [f.row for f in answers]
     out = pd.DataFrame({"path": [str(inputs.paths[i]) for i in rows],
                         "face": [f.index for f in answers],
-                        "primary": [f.primary for f in answers],
+                        "primary": [_flag(f.primary) for f in answers],
                         "face_found": [_flag(result.face_found[i]) for i in rows]})
     probs = np.array([f.probs for f in answers], np.float32).reshape(len(answers), len(class_names()))
     attributes = {a: np.array([f.attributes[a] for f in answers], np.float32).reshape(len(answers), len(c))
@@ -319,6 +319,7 @@ def face_details(inputs: Inputs, result: BatchResult) -> pd.DataFrame:
 
 
 def _flag(found: bool | None) -> str:
+    """Booleans as JSON spells them (true/false), in every CSV; empty: not applicable."""
     return "" if found is None else str(bool(found)).lower()
 
 

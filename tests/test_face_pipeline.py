@@ -42,7 +42,7 @@ def test_the_crop_rule_and_detector_travel_from_training_to_the_onnx_file(face_e
     index = json.loads((face_exported / "facet.json").read_text())
     for name in index["models"]["fp32"].values():
         meta = read_metadata(onnx.load(str(face_exported / name), load_external_data=False))
-        assert meta["preprocess"]["crop"] == "face" and meta["preprocess"]["margin"] == 1.6
+        assert meta["preprocess"]["crop"] == "face" and meta["preprocess"]["margin"] == 2.0
         assert meta["detector"]["sha256"] == YuNet().sha256
 
 

@@ -1,9 +1,11 @@
 """Faces: the detector on real photos, the crop rule, the fallback, and the training cache."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -173,9 +175,10 @@ def test_a_broken_detector_file_is_a_clear_error(tmp_path):
         YuNet(text)
 
 
-def test_the_shipped_detector_and_its_license_are_package_data():
+def test_the_shipped_detectors_and_their_license_are_package_data():
     assert faces_mod.YUNET.is_file() and (faces_mod.YUNET.parent / "LICENSE-yunet").is_file()
-    assert YuNet().describe()["sha256"].startswith("8f2383e4dd3c")
+    assert YuNet().describe()["sha256"].startswith("104ee26c71d5")  # YuNet-n, the default
+    assert YuNet(faces_mod.YUNET_S).describe()["sha256"].startswith("8f2383e4dd3c")
 
 
 def test_drawing_marks_each_face_box():
@@ -193,3 +196,48 @@ def test_a_crop_far_larger_than_the_model_input_is_scaled_before_padding():
     assert out.shape == (256, 256, 3)
     assert (out[:, :25] == 0).all() and (out[10:150, 40:150] == 200).all()
     assert np.array_equal(cut_square(rgb, 10, 10, 100, 256), rgb[10:110, 10:110])
+
+
+def test_a_manifest_with_face_boxes_trains_on_crops_cut_from_the_photo(tmp_path, monkeypatch):
+    """One row per annotated face, the crop cut around the named box with the serving rule and
+    real context, no detector run; the photo is decoded once for all its faces."""
+    from conftest import TINY
+    from facet.models.cache import build_cache
+    from facet.models.data import read_manifest
+    from facet.models.recipe import load_recipe
+    from facet.models.train import Trainer
+    from facet.preprocess import cut_face, read_image
+    rows = []
+    for k in range(10):  # ten "photos" (copies), so that the split has groups to spread
+        (tmp_path / f"p{k}.jpg").write_bytes((PHOTOS / "group3.jpg").read_bytes())
+        rows += [{"file": f"p{k}.jpg", "photo": f"p{k}", "xmin": x0, "ymin": y0, "xmax": x1,
+                  "ymax": y1, "mask": "wear"} for x0, y0, x1, y1 in GROUP3_BOXES]
+    rows.append({"file": "p0.jpg", "photo": "p0", "xmin": 50, "ymin": 9, "xmax": 40, "ymax": 30,
+                 "mask": "wear"})  # corners swapped: refused, named
+    pd.DataFrame(rows).to_csv(tmp_path / "boxes.csv", index=False)
+    table = read_manifest(tmp_path / "boxes.csv", group="photo", path_column="file")
+    assert len(table.frame) == 30 and "not a box" in table.problems[0]
+    assert table.frame["box"].iloc[1] == (194.0, 115.0, 30.0, 49.0)
+
+    def no_detector(*_args, **_kw):
+        raise AssertionError("a named face must not be detected")
+    monkeypatch.setattr("facet.models.cache.decode_faces", no_detector)
+    decoded = []
+    monkeypatch.setattr("facet.models.cache.read_image",
+                        lambda p: decoded.append(p) or read_image(p))
+    spec = PreprocessSpec(64, 64, crop="face", margin=1.4)
+    paths, boxes = table.frame["path"].tolist(), table.frame["box"].tolist()
+    images, bad, faces = build_cache(paths, spec, tmp_path / "cache", workers=2, boxes=boxes)
+    assert bad == [] and sorted(decoded) == sorted(set(paths))  # each photo decoded once
+    photo = read_image(PHOTOS / "group3.jpg")
+    for i in (0, 1, 2):
+        assert np.array_equal(images[i], cut_face(photo, Face(boxes[i], 1.0), spec))
+        assert faces[i]["box"] == list(boxes[i])
+    assert not np.array_equal(images[0], images[1])  # each face its own crop
+    recipe, augment = load_recipe("mask")
+    recipe = recipe.override([*TINY, "crop=face", "crop_margin=1.4", "image_size=64"])
+    trainer = Trainer(recipe, augment, table, tmp_path / "run", tmp_path / "cache", device="cpu",
+                      workers=0)
+    trainer.fit()
+    resolved = json.loads((tmp_path / "run" / "recipe.json").read_text())
+    assert resolved["data"]["named_faces"] == 30 and resolved["data"]["no_face_found"] == 0

@@ -105,3 +105,36 @@ def test_unusable_group_columns_are_named_not_a_crash(tmp_path):
     assert named["gender"] == named["age band (real age)"] == "no usable value in its column"
     with pytest.raises(ReportError, match="twice"):
         build(pd.concat([details, details]), answers, tmp_path)
+
+
+def test_a_manifest_with_real_ages_is_scored_per_attribute_by_age_band(tmp_path):
+    rng = np.random.default_rng(4)
+    n = 2000
+    years = rng.choice([6, 25, 40, 70], n)
+    gender = rng.integers(0, 2, n)
+    right = rng.random(n) < np.where(years < 13, 0.6, 0.95)  # children: the weak band
+    picked = np.where(right, gender, 1 - gender)
+    age_codes = np.digitize(years, [30, 60])
+    details = {"path": [f"/photos/{i:05d}.jpg" for i in range(n)],
+               "label": combine_labels(np.full(n, 2), picked, age_codes)}
+    for attribute, truth in (("mask", np.full(n, 2)), ("gender", picked), ("age", age_codes)):
+        probs = np.eye(len(ATTRIBUTES[attribute]))[truth] * 0.8 + 0.2 / len(ATTRIBUTES[attribute])
+        details.update({f"p_{attribute}_{c}": probs[:, j]
+                        for j, c in enumerate(ATTRIBUTES[attribute])})
+    manifest = pd.DataFrame({"path": [f"images/{i:05d}.jpg" for i in range(n)],
+                             "gender": np.array(["male", "female"])[gender],
+                             "age": years.astype(str), "group": np.arange(n).astype(str)})
+    result = build(pd.DataFrame(details), manifest, tmp_path, resamples=200)
+    assert result["scored"] == ["gender", "age"] and "macro_f1" not in result
+    assert result["attributes"]["age"]["macro_f1"] == 1.0
+    assert result["attributes"]["gender"]["accuracy"] == pytest.approx(right.mean(), abs=1e-4)
+    bands = result["groups"]["gender by age band (real age)"]
+    assert [v["value"] for v in bands["values"]] == ["0-12", "20-29", "30-44", "60+"]
+    assert bands["gap"]["worst"] == "0-12" and bands["gap"]["clear"]
+    children = bands["values"][0]
+    assert children["accuracy"] == pytest.approx(right[years < 13].mean(), abs=1e-4)
+    assert "Scored per labelled attribute" in (tmp_path / "report.md").read_text()
+    assert "18 classes" not in result["calibration"] and "gender" in result["calibration"]
+    manifest.loc[3, "gender"] = "robot"
+    with pytest.raises(ReportError, match="line 5"):
+        build(pd.DataFrame(details), manifest, tmp_path, resamples=100)

@@ -2,8 +2,9 @@
 
 A model trained on the competition layout alone learns how its masks are drawn and fails on
 street photos, so the recipe is made for a mix of sources (see README, "Mask on real faces"):
-the competition layout (drawn masks), real faces with fitted masks (maskon) and street crops
-(realmasks), the street crops weighted up and choosing the checkpoint. Trained from the
+the competition layout (drawn masks), real faces with fitted masks (maskon) and street faces,
+as tight crops (realmasks) or, for crop=face models, cut from the photos around their annotated
+boxes (realphotos), the street faces weighted up and choosing the checkpoint. Trained from the
 competition layout alone, it still works: weights and selection name sources it then ignores.
 
 Augmentation groups (``aug_groups``; all by default): ``flip``; ``crop`` (zoom and shift: a
@@ -13,6 +14,7 @@ detector's box is never centred like an aligned crop, and its margin varies); ``
 """
 import albumentations as A
 
+from facet.models.augment import compose, street_conditions
 from facet.models.recipe import Recipe
 
 RECIPE = Recipe(
@@ -24,29 +26,22 @@ RECIPE = Recipe(
     label_smoothing=0.05,
     sampler="balanced",
     patience=2,
-    source_weights="maskfaces=1,maskon=1,realmasks=2",
-    select_on="realmasks,all",
+    source_weights="maskfaces=1,maskon=1,realmasks=2,realphotos=2",
+    select_on="realphotos,realmasks,all",
 )
 
 GROUPS = ("flip", "crop", "colour", "lowres", "blur", "jpeg", "noise")
 
 
 def augmentations(recipe: Recipe) -> A.Compose:
-    on = recipe.groups(GROUPS)
-    steps = {
+    return compose(recipe, GROUPS, {
         "flip": [A.HorizontalFlip(p=0.5)],
         "crop": [A.Affine(scale=(0.75, 1.25), translate_percent=(-0.1, 0.1), rotate=(-15, 15),
                           p=0.8)],
         "colour": [A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.15, p=0.8),
                    A.ToGray(p=0.05)],
-        "lowres": [A.Downscale(scale_range=(0.2, 0.6), p=0.4)],
-        "blur": [A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.MotionBlur(blur_limit=(3, 7))],
-                         p=0.25)],
-        "jpeg": [A.ImageCompression(quality_range=(30, 90), p=0.4)],
-        "noise": [A.GaussNoise(std_range=(0.01, 0.05), p=0.2)],
-    }
-    return A.Compose([t for group in GROUPS if group in on for t in steps[group]],
-                     seed=recipe.seed)
+        **street_conditions(),
+    })
 
 
 def search_space(trial) -> list[str]:

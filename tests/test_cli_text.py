@@ -1,0 +1,203 @@
+"""What a user reads: every command's help, and the messages and files of `facet predict`,
+`facet report` and `facet export` (predict runs on hand-made ONNX models, no training)."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pandas as pd
+import pytest
+from onnx import TensorProto, helper
+from PIL import Image
+from typer.main import get_command
+from typer.testing import CliRunner
+
+from facet.cli import app
+from facet.combine import ATTRIBUTES, class_names
+from facet.draw import WHOLE_IMAGE, draw_results
+from facet.faces import Face
+from facet.preprocess import PreprocessSpec
+from facet.serve.batch import BatchResult, FaceAnswer, Inputs, face_details, write_atomic
+from facet.serve.metadata import METADATA_KEY
+
+PHOTOS = Path(__file__).parent / "fixtures" / "photos"
+runner = CliRunner()
+COMMANDS = get_command(app).commands
+
+
+def _help(*args: str) -> str:
+    result = runner.invoke(app, [*args, "--help"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_help_keeps_the_brackets_of_every_extra(name):
+    command = COMMANDS[name]
+    written = " ".join([command.help or "", *(p.help or "" for p in command.params)])
+    shown = " ".join(_help(name).split())  # wrapped lines joined again
+    for extra in re.findall(r"facet\[\w+\]", written):
+        assert extra in shown, f"{name} --help lost {extra}"
+
+
+def test_the_extras_are_named_where_they_are_needed():
+    for name, extra in [("train", "track"), ("tune", "track"), ("export", "track"),
+                        ("predict", "ray")]:
+        assert f"pip install 'facet[{extra}]'" in " ".join(_help(name).split())
+
+
+def test_the_command_list_is_one_whole_line_each_at_80_columns():
+    listing = _help().split("Commands:\n")[1].splitlines()
+    assert len(listing) == len(COMMANDS)
+    for line, (name, command) in zip(listing, COMMANDS.items()):
+        first = command.help.split("\n\n")[0]
+        assert "\n" not in first and line.split() == [name, *first.split()], line
+        assert len(line) <= 78 and "..." not in line
+        rest = " ".join(command.help.split("\n\n")[1].split())
+        assert rest and rest in " ".join(_help(name).split())  # the rest in its own help
+
+
+def test_serve_help_documents_port_and_every_device():
+    shown = " ".join(_help("serve").split())
+    assert "--port <int> Port to listen on." in shown
+    assert "auto, cpu, cuda or tensorrt" in shown
+
+
+# -- predict on hand-made models: a mean colour per channel, a fixed matrix, a softmax ---------
+
+def _model(attribute: str, spec: PreprocessSpec) -> onnx.ModelProto:
+    k = len(ATTRIBUTES[attribute])
+    weights = helper.make_tensor("w", TensorProto.FLOAT, [3, k],
+                                 np.linspace(-1, 1, 3 * k, dtype=np.float32))
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["image"], ["mean"], axes=[2, 3], keepdims=0),
+         helper.make_node("MatMul", ["mean", "w"], ["logits"]),
+         helper.make_node("Softmax", ["logits"], ["probs"], axis=-1)],
+        attribute, [helper.make_tensor_value_info("image", TensorProto.FLOAT,
+                                                  ["batch", 3, spec.height, spec.width])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", k])], [weights])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    model.metadata_props.add(key=METADATA_KEY, value=json.dumps(
+        {"attribute": attribute, "classes": list(ATTRIBUTES[attribute]),
+         "preprocess": spec.to_dict()}))
+    return model
+
+
+def _models(folder: Path, crop: str) -> Path:
+    folder.mkdir()
+    for attribute in ATTRIBUTES:
+        onnx.save(_model(attribute, PreprocessSpec(48, 48, crop=crop)), folder / f"{attribute}.onnx")
+    (folder / "facet.json").write_text(json.dumps(
+        {"models": {"fp32": {a: f"{a}.onnx" for a in ATTRIBUTES}}}))
+    return folder
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    """Two real photos with faces (400 px wide) and a 64 px face crop."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("group3.jpg", "single.jpg"):
+        shutil.copy(PHOTOS / name, folder / name)
+    Image.fromarray(np.full((64, 64, 3), 120, np.uint8)).save(folder / "crop.png")
+    return folder
+
+
+def _predict(models: Path, source: Path, tmp_path: Path, *args: str):
+    return runner.invoke(app, ["predict", str(source), "--models", str(models),
+                               "-o", str(tmp_path / "out.csv"), *args])
+
+
+def test_photos_given_to_whole_image_models_are_named_and_drawn_so(photos, tmp_path):
+    models = _models(tmp_path / "whole", "none")
+    result = _predict(models, photos, tmp_path, "--draw", str(tmp_path / "drawn"))
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "2 of the first 3 images" in warnings[0]
+    assert "48 px input" in warnings[0] and "--set crop=face" in warnings[0]
+    assert "none found" not in result.output  # no face was looked for
+    crops = _predict(models, photos / "crop.png", tmp_path)
+    assert crops.exit_code == 0 and "warning:" not in crops.output
+
+
+def test_faces_all_with_whole_image_models_names_the_fix(photos, tmp_path):
+    result = _predict(_models(tmp_path / "whole", "none"), photos, tmp_path, "--faces", "all",
+                      "--details", str(tmp_path / "faces.csv"))
+    assert result.exit_code == 2
+    assert "crop=none" in result.output and "--set crop=face" in result.output
+
+
+def test_the_no_face_count_shows_only_when_a_photo_had_none(photos, tmp_path):
+    models = _models(tmp_path / "faces", "face")
+    found = _predict(models, photos / "group3.jpg", tmp_path, "--faces", "all",
+                     "--details", str(tmp_path / "faces.csv"))
+    assert found.exit_code == 0, found.output
+    assert "none found" not in found.output
+    missed = _predict(models, photos / "crop.png", tmp_path)
+    assert missed.exit_code == 0 and "none found in 1 of 1 answered photos" in missed.output
+
+
+def _label_right_edge(path: Path) -> int:
+    """The rightmost column of the red no-face label in the top-left corner."""
+    rgb = cv2.imread(str(path))[:, :, ::-1].astype(int)
+    red = (rgb[:8, :, 0] > 170) & (rgb[:8, :, 1] < 110) & (rgb[:8, :, 2] < 110)
+    return int(np.flatnonzero(red.any(0)).max())
+
+
+def test_a_whole_image_answer_is_not_drawn_as_no_face_found(tmp_path):
+    paths = []
+    for name in ("whole", "missed"):
+        paths.append(tmp_path / f"{name}.png")
+        Image.fromarray(np.full((400, 600, 3), 128, np.uint8)).save(paths[-1])
+    probs = np.full((2, 18), 0.05, np.float32)
+    probs[:, 17] = 0.15
+    result = BatchResult(np.array([17, 17]), {}, probs, face_found=[None, False],
+                         primary=[None, None])
+    assert draw_results(paths, result, tmp_path / "drawn") == 2
+    text = f"{class_names()[17]} 0.15"
+    for name, caption in (("whole", WHOLE_IMAGE + text), ("missed", "no face: " + text)):
+        (width, _), _ = cv2.getTextSize(caption, cv2.FONT_HERSHEY_SIMPLEX, 400 / 900, 1)
+        assert abs(_label_right_edge(tmp_path / "drawn" / f"{name}.jpg") - (width + 4)) <= 2
+
+
+def test_every_csv_flag_is_spelled_true_or_false(tmp_path):
+    uniform = {a: np.full(len(c), 1 / len(c), np.float32) for a, c in ATTRIBUTES.items()}
+    probs = np.full(18, 1 / 18, np.float32)
+    faces = [FaceAnswer(0, k, Face((10.0 * k, 0.0, 20.0, 20.0), 0.9), k == 0, uniform, probs)
+             for k in range(2)]
+    result = BatchResult(np.array([0]), {a: p[None] for a, p in uniform.items()}, probs[None],
+                         face_found=[True], primary=[faces[0].face], faces=faces)
+    inputs = Inputs(pd.DataFrame({"ImageID": ["a.jpg"]}), [Path("a.jpg")])
+    write_atomic(face_details(inputs, result), tmp_path / "faces.csv")
+    rows = pd.read_csv(tmp_path / "faces.csv", dtype=str)
+    assert rows["primary"].tolist() == ["true", "false"]
+    assert rows["face_found"].tolist() == ["true", "true"]
+
+
+def test_report_says_which_score_the_group_gap_is_of(tmp_path):
+    from test_report import synthetic
+    details, answers = synthetic()
+    details.to_csv(tmp_path / "details.csv", index=False)
+    answers.to_csv(tmp_path / "answers.csv", index=False)
+    result = runner.invoke(app, ["report", "--pred", str(tmp_path / "details.csv"), "--answers",
+                                 str(tmp_path / "answers.csv"), "--out", str(tmp_path / "report"),
+                                 "--resamples", "200"])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"18-class macro-F1 by site: largest gap A over B \d\.\d{4}", result.output)
+    assert "Largest gap in 18-class macro-F1: A over B" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_export_keeps_the_exporters_progress_for_verbose(runs, tmp_path):
+    args = ["export", *(str(runs[a]) for a in ATTRIBUTES), "--no-ensemble", "--no-calibrate"]
+    quiet = runner.invoke(app, [*args, "--out", str(tmp_path / "quiet")])
+    assert quiet.exit_code == 0, quiet.output
+    assert "[torch.onnx]" not in quiet.output and "mask" in quiet.output
+    loud = runner.invoke(app, ["--verbose", *args, "--out", str(tmp_path / "loud")])
+    assert loud.exit_code == 0, loud.output
+    assert loud.output.count("[torch.onnx] Translate the graph into ONNX... ✅") == 3
