@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from facet.combine import ATTRIBUTES
-from facet.faces import default_detector
+from facet.faces import default_detector, primary
 from facet.metrics import by_age_band, scores
 from facet.models.data import read_manifest
 from facet.models.occlusion import occlude
@@ -79,7 +79,7 @@ def masked(seed: int):
 
     def alter(i: int, image: np.ndarray) -> np.ndarray:
         faces = detector.detect(image)
-        landmarks = (np.array(max(faces, key=lambda f: f.box[2] * f.box[3]).landmarks)
+        landmarks = (np.array(faces[primary(faces, image.shape[1], image.shape[0])].landmarks)
                      if faces else None)
         return occlude(image, landmarks, np.random.default_rng([seed, i]))
     return alter

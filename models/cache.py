@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from facet.faces import Face, default_detector
+from facet.faces import Face, default_detector, primary
 from facet.preprocess import ImageError, PreprocessSpec, cut_face, decode_faces, read_image
 
 
@@ -115,9 +115,10 @@ def cached_landmarks(images: np.memmap, workers: int = 4) -> np.ndarray:
     out = np.full((len(images), 5, 2), np.nan, np.float32)
 
     def work(i: int) -> None:
-        faces = detector.detect(np.asarray(images[i]))
+        image = np.asarray(images[i])
+        faces = detector.detect(image)
         if faces:
-            out[i] = max(faces, key=lambda f: f.box[2] * f.box[3]).landmarks
+            out[i] = faces[primary(faces, image.shape[1], image.shape[0])].landmarks
 
     with ThreadPoolExecutor(workers) as pool:
         list(tqdm(pool.map(work, range(len(images))), total=len(images), unit="img",
