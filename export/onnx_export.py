@@ -105,6 +105,7 @@ def export_attribute(runs: list[str | Path], out: str | Path, parity_images: lis
         "temperature": calibrations[0]["temperature"] if len(ckpts) == 1 else None,
         "val_ece": calibrations[0]["val_ece"] if len(ckpts) == 1 else None,
         "tta": tta,
+        "training": training_summary(ckpts[0].parent, meta),
         "members": [{"run": m["run"], "checkpoint": str(c), "checkpoint_sha256": h,
                      "val_macro_f1": m["val_macro_f1"], "epoch": m["epoch"],
                      "backbone": m["recipe"]["backbone"], "temperature": cal["temperature"]}
@@ -118,6 +119,23 @@ def export_attribute(runs: list[str | Path], out: str | Path, parity_images: lis
     report = check_parity(wrapped, out, spec, parity_images)
     report["attribute"] = meta["attribute"]
     return report
+
+
+# the recipe fields `facet info` shows: what a reader needs to know how the model was made
+RECIPE_SHOWN = ("backbone", "image_size", "epochs", "samples_per_epoch", "lr", "loss", "seed",
+                "source_weights", "select_on", "aug_groups")
+
+
+def training_summary(run: Path, meta: dict) -> dict:
+    """What the model was trained on and how, from the run folder's recipe.json and the
+    checkpoint's metadata: carried inside the ONNX file, so a model folder describes itself."""
+    resolved = json.loads((run / "recipe.json").read_text()) if (run / "recipe.json").is_file() else {}
+    data = resolved.get("data", {})
+    by_source = meta.get("val_by_source") or {}
+    return {"summary": data.get("summary"), "pretrained": resolved.get("pretrained"),
+            "sources": {name: {**counts, "val_macro_f1": by_source.get(name, {}).get("macro_f1")}
+                        for name, counts in data.get("sources", {}).items()},
+            "recipe": {k: meta["recipe"][k] for k in RECIPE_SHOWN if k in meta["recipe"]}}
 
 
 def set_metadata(proto: onnx.ModelProto, info: dict) -> None:

@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from facet import privacy
+from facet import privacy, shipped
 from facet.faces import FACE_SCORE
 from facet.preprocess import DEFAULT_RULES
 
@@ -337,7 +337,7 @@ def export(runs: list[Path] = typer.Argument(..., help="Run folders (or best.saf
 @app.command()
 def predict(source: str = typer.Argument(..., help="eval/ folder, info.csv, a CSV or Parquet manifest with a path column, a folder of images, or one image; with --engine ray also under a URI (s3://, gs://, ...)."),
             out: Path = typer.Option(..., "--out", "-o", help="Submission CSV to write (atomically)."),
-            models: Path = typer.Option(Path("artifacts"), help="Folder written by `facet export`."),
+            models: Optional[Path] = typer.Option(None, help="Folder written by `facet export` (default: the photo models shipped with facet; `facet info` describes them)."),
             images: Optional[str] = typer.Option(None, help="Folder the manifest's image names are relative to (with --engine ray, also a URI)."),
             path_column: Optional[str] = typer.Option(None, help="CSV column holding image paths."),
             allow_outside: bool = typer.Option(False, help="Let the CSV's relative paths leave the images folder."),
@@ -346,7 +346,7 @@ def predict(source: str = typer.Argument(..., help="eval/ folder, info.csv, a CS
             workers: Optional[int] = typer.Option(None, min=1, help="Decoding threads (default: 2 on the CPU; on a GPU, the CPU cores up to 8)."),
             tta: bool = typer.Option(False, help="Average with the horizontally flipped image."),
             mode: str = typer.Option("auto", help="auto, ensemble or separate."),
-            variant: str = typer.Option("fp32", help="fp32, or int8 / fp16 (if exported)."),
+            variant: Optional[str] = typer.Option(None, help="fp32, or int8 / fp16 (if exported); default: the folder's (fp32 for `facet export`'s, compact for the shipped set)."),
             device: str = typer.Option("auto", help="auto, cpu, cuda or tensorrt (opt-in: builds engines on first use)."),
             device_id: int = typer.Option(0, min=0, help="The GPU to run on."),
             conv_search: str = typer.Option("EXHAUSTIVE", help="cuDNN convolution algorithm search: EXHAUSTIVE, HEURISTIC or DEFAULT."),
@@ -383,8 +383,15 @@ def predict(source: str = typer.Argument(..., help="eval/ folder, info.csv, a CS
     from facet.serve.batch import (InputError, check_writable, details as details_frame,
                                    face_details, is_uri, predict_paths, read_inputs, submission,
                                    write_atomic)
-    from facet.serve.predictor import GpuOptions, Predictor
+    from facet.serve.predictor import GpuOptions, Predictor, default_variant, read_index
     errors_path = out.with_suffix(".errors.csv")
+    models, default_set = shipped.resolve(models)
+    if default_set:
+        typer.echo(shipped.NOTICE, err=True)
+    try:
+        variant = variant or default_variant(read_index(models))
+    except ValueError as exc:
+        _fail(str(exc))
     if faces not in ("primary", "all"):
         _fail(f"--faces must be primary or all, got {faces!r}")
     if faces == "all" and details is None:
@@ -627,7 +634,8 @@ def report(pred: Path = typer.Option(..., help="The --details CSV of `facet pred
 
 @app.command()
 def serve(models: Optional[Path] = typer.Option(None, help="Folder written by `facet export` "
-                                               "(default: the settings' models, artifacts)."),
+                                               "(default: the settings' models, else the photo "
+                                               "models shipped with facet)."),
           host: str = typer.Option("127.0.0.1", help="Address to bind (0.0.0.0 behind a load balancer)."),
           port: int = typer.Option(3000, help="Port to listen on."),
           config: Optional[Path] = typer.Option(None, help="TOML settings file (see README)."),
@@ -656,11 +664,13 @@ def serve(models: Optional[Path] = typer.Option(None, help="Folder written by `f
     except (ValueError, OSError) as exc:
         _fail(f"bad serve settings: {exc}")
     try:  # a broken model folder or detector is one clear line here, not a traceback per worker
-        Predictor(settings.models, mode=settings.mode, device="cpu", variant=settings.variant,
-                  threads=1, detector=settings.face_detector())
+        Predictor(settings.model_dir, mode=settings.mode, device="cpu",
+                  variant=settings.variant or None, threads=1, detector=settings.face_detector())
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         _fail(str(exc))
-    typer.echo(f"serving {settings.models} on http://{host}:{port}/v1 "
+    if not settings.models:
+        typer.echo(shipped.NOTICE, err=True)
+    typer.echo(f"serving {settings.model_dir} on http://{host}:{port}/v1 "
                f"(batching {'on' if settings.batching else 'off'})"
                + (f"; try it at http://{host}:{port}/ui/" if settings.ui else ""), err=True)
     cmd = [sys.executable, "-m", "bentoml", "serve", "facet.serve.service:Facet",
@@ -718,6 +728,126 @@ DEMO_RECIPE = ["backbone=test_efficientnet", "pretrained=none", "image_size=64",
 # The mask recipe's street-condition augmentations need more than the demo's 40 steps on a
 # tiny model trained from scratch (mask val macro-F1 0.46 with them, 0.98 with flips only).
 DEMO_EXTRA = {"mask": ["aug_groups=flip"]}
+
+
+@app.command()
+def audit(attribute: Optional[str] = typer.Argument(None, help="mask, gender or age (default: the one --cv holds)."),
+          cv: Path = typer.Option(..., help="The folder of a finished `facet train ATTR --fold all` run (its oof.csv)."),
+          out: Optional[Path] = typer.Option(None, help="Folder for suspects.csv, fixes.csv and suspects.png (default: CV/audit)."),
+          sheet: int = typer.Option(24, min=0, help="Suspects shown on the contact sheet."),
+          ):
+    """Likely wrong training labels, from out-of-fold answers.
+
+    Ranked by cleanlab's confident learning. Gender and age are judged per person (a person's images vote together), mask per image.
+    Writes the ranked suspects, a contact sheet of the top ones and a draft fixes.csv in the
+    format --fixes reads: check it by eye, keep the rows you confirm, then train with
+    --fixes. Needs pip install 'facet[audit]' (cleanlab)."""
+    try:
+        import cleanlab  # noqa: F401
+    except ImportError:
+        _fail("facet audit needs cleanlab: pip install 'facet[audit]'")
+    from facet.models.audit import audit as run_audit, write
+    try:
+        result = run_audit(cv, attribute)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        _fail(str(exc))
+    paths = write(result, out or cv / "audit", sheet)
+    unit = "persons" if result.attribute in ("gender", "age") else "images"
+    typer.echo(f"{result.attribute}: {len(result.suspects):,} likely wrong labels among "
+               f"{result.checked:,} {unit}; {len(result.fixes):,} draft fixes")
+    for row in result.suspects.head(10).itertuples():
+        typer.echo(f"  #{row.rank} {row.person}: given {row.given}, suggested {row.suggested} "
+                   f"(p {row.p_suggested:.2f})")
+    typer.echo("wrote " + ", ".join(str(p) for p in paths.values())
+               + ": nothing was applied; review fixes.csv, then train with --fixes")
+
+
+@app.command("pseudo-label")
+def pseudo_label(source: str = typer.Argument(..., help="Unlabelled photos: a folder, a CSV or Parquet manifest with a path column, an eval/ folder, or one image."),
+                 out: Path = typer.Option(..., "--out", "-o", help="Manifest CSV to write (atomically), for `facet train --manifest OUT,group=group`."),
+                 models: Optional[Path] = typer.Option(None, help="Folder written by `facet export` (default: the photo models shipped with facet)."),
+                 quantile: Optional[float] = typer.Option(None, min=0, max=1, help="Per attribute and predicted class, keep the answers at or above this quantile of that class's confidence (default 0.5: the median, each class's most confident half; 0: all)."),
+                 threshold: Optional[float] = typer.Option(None, min=0, max=1, help="Instead, keep the answers whose confidence is at least this, whatever their class (given: it wins over --quantile)."),
+                 attributes: str = typer.Option("mask,gender,age", help="The attributes to pseudo-label, comma-separated (the others' labels stay empty; their probabilities are written)."),
+                 images: Optional[str] = typer.Option(None, help="Folder the manifest's image names are relative to."),
+                 path_column: Optional[str] = typer.Option(None, help="CSV column holding image paths."),
+                 ):
+    """Label unlabelled photos with the models' confident answers.
+
+    Each photo is answered as `facet predict` answers it (its primary face, for models
+    exported with crop=face). Per attribute, an answer is kept when its confidence (top
+    probability) is at or above its predicted class's --quantile of confidence (the median by
+    default: every class keeps its most confident half, so a rare class is not wiped out), or
+    at or above --threshold when that is given. The manifest holds path, group (the path), the
+    answered face's box x0,y0,x1,y1 (models that crop faces), the kept labels (mask, gender,
+    age_group; empty where not kept), every probability p_<attribute>_<class> and pseudo=1:
+    training takes all its rows into train and none into validation. Photos that fail, and
+    photos with no label kept, are left out."""
+    from facet.combine import ATTRIBUTES
+    from facet.faces import DetectorError
+    from facet.serve.batch import (InputError, check_writable, is_uri, predict_paths,
+                                   read_inputs, write_atomic)
+    from facet.serve.predictor import Predictor
+    from facet.serve.pseudo import pseudo_manifest
+    asked = [a.strip() for a in attributes.split(",") if a.strip()]
+    unknown = sorted(set(asked) - set(ATTRIBUTES))
+    if unknown or not asked:
+        _fail(f"--attributes: {', '.join(unknown) or 'none given'}; give some of "
+              f"{', '.join(ATTRIBUTES)}, comma-separated")
+    if threshold is not None and quantile is not None:
+        typer.echo(f"--threshold {threshold:g} applies (it wins over --quantile)", err=True)
+    rule = (dict(threshold=threshold, quantile=None) if threshold is not None
+            else dict(quantile=0.5 if quantile is None else quantile, threshold=None))
+    if is_uri(source) or is_uri(images):
+        _fail("pseudo-label reads local files: object-store URIs are read by `facet predict "
+              "--engine ray`")
+    models, default_set = shipped.resolve(models)
+    if default_set:
+        typer.echo(shipped.NOTICE, err=True)
+    try:
+        check_writable(out)
+        inputs = read_inputs(source, images, path_column)
+        predictor = Predictor(models)
+    except (InputError, FileNotFoundError, ValueError, RuntimeError, DetectorError) as exc:
+        _fail(str(exc))
+    _warn_skipped(inputs.skipped)
+    typer.echo(f"{len(inputs.paths):,} images | provider {predictor.provider} | "
+               + (f"threshold {rule['threshold']:g}" if rule["threshold"] is not None
+                  else f"quantile {rule['quantile']:g} per class"), err=True)
+    result = predict_paths(predictor, inputs.paths, refused=inputs.refused)
+    # the face box goes with the labels only when every labelled model was trained on faces
+    # cut from photos: a crop=none model learns from the whole image
+    boxes = all(predictor.specs[a].crop == "face" for a in asked)
+    frame, kept = pseudo_manifest(inputs.paths, result, asked, boxes=boxes, **rule)
+    write_atomic(frame, out)
+    for attribute, summary in kept.items():
+        typer.echo(summary.line(attribute), err=True)
+    if result.errors:
+        typer.secho(f"{len(result.errors):,} image(s) could not be read and are left out, e.g. "
+                    f"{result.errors[0][1]}: {result.errors[0][2]}", fg="yellow", err=True)
+    typer.echo(f"wrote {out}: {len(frame):,} of {len(inputs.paths):,} images with a kept label",
+               err=True)
+
+
+@app.command()
+def info(models: Optional[Path] = typer.Option(None, help="Folder written by `facet export` (default: the set shipped with facet)."),
+         as_json: bool = typer.Option(False, "--json", help="Print everything as JSON.")):
+    """Describe a model folder: models, data, scores, variants.
+
+    Attributes, backbone, input, crop rule, detector, training data, scores, calibration and
+    variants, from the metadata stored in the folder."""
+    from facet.serve.model_folder import describe, render
+    folder, default_set = shipped.resolve(models)
+    try:
+        described = describe(folder)
+    except (ValueError, OSError) as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(described, indent=2))
+        return
+    typer.echo(render(described))
+    if default_set:
+        typer.echo(f"\nthe set shipped with facet: its card is {shipped.CARD}")
 
 
 @app.command()

@@ -221,11 +221,14 @@ def _hardest(frame, true_codes: dict, attributes: dict, count: int, path: Path) 
     rows = [{"image": str(frame["path"].iloc[i]), "true": name(true_codes, i),
              "answer": name(picked, i), "confidence": round(float(confidence[i]), 4)} for i in top]
     if rows:
-        _contact_sheet(rows, path)
+        contact_sheet([r["image"] for r in rows],
+                      [f"true {r['true']}\nanswer {r['answer']} ({r['confidence']:.2f})" for r in rows],
+                      path, "most confident wrong answers")
     return rows
 
 
-def _contact_sheet(rows: list[dict], path: Path) -> None:
+def contact_sheet(images: list[str], captions: list[str], path: Path, title: str) -> None:
+    """The images in a grid, four a row, each with its caption (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -234,18 +237,17 @@ def _contact_sheet(rows: list[dict], path: Path) -> None:
     from facet.preprocess import ImageError, read_image
 
     cols = 4
-    fig, axes = plt.subplots(-(-len(rows) // cols), cols, figsize=(cols * 2.6, -(-len(rows) // cols) * 3.0),
-                             squeeze=False)
+    fig, axes = plt.subplots(-(-len(images) // cols), cols,
+                             figsize=(cols * 2.6, -(-len(images) // cols) * 3.0), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, row in zip(axes.flat, rows):
+    for ax, image, caption in zip(axes.flat, images, captions):
         try:
-            ax.imshow(read_image(row["image"]))
+            ax.imshow(read_image(image))
         except (ImageError, OSError):
             ax.text(0.5, 0.5, "unreadable", ha="center")
-        ax.set_title(f"true {row['true']}\nanswer {row['answer']} ({row['confidence']:.2f})",
-                     fontsize=7)
-    fig.suptitle("most confident wrong answers", fontsize=10)
+        ax.set_title(caption, fontsize=7)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=60)
     plt.close(fig)

@@ -2,8 +2,9 @@
 
 Every reader returns a :class:`Table`: one row per image (or per face, for a manifest with face
 boxes) with the columns ``path, person, mask, gender, age_years, age`` (codes; -1 where a label
-is unknown), ``source`` and ``box`` (the face's (x, y, w, h) in the image, or None) and the
-problems met on the way. Rows with a problem are left out; ``strict=True`` raises instead.
+is unknown), ``source``, ``box`` (the face's (x, y, w, h) in the image, or None) and ``pseudo``
+(True: a pseudo-labelled manifest's row, trained on and never validated on) and the problems
+met on the way. Rows with a problem are left out; ``strict=True`` raises instead.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from facet.preprocess import SUFFIXES
 
 FOLDER_RE = re.compile(r"^(?P<id>\d+)_(?P<gender>[A-Za-z]+)_(?P<race>[A-Za-z]+)_(?P<age>\d+)$")
 MAX_AGE = 120
-COLUMNS = ["path", "person", "mask", "gender", "age_years", "age", "source", "box"]
+COLUMNS = ["path", "person", "mask", "gender", "age_years", "age", "source", "box", "pseudo"]
 #: A manifest's face box, as either set of column names: corners in the image's pixels.
 BOX_COLUMNS = (("x0", "y0", "x1", "y1"), ("xmin", "ymin", "xmax", "ymax"))
 NO_GROUP = "none"
@@ -47,6 +48,9 @@ class Table:
         if f["source"].nunique() > 1:
             text += " from " + ", ".join(f"{name} ({n:,})" for name, n in
                                          f["source"].value_counts(sort=False).items())
+        pseudo = int(f["pseudo"].eq(True).sum()) if "pseudo" in f.columns else 0
+        if pseudo:
+            text += f"; {pseudo:,} pseudo-labelled (trained on, never validated on)"
         if self.problems:
             text += f"; {len(self.problems)} problem(s) skipped"
         return text
@@ -117,7 +121,7 @@ def read_competition(root: str | Path, strict: bool = False, name: str | None = 
                 problems.add(f"{folder / stem}.*: missing image")
         for stem, f in found.items():
             rows.append((str(f), m["id"], MASK_BY_STEM[stem], gender, age,
-                         TRUE_AGE_RULE.group(age), name, None))
+                         TRUE_AGE_RULE.group(age), name, None, False))
     _check_train_csv(root, {r[1] for r in rows}, problems)
     return Table(pd.DataFrame(rows, columns=COLUMNS), list(problems), name=name)
 
@@ -153,7 +157,10 @@ def read_manifest(csv: str | Path, root: str | Path | None = None, group: str = 
     column. ``group`` names the column that keeps related images on one side of the split (a
     person, a source photo); ``"none"`` makes each image its own group, which lets one person's
     images land on both sides. A face box (``x0,y0,x1,y1`` or ``xmin,ymin,xmax,ymax``) makes
-    each row one face of its photo: the crop is cut around it, and a photo may have many rows.
+    each row one face of its photo: the crop is cut around it, and a photo may have many rows;
+    a row with the box columns empty is the whole photo (the crop rule finds its face).
+    Other columns are ignored, but ``pseudo``: all 1 marks the manifest pseudo-labelled (`facet
+    pseudo-label`): its rows are trained on and never validated on.
     """
     csv = Path(csv)
     root = Path(root) if root else csv.parent
@@ -170,6 +177,7 @@ def read_manifest(csv: str | Path, root: str | Path | None = None, group: str = 
     labels = [c for c in ("mask", "gender", "age", "age_group") if c in df.columns]
     if not labels:
         raise DataError(f"{csv}: needs at least one of mask, gender, age, age_group columns")
+    pseudo = _pseudo(csv, df)
     if group == NO_GROUP:
         log.warning("%s: no group column: each image is its own group, so a person's images can "
                     "be in both train and val and val scores will be optimistic", csv)
@@ -195,13 +203,28 @@ def read_manifest(csv: str | Path, root: str | Path | None = None, group: str = 
                 age = parse_code("age", rec["age_group"])
             else:
                 age = -1
-            box = _box(rec, corners) if corners else None
+            box = _box(rec, corners) if corners and any(rec[c] != "" for c in corners) else None
         except ValueError as exc:
             problems.add(f"{where}: {exc}")
             continue
         person = f"row{i}" if group == NO_GROUP else rec[group]
-        rows.append((str(path), person, codes["mask"], codes["gender"], years, age, name, box))
+        rows.append((str(path), person, codes["mask"], codes["gender"], years, age, name, box,
+                     pseudo))
     return Table(pd.DataFrame(rows, columns=COLUMNS), list(problems), group, name)
+
+
+def _pseudo(csv: Path, df: pd.DataFrame) -> bool:
+    """Whether a manifest is pseudo-labelled: a ``pseudo`` column of 1s (0s or empty: not)."""
+    if "pseudo" not in df.columns:
+        return False
+    values = set(df["pseudo"].str.strip().str.lower())
+    if values <= {"1", "true"}:
+        return True
+    if values <= {"0", "false", ""}:
+        return False
+    raise DataError(f"{csv}: the pseudo column marks the whole manifest pseudo-labelled: all 1 "
+                    f"(or all 0), got {sorted(values)}; write pseudo-labels into a manifest of "
+                    "their own")
 
 
 def _box(rec: dict, corners: tuple[str, ...]) -> tuple[float, float, float, float]:

@@ -26,9 +26,17 @@ def split_by_person(frame: pd.DataFrame, stratify: pd.Series, folds: int = 5, fo
 
 def split_by_source(frame: pd.DataFrame, stratify: pd.Series, recipe) -> tuple[np.ndarray, np.ndarray]:
     """Each source (``frame["source"]``) split by its own groups with the recipe's folds, fold
-    and seed: a source's split does not depend on what other sources are trained with it."""
-    train, val = [], []
+    and seed: a source's split does not depend on what other sources are trained with it.
+
+    Pseudo-labelled rows (``frame["pseudo"]`` True) are all trained on and never validated on:
+    their labels are the models' guesses, not the truth. A source of them only is not split."""
+    pseudo = (frame["pseudo"].eq(True).to_numpy() if "pseudo" in frame.columns
+              else np.zeros(len(frame), bool))
+    train, val = [np.flatnonzero(pseudo)], [np.zeros(0, np.intp)]
     for name, rows in frame.groupby("source", sort=False).indices.items():
+        rows = rows[~pseudo[rows]]
+        if not len(rows):
+            continue
         try:
             t, v = split_by_person(frame.iloc[rows].reset_index(drop=True),
                                    stratify.iloc[rows].reset_index(drop=True),
@@ -37,4 +45,7 @@ def split_by_source(frame: pd.DataFrame, stratify: pd.Series, recipe) -> tuple[n
             raise DataError(f"source {name}: {exc}") from None
         train.append(rows[t])
         val.append(rows[v])
+    if len(frame) and pseudo.all():
+        raise DataError("every source is pseudo-labelled: validation needs a labelled source "
+                        "(--data or a manifest of true labels) beside them")
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))

@@ -168,6 +168,10 @@ class Trainer:
         }
         if named.any():
             self.split["named_faces"] = int(named.sum())
+        pseudo = (frame["pseudo"].eq(True) if "pseudo" in frame.columns
+                  else pd.Series(False, index=frame.index))
+        if pseudo.any():  # trained on only: never in val, so in no val score nor select_on
+            self.split["pseudo_train_images"] = int(pseudo.iloc[train_rows].sum())
         if r.crop == "face":  # the images the crop rule could not apply to (fallback region)
             readable = len(frame) - len(bad_rows)
             self.split["no_face_found"] = readable - sum(f is not None for f in faces)
@@ -176,8 +180,10 @@ class Trainer:
         self.frame = frame
         self.val_rows = val_rows
         self.sources = list(frame["source"].unique())
+        labelled = set(frame.loc[~pseudo, "source"])
+        self.val_sources = [s for s in self.sources if s in labelled]
         try:
-            self.select_on = r.selection(self.sources)
+            self.select_on = r.selection(self.val_sources)
         except ValueError as exc:
             raise DataError(str(exc)) from None
         true_labels = frame[r.attribute].to_numpy()
@@ -436,7 +442,7 @@ class Trainer:
     def _by_source(self, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, dict]:
         sources = self.frame["source"].to_numpy()[self.val_rows]
         return {name: scores(y_true[sources == name], y_pred[sources == name],
-                             self.recipe.num_classes) for name in self.sources}
+                             self.recipe.num_classes) for name in self.val_sources}
 
     def _resumable(self, last: Path) -> dict:
         if not last.exists():

@@ -235,7 +235,9 @@ def predict_paths(predictor: Predictor, paths: list[Path], batch_size: int = 64,
 
 def check_writable(path: Path) -> None:
     """Fail before any work if ``path`` cannot be written (a folder, a parent that is a file,
-    no permission), instead of after predicting every image."""
+    no permission, an existing file that is read-only or immutable), instead of after
+    predicting every image. Checked the way ``atomic_file`` writes: a temporary file beside
+    ``path``, then (when ``path`` exists) replacing it."""
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{path} is a folder: give a file name to write")
@@ -248,6 +250,12 @@ def check_writable(path: Path) -> None:
         raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
     os.close(fd)
     os.unlink(probe)
+    if path.is_file() and not path.is_symlink():  # the rename replaces a link, not its target
+        try:  # opened for append, not truncated: an immutable (chattr +i) file refuses this
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
+        except OSError as exc:
+            raise InputError(f"cannot write {path}: the file exists and cannot be replaced "
+                             f"({exc.strerror or exc}); is it read-only or immutable?") from None
 
 
 def write_atomic(frame: pd.DataFrame | Iterable[pd.DataFrame], path: Path) -> None:

@@ -6,6 +6,7 @@ import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from facet import shipped
 from facet.faces import FACE_SCORE, PRIMARY_RULES, YuNet
 from facet.preprocess import DEFAULT_RULES, ImageRules
 
@@ -14,14 +15,15 @@ from .predictor import DEVICES, GpuOptions
 
 @dataclass(frozen=True)
 class ServeConfig:
-    models: str = "artifacts"  # folder written by `facet export`
+    models: str = ""  # folder written by `facet export` ("": the set shipped with facet)
     device: str = "auto"  # auto | cpu | cuda | tensorrt (opt-in)
     device_id: int = 0  # the GPU the model workers use
     cudnn_conv_algo_search: str = "EXHAUSTIVE"  # EXHAUSTIVE | HEURISTIC | DEFAULT
     gpu_mem_limit: int = 0  # bytes the CUDA arena may hold per model worker (0: no limit)
     trt_cache: str = ".cache/facet/tensorrt"  # TensorRT engines (device=tensorrt)
     mode: str = "auto"  # auto | ensemble | separate
-    variant: str = "fp32"  # fp32 | int8 | fp16 (if exported with --quantize / --fp16)
+    variant: str = ""  # fp32 | int8 | fp16 (if exported with --quantize / --fp16); "": the
+    #                    folder's default (fp32 for `facet export`'s folders)
     threads: int = 0  # onnxruntime intra-op threads (0: its default)
     spinning: bool = False  # onnxruntime threads busy-wait between runs: off, as the front
     #                         end shares the cores (same throughput, ~12% less CPU per request)
@@ -90,6 +92,11 @@ class ServeConfig:
         self.gpu_options()
         if not 0 < self.body_timeout_s <= 35:  # with the model's 20 s, inside the 60 s timeout
             raise ValueError(f"body_timeout_s={self.body_timeout_s}: must be in (0, 35]")
+
+    @property
+    def model_dir(self) -> Path:
+        """The models to serve: ``models``, or the set shipped with facet."""
+        return shipped.resolve(self.models)[0]
 
     def gpu_options(self) -> GpuOptions:
         """The CUDA/TensorRT provider options of the model workers (checked on creation)."""

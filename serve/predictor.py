@@ -136,6 +136,12 @@ def read_index(model_dir: Path) -> dict:
     return index
 
 
+def default_variant(index: dict) -> str:
+    """The variant a folder answers with unless asked for another: its ``default_variant``
+    (the shipped set's ``compact``: int8 where it costs no accuracy), else fp32."""
+    return index.get("default_variant", "fp32")
+
+
 @dataclass
 class Prediction:
     """Per-image outputs of a batch: attribute probabilities, 18-class probabilities, labels."""
@@ -174,13 +180,14 @@ class Predictor:
     Models exported with ``crop: face`` get a face detector (``detector``, else the shipped
     YuNet); ``primary_rule`` picks the face that answers for a photo, ``max_faces`` bounds
     how many faces of one photo are answered.
+    variant: the files to load (fp32, int8, fp16, ...; default: the folder's default variant).
     device: auto | cpu | cuda | tensorrt, with ``gpu``'s provider options. io_binding: each
     batch goes to the device once, as one OrtValue per input spec shared by the sessions that
     read it (default: on when a GPU runs the models).
     """
 
     def __init__(self, model_dir: str | Path, mode: str = "auto", device: str = "auto",
-                 threads: int | None = None, tta: bool = False, variant: str = "fp32",
+                 threads: int | None = None, tta: bool = False, variant: str | None = None,
                  rules: ImageRules = DEFAULT_RULES, spinning: bool = True,
                  detector: Detector | None = None, primary_rule: str = "largest",
                  max_faces: int = 64, gpu: GpuOptions = GpuOptions(),
@@ -189,6 +196,7 @@ class Predictor:
             raise ValueError(f"mode must be one of {MODES}")
         self.model_dir = Path(model_dir)
         self.index = read_index(self.model_dir)
+        variant = variant or default_variant(self.index)
         files = self.index["models"].get(variant)
         if files is None:
             raise ValueError(f"no {variant} models in {self.model_dir}; exported: "

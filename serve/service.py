@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 from bentoml.exceptions import BentoMLException, InvalidArgument, ServiceUnavailable  # noqa: E402
 from starlette.applications import Starlette  # noqa: E402
 from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
-from starlette.requests import Request  # noqa: E402
+from starlette.requests import ClientDisconnect, Request  # noqa: E402
 from starlette.responses import HTMLResponse, JSONResponse  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
@@ -56,6 +56,7 @@ TRAFFIC_TIMEOUT_S = 60
 # (p99 under a 16-client load is ~0.3 s); an overloaded model service is not retried.
 INFER_DEADLINE_S = 20.0  # + body_timeout_s (<= 35) stays inside the traffic timeout
 RETRY_AFTER_S = 1
+CLIENT_CLOSED = 499  # nginx's 'client closed request': logged, but nobody reads the answer
 DECODE_POOL = ThreadPoolExecutor(CONFIG.decode_threads, thread_name_prefix="facet-decode")
 
 
@@ -87,9 +88,9 @@ class FacetModel:
     """The three attribute models, loaded once per worker; CUDA when present, else CPU."""
 
     def __init__(self):
-        self.predictor = Predictor(CONFIG.models, mode=CONFIG.mode, device=CONFIG.device,
+        self.predictor = Predictor(CONFIG.model_dir, mode=CONFIG.mode, device=CONFIG.device,
                                    threads=CONFIG.threads or None, tta=CONFIG.tta,
-                                   variant=CONFIG.variant, rules=CONFIG.rules,
+                                   variant=CONFIG.variant or None, rules=CONFIG.rules,
                                    spinning=CONFIG.spinning, primary_rule=CONFIG.primary_face,
                                    detector=CONFIG.face_detector(), gpu=CONFIG.gpu_options())
         self.batches = self.images = 0
@@ -129,6 +130,11 @@ async def _read_body(request: Request, limit: int) -> bytes:
     except TimeoutError:
         raise HTTPError(408, f"the upload did not arrive within {CONFIG.body_timeout_s:g} s "
                              f"({size:,} bytes received)") from None
+    except ClientDisconnect:  # the client's doing, not a server error: no traceback, no 5xx
+        log.info("client disconnected during the upload on %s %s (%s bytes received)",
+                 request.method, request.url.path, f"{size:,}")
+        raise HTTPError(CLIENT_CLOSED, "the client disconnected before the upload was complete"
+                        ) from None
     return b"".join(chunks)
 
 

@@ -27,6 +27,13 @@ def test_files_pass_the_checker_and_carry_metadata(exported, runs):
         assert info["checkpoint_sha256"] == file_sha256(runs[attribute] / "best.safetensors")
         assert info["val_macro_f1"] == json.loads((runs[attribute] / "best.json").read_text())["val_macro_f1"]
         assert {"age_rule", "classes", "run", "epoch"} <= set(info)
+        data = json.loads((runs[attribute] / "recipe.json").read_text())["data"]
+        training = info["training"]  # what `facet info` shows: the run's data and recipe
+        assert training["summary"] == data["summary"]
+        assert {k: v["train_images"] for k, v in training["sources"].items()} == \
+            {k: v["train_images"] for k, v in data["sources"].items()}
+        assert training["recipe"]["seed"] == json.loads(
+            (runs[attribute] / "best.json").read_text())["recipe"]["seed"]
         report = manifest["parity"][attribute]
         assert report["max_abs_diff"] <= 1e-4 and report["argmax_mismatches"] == 0
 

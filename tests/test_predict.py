@@ -84,10 +84,39 @@ def test_tta_and_int8_run(exported, dataset):
     paths = read_inputs(dataset / "eval").paths[:10]
     plain = predict_paths(Predictor(exported), paths, progress=False)
     tta = predict_paths(Predictor(exported, tta=True), paths, progress=False)
-    int8 = predict_paths(Predictor(exported, variant="int8"), paths, progress=False)
     assert not np.allclose(plain.probs, tta.probs)  # flipped views change the average
     np.testing.assert_allclose(tta.probs.sum(1), 1.0, atol=1e-4)
-    assert int8.labels.min() >= 0
+
+
+def test_int8_answers_track_the_fp32_answers_of_the_same_models(exported, dataset):
+    """The int8 files answer what the fp32 files of the same models answer: probabilities
+    close, and the same labels up to near-ties. (The fixture's tiny models are near-uniform,
+    top-2 margins ~1e-5, so a bare argmax match would be a coin toss: a label counts as agreed
+    when fp32 rates it within ``tie`` of its own best.)"""
+    paths = read_inputs(dataset / "eval").paths[:32]
+    fp32 = predict_paths(Predictor(exported, variant="fp32"), paths, progress=False)
+    int8 = predict_paths(Predictor(exported, variant="int8"), paths, progress=False)
+    assert not fp32.errors and not int8.errors
+    assert not np.array_equal(int8.probs, fp32.probs)  # the int8 files did answer
+    rows = np.arange(len(paths))
+
+    def agreement(ref: np.ndarray, labels: np.ndarray, tie: float) -> tuple[float, float]:
+        """(share of labels within ``tie`` of ref's best, share equal where ref is decisive)"""
+        top2 = np.sort(ref, 1)[:, -2:]
+        decisive = top2[:, 1] - top2[:, 0] > 2 * tie
+        near = (ref.max(1) - ref[rows, labels] <= tie).mean()
+        same = (ref.argmax(1) == labels)[decisive].mean() if decisive.any() else 1.0
+        return near, same
+
+    for attribute in fp32.attributes:
+        a, b = fp32.attributes[attribute], int8.attributes[attribute]
+        gap = np.abs(a - b)
+        assert gap.mean() < 0.02 and gap.max() < 0.1, (attribute, gap.mean(), gap.max())
+        assert min(agreement(a, b.argmax(1), tie=0.02)) >= 0.9, attribute
+    assert min(agreement(fp32.probs, int8.labels, tie=0.01)) >= 0.9  # the 18-class answer
+    # the softmax stays float in the int8 graphs: their answers are probabilities
+    for probs in (int8.probs, *int8.attributes.values()):
+        np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
 
 
 def test_csv_with_path_column_and_plain_folder(exported, dataset, tmp_path):
@@ -229,6 +258,50 @@ def test_output_is_checked_before_predicting(exported, dataset, tmp_path, target
                                  "-o", str(out)])
     assert result.exit_code == 2 and result.output.startswith("error: "), result.output
     assert "predicting" not in result.output and time.perf_counter() - t < 10
+
+
+@pytest.fixture
+def unreplaceable(tmp_path):
+    """An existing output file that the final write cannot replace: immutable (chattr +i) as
+    root, whom permissions do not stop; read-only (0o444) otherwise."""
+    target = tmp_path / "sub.csv"
+    target.write_text("ImageID,ans\nkeep.jpg,1\n")
+    if os.geteuid() != 0:
+        target.chmod(0o444)
+        yield target
+        target.chmod(0o644)
+        return
+    if shutil.which("chattr") is None:
+        pytest.skip("running as root and chattr is not installed: no way to make a file unwritable")
+    made = subprocess.run(["chattr", "+i", str(target)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"running as root and chattr +i failed here: {made.stderr.strip()}")
+    try:
+        yield target
+    finally:
+        subprocess.run(["chattr", "-i", str(target)], check=True)
+
+
+def test_check_writable_refuses_an_existing_file_that_cannot_be_replaced(unreplaceable):
+    from facet.serve.batch import InputError, check_writable, write_atomic
+    with pytest.raises(OSError):  # the write it stands for does fail (a read-only file is
+        open(unreplaceable, "a").close()  # replaced by the rename, but refused on purpose)
+    if os.geteuid() == 0:
+        with pytest.raises(OSError):
+            write_atomic(pd.DataFrame({"ImageID": ["a.jpg"], "ans": [0]}), unreplaceable)
+    with pytest.raises(InputError, match=f"cannot write {unreplaceable}: the file exists"):
+        check_writable(unreplaceable)
+    assert unreplaceable.read_text() == "ImageID,ans\nkeep.jpg,1\n"
+    assert [p.name for p in unreplaceable.parent.iterdir()] == ["sub.csv"]  # no probe left
+
+
+def test_check_writable_leaves_a_writable_file_as_it_is(tmp_path):
+    from facet.serve.batch import check_writable
+    target = tmp_path / "sub.csv"
+    target.write_text("ImageID,ans\nkeep.jpg,1\n")
+    check_writable(target)  # opened for append: neither truncated nor touched
+    assert target.read_text() == "ImageID,ans\nkeep.jpg,1\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["sub.csv"]
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "text", "missing"])

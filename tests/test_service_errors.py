@@ -90,3 +90,30 @@ def test_large_images_decode_on_the_pool_and_small_ones_inline(monkeypatch):
     big, small = asyncio.run(both())
     assert big.shape == small.shape == (1, 32 * 32 * 3,)
     assert threads[0].startswith("facet-decode") and threads[1] == "MainThread"
+
+
+def test_a_client_that_disconnects_mid_upload_is_logged_as_such_not_as_a_500(caplog):
+    app = Starlette(routes=[Route("/predict", service._guard(service.predict), methods=["POST"])])
+    messages = iter([{"type": "http.request", "body": b"\x89PNG\r\n\x1a\n" + b"\0" * 1000,
+                      "more_body": True},
+                     {"type": "http.disconnect"}])
+    sent = []
+
+    async def receive():
+        return next(messages)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/predict", "raw_path": b"/predict", "query_string": b"",
+             "root_path": "", "server": ("testserver", 80), "client": ("testclient", 50000),
+             "headers": [(b"content-type", b"image/png"), (b"content-length", b"100000")]}
+    with caplog.at_level("INFO", logger=service.log.name):
+        asyncio.run(app(scope, receive, send))
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    assert status == service.CLIENT_CLOSED  # a 4xx: not counted as a server error
+    records = [r for r in caplog.records if r.name == service.log.name]
+    assert [r.levelname for r in records] == ["INFO"], [r.getMessage() for r in records]
+    assert "client disconnected" in records[0].getMessage()
+    assert "1,008 bytes received" in records[0].getMessage() and records[0].exc_info is None

@@ -1,0 +1,104 @@
+"""Pseudo-labels for gender: a teacher (a 3-fold ensemble of the competition layout's model,
+flip TTA in its graph) answers unlabelled faces, `facet pseudo-label` keeps its confident
+answers, and a student (one model: labelled + pseudo-labelled sources, stronger augmentation and
+dropout) trains on them. Teacher, student and the single model of the same budget are scored on
+the same sets.
+
+    FACET_WEIGHTS_DIR=../shared/weights python benchmarks/pseudo_bench.py --shared ../shared/data
+
+Unlabelled (labels never read): maskfaces eval's images, and aaf's training split (the split
+every gender run makes of aaf, by file serial). Scored: maskfaces eval (pseudo-labelled, so the
+transductive gain) and aaf val (a labelled real-face split that was never pseudo-labelled).
+Every model: mobilenetv2_100, 128 px, crop=none, 4 epochs x 4,000 samples (this CPU's budget).
+The mask and age models of the exported folders are the shipped set's runs (only gender is
+read). Writes benchmarks/results/pseudo.json and pseudo.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from facet.metrics import scores
+from facet.models.data import read_manifest
+from facet.models.recipe import load_recipe
+from facet.models.split import split_by_source
+from facet.serve.batch import predict_paths
+from facet.serve.predictor import Predictor
+
+BUDGET = ["--set", "epochs=4", "--set", "samples_per_epoch=4000"]
+STUDENT = ["--set", "drop_rate=0.4", "--set", "aug_groups=flip,crop,colour,lowres,blur,jpeg,noise",
+           "--set", "source_weights=maskfaces=1,pseudo=1", "--set", "select_on=maskfaces"]
+
+
+def facet(*args) -> None:
+    cmd = [sys.executable, "-m", "facet.cli", *map(str, args)]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def aaf_split(shared: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    frame = read_manifest(shared / "aaf/labels.csv", group="group").frame
+    train, val = split_by_source(frame, frame["gender"], load_recipe("gender")[0])
+    return frame.iloc[train], frame.iloc[val]
+
+
+def gender_f1(models: Path, frame: pd.DataFrame) -> float:
+    result = predict_paths(Predictor(models, mode="separate"), [Path(p) for p in frame["path"]],
+                           progress=False)
+    return round(scores(frame["gender"].to_numpy(), result.attributes["gender"].argmax(1), 2)["macro_f1"], 4)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shared", type=Path, required=True)
+    p.add_argument("--runs", type=Path, default=Path("runs/pseudo_bench"))
+    p.add_argument("--others", type=Path, default=Path("runs/default_models"),
+                   help="Runs folder whose mask and age runs fill the exported folders.")
+    p.add_argument("--single", type=Path, default=Path("runs/gender_age_real/gender0"),
+                   help="Today's single gender model at the same budget (competition layout only).")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/pseudo.json"))
+    args = p.parse_args()
+    faces, runs = args.shared / "maskfaces", args.runs
+    others = [args.others / "mask", args.others / "age"]
+    if not (runs / "teacher" / "oof.csv").exists():
+        facet("train", "gender", "--data", faces / "train", "--fold", "all", "--folds", "3",
+              "--run-dir", runs / "teacher", *BUDGET)
+    aaf_train, aaf_val = aaf_split(args.shared)
+    unlabelled = runs / "unlabelled.csv"
+    pd.DataFrame({"path": [str(p.resolve()) for p in sorted((faces / "eval/images").glob("*.jpg"))]
+                  + [str(Path(p).resolve()) for p in aaf_train["path"]]}).to_csv(unlabelled, index=False)
+    exported = {}
+    for name, run, extra in (("teacher", runs / "teacher", ["--tta"]), ("single", args.single, []),
+                             ("student", runs / "student", [])):
+        if name == "student" and not (run / "best.safetensors").exists():
+            facet("pseudo-label", unlabelled, "--models", exported["teacher"], "--out",
+                  runs / "pseudo.csv", "--attributes", "gender")
+            facet("train", "gender", "--data", faces / "train", "--manifest",
+                  f"{runs / 'pseudo.csv'},group=group,name=pseudo", "--run-dir", run, *BUDGET, *STUDENT)
+        exported[name] = runs / f"export_{name}"
+        if not (exported[name] / "facet.json").exists():
+            facet("export", run, *others, "--out", exported[name], "--no-ensemble", *extra)
+    eval_answers = pd.read_csv(faces / "eval/answers.csv")
+    sets = {"maskfaces eval": pd.DataFrame({
+        "path": [str(faces / "eval/images" / i) for i in eval_answers["ImageID"]],
+        "gender": eval_answers["gender"]}), "aaf val": aaf_val}
+    rows = {name: {s: gender_f1(models, frame) for s, frame in sets.items()}
+            for name, models in exported.items()}
+    pseudo = pd.read_csv(runs / "pseudo.csv")
+    result = {"budget": " ".join(BUDGET), "student": " ".join(STUDENT), "gender_macro_f1": rows,
+              "pseudo_labelled": int(pseudo["gender"].notna().sum()), "unlabelled": len(pd.read_csv(unlabelled))}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    lines = ["| gender model | maskfaces eval | aaf val |", "|---|---|---|"]
+    lines += [f"| {n} | {r['maskfaces eval']:.3f} | {r['aaf val']:.3f} |" for n, r in rows.items()]
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines), json.dumps(result), sep="\n")
+
+
+if __name__ == "__main__":
+    main()

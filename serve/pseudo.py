@@ -1,0 +1,92 @@
+"""Pseudo-labels (`facet pseudo-label`): the models' confident answers on unlabelled photos,
+as a manifest that `facet train --manifest` reads as one more source, trained on and never
+validated on (its ``pseudo`` column).
+
+No torch here: numpy and pandas only.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from facet.combine import ATTRIBUTES
+
+from .batch import BatchResult
+
+#: attribute -> the manifest column its label goes to (what ``read_manifest`` reads)
+LABEL_COLUMNS = {"mask": "mask", "gender": "gender", "age": "age_group"}
+BOX = ("x0", "y0", "x1", "y1")
+DECIMALS = 6  # probabilities are rounded before the rule runs: it decides on what is written
+
+
+@dataclass
+class Kept:
+    """One attribute's answers: per class, the answered rows, the kept ones and the cut."""
+
+    answered: dict[str, int] = field(default_factory=dict)
+    kept: dict[str, int] = field(default_factory=dict)
+    cut: dict[str, float] = field(default_factory=dict)  # the confidence a kept answer needs
+
+    def line(self, attribute: str) -> str:
+        parts = [f"{c} {self.kept[c]:,} of {n:,}" + (f" (>= {self.cut[c]:.3f})" if n else "")
+                 for c, n in self.answered.items()]
+        total = f"{sum(self.kept.values()):,} of {sum(self.answered.values()):,}"
+        return f"{attribute}: kept {total} | " + ", ".join(parts)
+
+
+def keep(probs: np.ndarray, quantile: float | None = 0.5, threshold: float | None = None
+         ) -> tuple[np.ndarray, np.ndarray, dict[int, float]]:
+    """(kept, predicted class, cut per class) for (N, k) probabilities; a NaN row (a failed
+    image) is never kept. ``threshold``, when given, is the confidence every class needs;
+    else each predicted class keeps its answers at or above its own ``quantile`` of the
+    confidence (0.5: the median, its most confident half), so a rare class keeps its share."""
+    answered = ~np.isnan(probs).any(axis=1)
+    pred = np.where(answered, np.nan_to_num(probs, nan=-1).argmax(axis=1), -1)
+    confidence = np.where(answered, np.nan_to_num(probs, nan=-1).max(axis=1), -1)
+    kept, cut = np.zeros(len(probs), bool), {}
+    for c in np.unique(pred[answered]):
+        rows = answered & (pred == c)
+        cut[int(c)] = float(threshold if threshold is not None
+                            else np.quantile(confidence[rows], quantile))
+        kept |= rows & (confidence >= cut[int(c)])
+    return kept, pred, cut
+
+
+def pseudo_manifest(paths: list, result: BatchResult, attributes: list[str],
+                    quantile: float | None = 0.5, threshold: float | None = None,
+                    boxes: bool = False) -> tuple[pd.DataFrame, dict[str, Kept]]:
+    """(the manifest, what each attribute kept). One row per photo with at least one kept
+    label: ``path`` (absolute), ``group`` (the path), the face box ``x0,y0,x1,y1`` of the
+    answered face (``boxes``: the models crop faces; empty where none was found), a label
+    column per attribute (empty where not kept, and for the attributes not asked for), every
+    probability ``p_<attribute>_<class>`` and ``pseudo`` = 1."""
+    n = len(paths)
+    path = [os.path.abspath(str(p)) for p in paths]
+    out = pd.DataFrame({"path": path, "group": path})
+    if boxes:
+        # corners in photo pixels; a box reaching past the top or left border starts at 0
+        corners = [(max(0.0, f.box[0]), max(0.0, f.box[1]), f.box[0] + f.box[2],
+                    f.box[1] + f.box[3]) if f is not None else None
+                   for f in (result.primary or [None] * n)]
+        for k, name in enumerate(BOX):
+            out[name] = [round(float(c[k]), 2) if c else "" for c in corners]
+    probs = {a: np.round(result.attributes[a].astype(np.float64), DECIMALS) for a in ATTRIBUTES}
+    summary, any_kept = {}, np.zeros(n, bool)
+    for a, classes in ATTRIBUTES.items():
+        column = np.full(n, "", object)
+        if a in attributes:
+            kept, pred, cut = keep(probs[a], quantile, threshold)
+            column[kept] = [classes[c] for c in pred[kept]]
+            any_kept |= kept
+            summary[a] = Kept({c: int((pred == k).sum()) for k, c in enumerate(classes)},
+                              {c: int((kept & (pred == k)).sum()) for k, c in enumerate(classes)},
+                              {classes[k]: v for k, v in cut.items()})
+        out[LABEL_COLUMNS[a]] = column
+    for a, classes in ATTRIBUTES.items():
+        for k, c in enumerate(classes):
+            out[f"p_{a}_{c}"] = probs[a][:, k]
+    out["pseudo"] = 1
+    return out[any_kept].reset_index(drop=True), summary
