@@ -23,8 +23,8 @@ import pandas as pd
 from facet.models.audit import audit, write
 
 SHARES = {"gender": 0.05, "age": 0.05, "mask": 0.02}
-# the CPU budget of each fold (3 folds): one epoch of 5,000 samples
-BUDGET = ["--folds", "3", "--set", "epochs=1", "--set", "samples_per_epoch=5000"]
+# the CPU budget of each fold (3 folds): one epoch of 4,000 samples
+BUDGET = ["--folds", "3", "--set", "epochs=1", "--set", "samples_per_epoch=4000"]
 
 
 def moved_age(age: int) -> int:

@@ -249,6 +249,8 @@ Sources: {'; '.join(f'{k}: {v}' for k, v in LICENSES.items())}.
   face, so it is the least certain number here.
 - Tight face crops (the realmasks row) score lower than photos: the models are trained to see
   the surroundings of a face; for crops, train with `--set crop=none`.
+- Gender and age of masked faces in street photos: no labelled set measures them (realphotos has
+  mask labels only; maskfaces' masks are drawn): treat these answers as the least certain.
 - The faces are mostly East Asian (aaf) and UTKFace's mix: other populations are not measured.
 """
 
