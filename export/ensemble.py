@@ -11,9 +11,7 @@ import onnx
 from onnx import TensorProto, compose, helper
 
 from facet.combine import ATTRIBUTES, N_CLASSES
-from facet.serve.metadata import read_metadata
-
-from .onnx_export import set_metadata
+from facet.serve.metadata import read_metadata, set_metadata
 
 
 def build_ensemble(paths: dict[str, str]) -> onnx.ModelProto:

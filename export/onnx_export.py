@@ -12,9 +12,11 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from facet.atomic import atomic_path
+from facet.models import run_folder
 from facet.models.checkpoint import file_sha256, find_checkpoint, load_model
 from facet.preprocess import PreprocessSpec, load, normalize
-from facet.serve.metadata import METADATA_KEY, read_metadata
+from facet.serve.metadata import set_metadata
 
 OPSET = 18
 PARITY_ATOL = 1e-4
@@ -81,41 +83,42 @@ def export_attribute(runs: list[str | Path], out: str | Path, parity_images: lis
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.zeros(2, 3, spec.height, spec.width)
-    tmp = out.with_suffix(".tmp.onnx")
-    # The torch.export-based exporter (the TorchScript one is deprecated); one self-contained
-    # file, not a separate .onnx.data; batch size left free. Its "[torch.onnx] ..." progress
-    # lines only with debug logging (`facet -v export`).
-    torch.onnx.export(wrapped, (dummy,), str(tmp), dynamo=True, external_data=False,
-                      opset_version=OPSET, input_names=["image"], output_names=["probs"],
-                      dynamic_shapes={"image": {0: torch.export.Dim("batch")}},
-                      verbose=log.isEnabledFor(logging.DEBUG))
-    proto = onnx.load(str(tmp))
-    hashes = [file_sha256(c) for c in ckpts]
-    info = {
-        "attribute": meta["attribute"], "classes": meta["classes"], "preprocess": spec.to_dict(),
-        "detector": meta.get("detector"),
-        "age_rule": meta["age_rule"], "val_macro_f1": float(np.mean([m["val_macro_f1"] for _, m in loaded])),
-        "epoch": meta["epoch"], "backbone": "+".join(dict.fromkeys(m["recipe"]["backbone"] for _, m in loaded)),
-        "run": meta["run"], "checkpoint": str(ckpts[0]),
-        # one member: its file's hash; an ensemble: the hash of its members' hashes, in order
-        "checkpoint_sha256": hashes[0] if len(hashes) == 1 else
-        hashlib.sha256("".join(hashes).encode()).hexdigest(),
-        "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "opset": OPSET,
-        # an ensemble's members each have their own (in "members"): no one T undoes their mean
-        "temperature": calibrations[0]["temperature"] if len(ckpts) == 1 else None,
-        "val_ece": calibrations[0]["val_ece"] if len(ckpts) == 1 else None,
-        "tta": tta,
-        "training": training_summary(ckpts[0].parent, meta),
-        "members": [{"run": m["run"], "checkpoint": str(c), "checkpoint_sha256": h,
-                     "val_macro_f1": m["val_macro_f1"], "epoch": m["epoch"],
-                     "backbone": m["recipe"]["backbone"], "temperature": cal["temperature"]}
-                    for (_, m), c, h, cal in zip(loaded, ckpts, hashes, calibrations)],
-    }
-    set_metadata(proto, info)
-    proto.producer_name = "facet"
-    onnx.checker.check_model(proto, full_check=True)
-    onnx.save(proto, str(tmp))
-    tmp.replace(out)
+    with atomic_path(out) as tmp:  # a failed export leaves no half file
+        # The torch.export-based exporter (the TorchScript one is deprecated); one self-contained
+        # file, not a separate .onnx.data; batch size left free. Its "[torch.onnx] ..." progress
+        # lines only with debug logging (`facet -v export`).
+        torch.onnx.export(wrapped, (dummy,), str(tmp), dynamo=True, external_data=False,
+                          opset_version=OPSET, input_names=["image"], output_names=["probs"],
+                          dynamic_shapes={"image": {0: torch.export.Dim("batch")}},
+                          verbose=log.isEnabledFor(logging.DEBUG))
+        proto = onnx.load(str(tmp))
+        hashes = [file_sha256(c) for c in ckpts]
+        info = {
+            "attribute": meta["attribute"], "classes": meta["classes"], "preprocess": spec.to_dict(),
+            "detector": meta.get("detector"),
+            "age_rule": meta["age_rule"],
+            "val_macro_f1": float(np.mean([m["val_macro_f1"] for _, m in loaded])),
+            "epoch": meta["epoch"],
+            "backbone": "+".join(dict.fromkeys(m["recipe"]["backbone"] for _, m in loaded)),
+            "run": meta["run"], "checkpoint": str(ckpts[0]),
+            # one member: its file's hash; an ensemble: the hash of its members' hashes, in order
+            "checkpoint_sha256": hashes[0] if len(hashes) == 1 else
+            hashlib.sha256("".join(hashes).encode()).hexdigest(),
+            "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "opset": OPSET,
+            # an ensemble's members each have their own (in "members"): no one T undoes their mean
+            "temperature": calibrations[0]["temperature"] if len(ckpts) == 1 else None,
+            "val_ece": calibrations[0]["val_ece"] if len(ckpts) == 1 else None,
+            "tta": tta,
+            "training": training_summary(ckpts[0].parent, meta),
+            "members": [{"run": m["run"], "checkpoint": str(c), "checkpoint_sha256": h,
+                         "val_macro_f1": m["val_macro_f1"], "epoch": m["epoch"],
+                         "backbone": m["recipe"]["backbone"], "temperature": cal["temperature"]}
+                        for (_, m), c, h, cal in zip(loaded, ckpts, hashes, calibrations)],
+        }
+        set_metadata(proto, info)
+        proto.producer_name = "facet"
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.save(proto, str(tmp))
     report = check_parity(wrapped, out, spec, parity_images)
     report["attribute"] = meta["attribute"]
     return report
@@ -129,20 +132,14 @@ RECIPE_SHOWN = ("backbone", "image_size", "epochs", "samples_per_epoch", "lr", "
 def training_summary(run: Path, meta: dict) -> dict:
     """What the model was trained on and how, from the run folder's recipe.json and the
     checkpoint's metadata: carried inside the ONNX file, so a model folder describes itself."""
-    resolved = json.loads((run / "recipe.json").read_text()) if (run / "recipe.json").is_file() else {}
+    recipe = run / run_folder.RECIPE
+    resolved = json.loads(recipe.read_text()) if recipe.is_file() else {}
     data = resolved.get("data", {})
     by_source = meta.get("val_by_source") or {}
     return {"summary": data.get("summary"), "pretrained": resolved.get("pretrained"),
             "sources": {name: {**counts, "val_macro_f1": by_source.get(name, {}).get("macro_f1")}
                         for name, counts in data.get("sources", {}).items()},
             "recipe": {k: meta["recipe"][k] for k in RECIPE_SHOWN if k in meta["recipe"]}}
-
-
-def set_metadata(proto: onnx.ModelProto, info: dict) -> None:
-    for prop in list(proto.metadata_props):
-        if prop.key == METADATA_KEY:
-            proto.metadata_props.remove(prop)
-    proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(info))
 
 
 def check_parity(torch_model: torch.nn.Module, onnx_path: Path, spec: PreprocessSpec,
@@ -163,6 +160,3 @@ def check_parity(torch_model: torch.nn.Module, onnx_path: Path, spec: Preprocess
                           f"on {len(images)} images")
     return report
 
-
-def read_info(path: str | Path) -> dict:
-    return read_metadata(onnx.load(str(path), load_external_data=False))

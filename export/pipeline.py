@@ -16,11 +16,13 @@ from tqdm import tqdm
 from facet.calibration import ece, fit_temperature, scale
 from facet.combine import ATTRIBUTES
 from facet.metrics import scores
+from facet.models import run_folder
 from facet.preprocess import ImageError, PreprocessSpec, load, normalize
-from facet.serve.predictor import INDEX, merged_file
+from facet.serve.metadata import read_info
+from facet.serve.model_folder import merged_file, model_file, write_index
 
 from .ensemble import build_ensemble
-from .onnx_export import export_attribute, read_info
+from .onnx_export import export_attribute
 
 log = logging.getLogger(__name__)
 F1_TOLERANCE = 0.01  # macro-F1 an int8 or fp16 model may lose before export warns against it
@@ -30,7 +32,7 @@ CALIBRATION_IMAGES = 256  # int8 activation ranges are measured on this many rea
 
 def val_images(run: Path, limit: int) -> pd.DataFrame:
     """The run's own validation images (path, label): never seen in training."""
-    csv = run / "val.csv"
+    csv = run / run_folder.VAL
     if not csv.exists():
         raise FileNotFoundError(f"{csv} not found: pass images to check with --parity-images")
     frame = pd.read_csv(csv)
@@ -40,7 +42,7 @@ def val_images(run: Path, limit: int) -> pd.DataFrame:
 def fit_calibration(run: Path) -> dict | None:
     """Temperature scaling fitted on the run's validation probabilities (``val_probs.npy``, the
     best checkpoint's, with ``val.csv``'s labels): T and the val ECE before and after."""
-    probs_path, csv = run / "val_probs.npy", run / "val.csv"
+    probs_path, csv = run / run_folder.VAL_PROBS, run / run_folder.VAL
     if not probs_path.exists() or not csv.exists():
         return None
     probs, labels = np.load(probs_path), pd.read_csv(csv)["label"].to_numpy()
@@ -67,7 +69,7 @@ def export_all(runs: dict[str, Path | list[Path]], out_dir: Path,
                    "members": {a: [str(r) for r in m] for a, m in members.items()}, "tta": tta}
     for attribute, run in runs.items():
         images = parity_images or val_images(run, parity_count)["path"].tolist()
-        path = out_dir / f"{attribute}.onnx"
+        path = out_dir / model_file(attribute)
         calibrations = [_calibration(r, attribute, calibrate, echo) for r in members[attribute]]
         # one T for the attribute's probabilities: only a single model has one
         index["calibration"][attribute] = calibrations[0] if len(calibrations) == 1 else None
@@ -80,7 +82,7 @@ def export_all(runs: dict[str, Path | list[Path]], out_dir: Path,
     for variant in [v for v, wanted in (("int8", quantize), ("fp16", fp16)) if wanted]:
         index["models"][variant], index[f"{variant}_eval"] = {}, {}
         for attribute, run in runs.items():
-            check, fp32 = val_images(run, eval_limit), out_dir / f"{attribute}.onnx"
+            check, fp32 = val_images(run, eval_limit), out_dir / model_file(attribute)
             made = (_quantize(fp32, _calibration_images(run, check)) if variant == "int8"
                     else _half(fp32))
             index["models"][variant][attribute] = made.name
@@ -108,7 +110,7 @@ def export_all(runs: dict[str, Path | list[Path]], out_dir: Path,
             _half(out_dir / merged_file("fp32"))
         echo(f"ensemble: {out_dir / merged_file('fp32')}{' (+ fp16)' if fp16 else ''} (predict "
              "and serve time it against three sessions where they run, and keep the faster)")
-    _write(out_dir / INDEX, index)
+    write_index(out_dir, index)
     return index
 
 
@@ -119,14 +121,9 @@ def _calibration(run: Path, attribute: str, calibrate: bool, echo) -> dict | Non
         echo(f"{attribute}: {run}: temperature {calibration['temperature']:.3f} | val ECE "
              f"{e['before']:.4f} -> {e['after']:.4f} on {e['images']} images")
     elif calibrate:
-        echo(f"{attribute}: no val_probs.npy/val.csv in {run}: not calibrated (T = 1)")
+        echo(f"{attribute}: no {run_folder.VAL_PROBS}/{run_folder.VAL} in {run}: not calibrated "
+             "(T = 1)")
     return calibration
-
-
-def _write(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
 
 
 def _readable(paths: list[str], spec: PreprocessSpec) -> tuple[list[np.ndarray], list[int]]:
@@ -174,7 +171,7 @@ def _quantize(path: Path, calibration: list[str], batch: int = 32) -> Path:
 
     import onnx
 
-    out = path.with_name(path.stem + ".int8.onnx")
+    out = path.with_name(model_file(path.stem, "int8"))
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"  # shapes inferred, graph optimised for the quantizer
         quant_pre_process(str(path), str(prepared), skip_symbolic_shape=True)
@@ -194,7 +191,7 @@ def _half(path: Path) -> Path:
     import onnx_ir
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    out = path.with_name(path.stem + ".fp16.onnx")
+    out = path.with_name(model_file(path.stem, "fp16"))
     half = onnx_ir.from_proto(convert_float_to_float16(onnx.load(str(path)), keep_io_types=True))
     half.graph.sort()  # the converter appends the input casts last: the checker wants them first
     half = onnx_ir.to_proto(half)

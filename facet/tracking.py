@@ -17,11 +17,13 @@ import os
 import re
 from pathlib import Path
 
+from facet.models import run_folder
+
 log = logging.getLogger(__name__)
 
 INSTALL = "pip install 'facet[track]'"
 LOCAL_STORE = "mlflow.db"
-RUN_FILES = ("recipe.json", "metrics.csv", "best.json", "best.safetensors")
+RUN_FILES = (run_folder.RECIPE, run_folder.METRICS, run_folder.BEST_META, run_folder.BEST)
 
 
 class TrackingError(RuntimeError):
@@ -138,7 +140,7 @@ class MlflowTracker(Tracker):
             log.warning("MLflow: epoch %d not logged: %s", epoch, exc)
 
     def log_run_folder(self, run_dir):
-        resolved = run_dir / "recipe.json"
+        resolved = run_dir / run_folder.RECIPE
         if resolved.exists():
             info = json.loads(resolved.read_text())
             self.mlflow.set_tags({"data": info["data"]["summary"], "data.source": info["data"]["source"],
@@ -154,8 +156,8 @@ class MlflowTracker(Tracker):
             self.mlflow.log_artifact(str(path))
 
     def log_export(self, out_dir, index):
-        from facet.export.onnx_export import read_info
-        from facet.serve.predictor import INDEX, merged_file
+        from facet.serve.metadata import read_info
+        from facet.serve.model_folder import INDEX, merged_file
         infos = {attribute: read_info(out_dir / name)
                  for attribute, name in index["models"]["fp32"].items()}
         params = {f"{a}.{key}": info.get(key) for a, info in infos.items()

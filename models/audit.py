@@ -20,7 +20,7 @@ import pandas as pd
 from facet.combine import ATTRIBUTES, TRUE_AGE_RULE
 
 from .data import FOLDER_RE
-from .folds import SUMMARY
+from .run_folder import CV_SUMMARY, OOF
 
 PER_PERSON = ("gender", "age")
 SWAPPED = {"incorrect_mask": 2, "normal": 1}  # image -> the mask label a swap would give it
@@ -39,14 +39,14 @@ def audit(cv_dir: str | Path, attribute: str | None = None) -> Audit:
     from cleanlab.filter import find_label_issues
 
     cv_dir = Path(cv_dir)
-    if not (cv_dir / SUMMARY).is_file() or not (cv_dir / "oof.csv").is_file():
-        raise FileNotFoundError(f"{cv_dir}: no {SUMMARY} and oof.csv: give the folder of a "
+    if not (cv_dir / CV_SUMMARY).is_file() or not (cv_dir / OOF).is_file():
+        raise FileNotFoundError(f"{cv_dir}: no {CV_SUMMARY} and {OOF}: give the folder of a "
                                 "finished `facet train ATTR --fold all` run")
-    trained = json.loads((cv_dir / SUMMARY).read_text())["recipe"]["attribute"]
+    trained = json.loads((cv_dir / CV_SUMMARY).read_text())["recipe"]["attribute"]
     if attribute and attribute != trained:
         raise ValueError(f"{cv_dir} holds a cross-validation of {trained}, not {attribute}")
     classes = list(ATTRIBUTES[trained])
-    oof = pd.read_csv(cv_dir / "oof.csv", dtype={"person": str, "path": str})
+    oof = pd.read_csv(cv_dir / OOF, dtype={"person": str, "path": str})
     units = _per_person(oof, classes) if trained in PER_PERSON else _per_image(oof, classes)
     probs = units[[f"p_{c}" for c in classes]].to_numpy(np.float64)
     labels = units["label"].to_numpy()
@@ -133,14 +133,14 @@ def _mask_swaps(oof: pd.DataFrame, suspects: pd.DataFrame) -> pd.DataFrame:
 
 def write(result: Audit, out_dir: Path, sheet: int = 24) -> dict[str, Path]:
     """suspects.csv, fixes.csv (a draft) and suspects.png (the top ``sheet`` suspects)."""
+    from facet.atomic import write_csv
     from facet.report import contact_sheet
-    from facet.serve.batch import write_atomic
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"suspects": out_dir / "suspects.csv", "fixes": out_dir / "fixes.csv",
              "sheet": out_dir / "suspects.png"}
-    write_atomic(result.suspects, paths["suspects"])
-    write_atomic(result.fixes, paths["fixes"])
+    write_csv(paths["suspects"], result.suspects)
+    write_csv(paths["fixes"], result.fixes)
     top = result.suspects.head(sheet)
     if len(top):
         contact_sheet(top["path"].tolist(),

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from facet.atomic import atomic_file, atomic_path
 from facet.faces import Face, default_detector, primary
 from facet.preprocess import ImageError, PreprocessSpec, cut_face, decode_faces, read_image
 
@@ -53,50 +54,51 @@ def build_cache(paths: list[str], spec: PreprocessSpec, cache_dir: str | Path,
     if array_path.exists() and bad_path.exists() and faces_path.exists():
         bad = [tuple(b) for b in json.loads(bad_path.read_text())]
         return np.load(array_path, mmap_mode="r"), bad, json.loads(faces_path.read_text())
-    tmp = array_path.with_suffix(".tmp.npy")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
-                                    shape=(len(paths), spec.height, spec.width, 3))
-    bad: list[tuple[int, str]] = []
-    faces: list[dict | None] = [None] * len(paths)
-    detector = default_detector() if spec.crop == "face" else None
+    # a crash mid-build never leaves a half cache behind; the temporary file keeps one fixed
+    # name (<key>.tmp.npy), so that a killed build's leftover is overwritten, not piled up
+    with atomic_path(array_path, tmp_name=array_path.with_suffix(".tmp.npy").name) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
+                                        shape=(len(paths), spec.height, spec.width, 3))
+        bad: list[tuple[int, str]] = []
+        faces: list[dict | None] = [None] * len(paths)
+        detector = default_detector() if spec.crop == "face" else None
 
-    named: dict[str, list[int]] = {}  # photo -> its rows with a named face
-    for i, box in enumerate(boxes or []):
-        if box is not None:
-            named.setdefault(paths[i], []).append(i)
+        named: dict[str, list[int]] = {}  # photo -> its rows with a named face
+        for i, box in enumerate(boxes or []):
+            if box is not None:
+                named.setdefault(paths[i], []).append(i)
 
-    def work(i: int) -> None:
-        try:
-            photo = decode_faces(paths[i], [spec], detector=detector)
-        except (ImageError, OSError) as exc:
-            bad.append((i, f"{paths[i]}: {exc}"))
-            return
-        out[i] = photo.inputs[0][spec]
-        if photo.primary >= 0:
-            faces[i] = photo.faces[photo.primary].to_dict()
+        def work(i: int) -> None:
+            try:
+                photo = decode_faces(paths[i], [spec], detector=detector)
+            except (ImageError, OSError) as exc:
+                bad.append((i, f"{paths[i]}: {exc}"))
+                return
+            out[i] = photo.inputs[0][spec]
+            if photo.primary >= 0:
+                faces[i] = photo.faces[photo.primary].to_dict()
 
-    def cut_named(path: str) -> None:
-        try:
-            rgb = read_image(path)
-        except (ImageError, OSError) as exc:
-            bad.extend((i, f"{path}: {exc}") for i in named[path])
-            return
-        for i in named[path]:
-            face = Face(tuple(boxes[i]), 1.0)
-            out[i] = cut_face(rgb, face, spec)
-            faces[i] = face.to_dict()
+        def cut_named(path: str) -> None:
+            try:
+                rgb = read_image(path)
+            except (ImageError, OSError) as exc:
+                bad.extend((i, f"{path}: {exc}") for i in named[path])
+                return
+            for i in named[path]:
+                face = Face(tuple(boxes[i]), 1.0)
+                out[i] = cut_face(rgb, face, spec)
+                faces[i] = face.to_dict()
 
-    tasks = [partial(cut_named, p) for p in named] + [
-        partial(work, i) for i in range(len(paths)) if boxes is None or boxes[i] is None]
-    # The decoders (libjpeg-turbo, zlib, OpenCV) release the GIL, so threads scale.
-    with ThreadPoolExecutor(workers) as pool:
-        list(tqdm(pool.map(lambda task: task(), tasks), total=len(tasks), unit="img",
-                  desc=f"caching {spec.height}x{spec.width}"
-                       + (" (finding faces)" if detector and len(tasks) > len(named) else ""),
-                  leave=False))
-    out.flush()
-    out = None  # the memmap is closed before the rename
-    os.replace(tmp, array_path)  # a crash mid-build never leaves a half cache behind
+        tasks = [partial(cut_named, p) for p in named] + [
+            partial(work, i) for i in range(len(paths)) if boxes is None or boxes[i] is None]
+        # The decoders (libjpeg-turbo, zlib, OpenCV) release the GIL, so threads scale.
+        with ThreadPoolExecutor(workers) as pool:
+            list(tqdm(pool.map(lambda task: task(), tasks), total=len(tasks), unit="img",
+                      desc=f"caching {spec.height}x{spec.width}"
+                           + (" (finding faces)" if detector and len(tasks) > len(named) else ""),
+                      leave=False))
+        out.flush()
+        out = None  # the memmap is closed before the rename
     bad_path.write_text(json.dumps(sorted(bad)))
     faces_path.write_text(json.dumps(faces))
     return np.load(array_path, mmap_mode="r"), sorted(bad), faces
@@ -123,7 +125,6 @@ def cached_landmarks(images: np.memmap, workers: int = 4) -> np.ndarray:
     with ThreadPoolExecutor(workers) as pool:
         list(tqdm(pool.map(work, range(len(images))), total=len(images), unit="img",
                   desc="finding landmarks", leave=False))
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, out)
-    os.replace(tmp, path)
+    with atomic_file(path, "wb") as f:
+        np.save(f, out)
     return out

@@ -11,6 +11,10 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
+from facet.atomic import atomic_path
+
+from .run_folder import BEST
+
 log = logging.getLogger(__name__)
 
 
@@ -101,9 +105,8 @@ def recalibrate_batchnorm(model: torch.nn.Module, images: torch.Tensor) -> int:
 def save_weights(model: torch.nn.Module, meta: dict, path: Path) -> None:
     """Weights as safetensors (the metadata rides inside too) plus a readable JSON twin."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = path.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata={"facet": json.dumps(meta)})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"facet": json.dumps(meta)})
     path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
 
 
@@ -118,7 +121,7 @@ def file_sha256(path: str | Path) -> str:
 def find_checkpoint(path: str | Path) -> Path:
     """A run folder (-> its best.safetensors) or a .safetensors file."""
     path = Path(path)
-    ckpt = path / "best.safetensors" if path.is_dir() else path
+    ckpt = path / BEST if path.is_dir() else path
     if not ckpt.is_file():
         raise FileNotFoundError(f"no checkpoint at {ckpt} (train first: facet train ...)")
     return ckpt

@@ -15,21 +15,24 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from facet.atomic import write_json
 from facet.metrics import scores
 
+from . import run_folder
 from .recipe import Recipe
+from .run_folder import CV_SUMMARY as SUMMARY  # facet.cli imports it from here
 from .train import ResumeError, RunResult
 
 log = logging.getLogger(__name__)
-SUMMARY = "cv.json"
 
 
 def fold_runs(root: str | Path) -> list[Path]:
     """The fold run folders of a cross-validation folder, in fold order ([] if it is not one)."""
     root = Path(root)
-    if not (root / SUMMARY).is_file():
+    if not (root / run_folder.CV_SUMMARY).is_file():
         return []
-    return [root / f"fold{k}" for k in json.loads((root / SUMMARY).read_text())["finished"]]
+    return [root / run_folder.fold(k)
+            for k in json.loads((root / run_folder.CV_SUMMARY).read_text())["finished"]]
 
 
 def fit_folds(recipe: Recipe, root: Path, fit: Callable[[Recipe, Path, bool], RunResult],
@@ -40,7 +43,7 @@ def fit_folds(recipe: Recipe, root: Path, fit: Callable[[Recipe, Path, bool], Ru
     the others start; the recipe must be the one the folder was started with.
     """
     root.mkdir(parents=True, exist_ok=True)
-    summary_path = root / SUMMARY
+    summary_path = root / run_folder.CV_SUMMARY
     recipe_key = {**recipe.to_dict(), "fold": "all"}
     state = {"recipe": recipe_key, "finished": []}
     if summary_path.exists():
@@ -55,21 +58,21 @@ def fit_folds(recipe: Recipe, root: Path, fit: Callable[[Recipe, Path, bool], Ru
         if k in state["finished"]:
             log.info("fold %d/%d: finished, kept", k + 1, recipe.folds)
             continue
-        run = root / f"fold{k}"
-        fit(recipe.override([f"fold={k}"]), run, resume and (run / "last.pt").exists())
+        run = root / run_folder.fold(k)
+        fit(recipe.override([f"fold={k}"]), run, resume and (run / run_folder.LAST).exists())
         state["finished"].append(k)
-        _write(summary_path, state)  # a fold counts as done only once its run has finished
+        write_json(summary_path, state)  # a fold counts as done only once its run has finished
     oof = out_of_fold(root, recipe)
-    oof.to_csv(root / "oof.csv", index=False)
-    per_fold = [json.loads((root / f"fold{k}" / "best.json").read_text())["val_macro_f1"]
-                for k in range(recipe.folds)]
+    oof.to_csv(root / run_folder.OOF, index=False)
+    per_fold = [json.loads((root / run_folder.fold(k) / run_folder.BEST_META).read_text())
+                ["val_macro_f1"] for k in range(recipe.folds)]
     truth, pred = oof["label"].to_numpy(), oof["pred"].to_numpy()
     state.update({
         "per_fold_macro_f1": per_fold, "mean_macro_f1": float(np.mean(per_fold)),
         "std_macro_f1": float(np.std(per_fold)),
         "oof_macro_f1": scores(truth, pred, recipe.num_classes)["macro_f1"],
         "oof_images": len(oof)})
-    _write(summary_path, state)
+    write_json(summary_path, state)
     return state
 
 
@@ -77,10 +80,10 @@ def out_of_fold(root: Path, recipe: Recipe) -> pd.DataFrame:
     """Each fold's val images with the probabilities of that fold's kept checkpoint."""
     frames = []
     for k in range(recipe.folds):
-        run = root / f"fold{k}"
-        val, probs = pd.read_csv(run / "val.csv"), np.load(run / "val_probs.npy")
+        run = root / run_folder.fold(k)
+        val, probs = pd.read_csv(run / run_folder.VAL), np.load(run / run_folder.VAL_PROBS)
         val.insert(0, "fold", k)
-        for c, name in enumerate(json.loads((run / "best.json").read_text())["classes"]):
+        for c, name in enumerate(json.loads((run / run_folder.BEST_META).read_text())["classes"]):
             val[f"p_{name}"] = probs[:, c].round(6)
         val["pred"] = probs.argmax(1)
         frames.append(val)
@@ -89,9 +92,3 @@ def out_of_fold(root: Path, recipe: Recipe) -> pd.DataFrame:
     if repeated:  # the person-level split promises each image in exactly one val fold
         raise AssertionError(f"{repeated} images are in more than one val fold")
     return oof
-
-
-def _write(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)

@@ -25,12 +25,14 @@ from torch.utils.data import (DataLoader, Dataset, RandomSampler, WeightedRandom
                               get_worker_info)
 from tqdm import tqdm
 
+from facet.atomic import atomic_path
 from facet.combine import ATTRIBUTES, TRUE_AGE_RULE, combine_labels
 from facet.metrics import (AGE_BANDS, by_age_band, macro_f1_from_confusion, plot_by_age_band,
                            plot_confusion, plot_curves, scores)
 from facet.faces import default_detector
 from facet.preprocess import PreprocessSpec, normalize
 
+from . import run_folder
 from .augment import uses_landmarks
 from .cache import build_cache, cached_landmarks
 from .checkpoint import create_model, recalibrate_batchnorm, resolve_pretrained, save_weights
@@ -365,7 +367,7 @@ class Trainer:
         after each epoch is saved, with its metrics.csv row (tracking, pruning: an exception it
         raises ends the run there, with the best checkpoint so far kept)."""
         r = self.recipe
-        last = self.run_dir / "last.pt"
+        last = self.run_dir / run_folder.LAST
         state = self._resumable(last) if resume else None
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._prepare()
@@ -375,12 +377,12 @@ class Trainer:
         val = self.frame.iloc[self.val_rows]
         pd.DataFrame({"path": val["path"], "person": val["person"], "age_years": val["age_years"],
                       "source": val["source"], "label": self.val_set.labels}).to_csv(
-            self.run_dir / "val.csv", index=False)
+            self.run_dir / run_folder.VAL, index=False)
         if self.problems:
-            (self.run_dir / "problems.txt").write_text("\n".join(self.problems) + "\n")
+            (self.run_dir / run_folder.PROBLEMS).write_text("\n".join(self.problems) + "\n")
             log.warning("%d data problem(s) skipped; see %s", len(self.problems),
-                        self.run_dir / "problems.txt")
-        (self.run_dir / "recipe.json").write_text(json.dumps(self._resolved(), indent=2))
+                        self.run_dir / run_folder.PROBLEMS)
+        (self.run_dir / run_folder.RECIPE).write_text(json.dumps(self._resolved(), indent=2))
         history, start_epoch, step, best, stale = [], 1, 0, -1.0, 0
         if state is not None:
             self.model.load_state_dict(state["model"])
@@ -422,8 +424,8 @@ class Trainer:
             if improved:
                 best, stale = m["selected"], 0
                 save_weights(self.validated_model, self._meta(epoch, m),
-                             self.run_dir / "best.safetensors")
-                np.save(self.run_dir / "val_probs.npy", probs)
+                             self.run_dir / run_folder.BEST)
+                np.save(self.run_dir / run_folder.VAL_PROBS, probs)
             else:
                 stale += 1
             per_source = "".join(f" | {name} {b['macro_f1']:.4f}" for name, b in by_source.items()
@@ -472,11 +474,10 @@ class Trainer:
         return state
 
     def _write_metrics(self, history: list[dict]) -> None:
-        pd.DataFrame(history).to_csv(self.run_dir / "metrics.csv", index=False)
+        pd.DataFrame(history).to_csv(self.run_dir / run_folder.METRICS, index=False)
 
     def _save_last(self, path: Path, epoch: int, step: int, best: float, stale: int,
                    history: list[dict]) -> None:
-        tmp = path.with_suffix(".tmp")
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "epoch": epoch, "step": step,
                  "best": best, "stale": stale, "history": history,
@@ -485,22 +486,25 @@ class Trainer:
             state["ema"] = self.ema.module.state_dict()
         if self.scaler.is_enabled():
             state["scaler"] = self.scaler.state_dict()
-        torch.save(state, tmp)
-        os.replace(tmp, path)  # a crash while saving keeps the previous last.pt
+        # a crash while saving keeps the previous last.pt; the temporary file keeps its fixed
+        # name (last.tmp): torch.save names the archive inside after the file
+        with atomic_path(path, tmp_name=path.with_suffix(".tmp").name) as tmp:
+            torch.save(state, tmp)
 
     def _finish(self, history: pd.DataFrame) -> RunResult:
         r = self.recipe
         best_row = history.loc[history["val_selected"].idxmax()]
-        meta = json.loads((self.run_dir / "best.json").read_text())
-        plot_curves(history, self.run_dir / "curves.png", f"{r.attribute} ({r.backbone})")
-        plot_confusion(meta["val_confusion"], self.classes, self.run_dir / "confusion.png",
+        meta = json.loads((self.run_dir / run_folder.BEST_META).read_text())
+        plot_curves(history, self.run_dir / run_folder.CURVES, f"{r.attribute} ({r.backbone})")
+        plot_confusion(meta["val_confusion"], self.classes, self.run_dir / run_folder.CONFUSION,
                        f"{r.attribute}: val confusion, epoch {meta['epoch']} "
                        f"(macro-F1 {meta['val_macro_f1']:.3f})")
-        bands = by_age_band(self.val_set.labels, np.load(self.run_dir / "val_probs.npy").argmax(1),
+        bands = by_age_band(self.val_set.labels,
+                            np.load(self.run_dir / run_folder.VAL_PROBS).argmax(1),
                             self.frame["age_years"].iloc[self.val_rows])
         if len(bands):  # needs real ages: the competition layout has them, a manifest may not
-            bands.to_csv(self.run_dir / "val_by_age.csv", index=False)
-            plot_by_age_band(bands, self.run_dir / "val_by_age.png",
+            bands.to_csv(self.run_dir / run_folder.VAL_BY_AGE, index=False)
+            plot_by_age_band(bands, self.run_dir / run_folder.VAL_BY_AGE_PLOT,
                              f"{r.attribute}: val macro-F1 by age, epoch {meta['epoch']}")
         return RunResult(self.run_dir, int(best_row["epoch"]), float(best_row["val_selected"]),
                          history)

@@ -10,7 +10,6 @@ import re
 import tempfile
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -19,6 +18,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from facet.atomic import write_csv
 from facet.combine import ATTRIBUTES, class_names
 from facet.csvfile import read_csv
 from facet.faces import Face
@@ -59,8 +59,8 @@ def read_inputs(source: Path, images: Path | str | None = None, path_column: str
         raise InputError(f"{source} does not exist")
     if source.suffix.lower() in SUFFIXES:  # one photo
         return Inputs(pd.DataFrame({"path": [str(source)]}), [source])
-    return manifest_inputs(read_manifest(source), source, images or source.parent, path_column,
-                           allow_outside)
+    return manifest_inputs(read_input_manifest(source), source, images or source.parent,
+                           path_column, allow_outside)
 
 
 def folder_inputs(source, entries: list, is_file: Callable[[Path | str], bool]) -> Inputs:
@@ -74,7 +74,7 @@ def folder_inputs(source, entries: list, is_file: Callable[[Path | str], bool]) 
     return Inputs(pd.DataFrame({"path": [str(f) for f in files]}), files, skipped=skipped)
 
 
-def read_manifest(source, name: str | None = None) -> pd.DataFrame:
+def read_input_manifest(source, name: str | None = None) -> pd.DataFrame:
     """A CSV or Parquet manifest (a path or an open file; ``name`` for messages) with every
     column as text, so that the rows are written back as they were read."""
     name = str(name or source)
@@ -236,7 +236,7 @@ def predict_paths(predictor: Predictor, paths: list[Path], batch_size: int = 64,
 def check_writable(path: Path) -> None:
     """Fail before any work if ``path`` cannot be written (a folder, a parent that is a file,
     no permission, an existing file that is read-only or immutable), instead of after
-    predicting every image. Checked the way ``atomic_file`` writes: a temporary file beside
+    predicting every image. Checked the way ``facet.atomic`` writes: a temporary file beside
     ``path``, then (when ``path`` exists) replacing it."""
     path = Path(path)
     if path.is_dir():
@@ -258,28 +258,12 @@ def check_writable(path: Path) -> None:
                              f"({exc.strerror or exc}); is it read-only or immutable?") from None
 
 
+# facet.cli imports it from here
 def write_atomic(frame: pd.DataFrame | Iterable[pd.DataFrame], path: Path) -> None:
-    """Write a CSV so that readers see the old file or the whole new one, never half.
-    ``frame`` may be a stream of frames with the same columns, written one after another."""
-    with atomic_file(path) as f:
-        for k, piece in enumerate([frame] if isinstance(frame, pd.DataFrame) else frame):
-            piece.to_csv(f, index=False, header=k == 0)
-
-
-@contextmanager
-def atomic_file(path: Path, mode: str = "w"):
-    """A file that readers see whole or not at all: written under a temporary name beside
-    ``path`` (a hidden ``.tmp`` file), renamed to ``path`` once complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, newline=None if "b" in mode else "") as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Write a CSV so that readers see the old file or the whole new one, never half
+    (:func:`facet.atomic.write_csv`, frame first). ``frame`` may be a stream of frames with
+    the same columns, written one after another."""
+    write_csv(path, frame)
 
 
 def submission(inputs: Inputs, result: BatchResult) -> pd.DataFrame:

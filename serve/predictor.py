@@ -4,7 +4,6 @@ Imports numpy, OpenCV/Pillow (via facet.preprocess) and onnxruntime only: no tor
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -19,13 +18,14 @@ from facet.preprocess import (DEFAULT_RULES, ImageRules, Photo, PreprocessSpec, 
                               normalize)
 
 from .metadata import ModelFileError, parse
+from .model_folder import INDEX, merged_file
+# facet.cli imports it from here (default_variant, read_index; the Predictor uses them too)
+from .model_folder import default_variant, read_index
 
 privacy.apply_defaults()  # before onnxruntime is imported: ORT >= 1.29 reports usage otherwise
 import onnxruntime as ort  # noqa: E402
 
 log = logging.getLogger(__name__)
-INDEX = "facet.json"  # the model folder's index of files, written by `facet export`
-ENSEMBLE = "ensemble.onnx"
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 MODES = ("auto", "ensemble", "separate")
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")
@@ -115,31 +115,6 @@ def _session(path: Path, device: str, threads: int | None, spinning: bool,
     if got != wanted:
         log.warning("%s: %s did not load, running on %s", path.name, wanted, got)
     return session
-
-
-def merged_file(variant: str) -> str:
-    """The merged graph's file name of a variant (``ensemble.onnx``, ``ensemble.fp16.onnx``)."""
-    return ENSEMBLE if variant == "fp32" else f"ensemble.{variant}.onnx"
-
-
-def read_index(model_dir: Path) -> dict:
-    """The model folder's ``facet.json``: which files hold which variant."""
-    path = model_dir / INDEX
-    if not path.is_file():
-        raise ModelFileError(f"{path} not found: point at a folder written by `facet export`")
-    try:
-        index = json.loads(path.read_text())
-    except (ValueError, OSError) as exc:
-        raise ModelFileError(f"{path}: not a readable facet.json ({exc})") from None
-    if not isinstance(index, dict) or not isinstance(index.get("models"), dict):
-        raise ModelFileError(f"{path}: has no 'models' table (re-run `facet export`)")
-    return index
-
-
-def default_variant(index: dict) -> str:
-    """The variant a folder answers with unless asked for another: its ``default_variant``
-    (the shipped set's ``compact``: int8 where it costs no accuracy), else fp32."""
-    return index.get("default_variant", "fp32")
 
 
 @dataclass
@@ -287,7 +262,7 @@ class Predictor:
 
     def infer(self, inputs: dict) -> dict[str, np.ndarray]:
         """Each attribute's probabilities from :meth:`feed`'s inputs."""
-        return _infer(self.mode, self.sessions, self.specs, inputs)
+        return _run_sessions(self.mode, self.sessions, self.specs, inputs)
 
     @property
     def on_gpu(self) -> bool:
@@ -326,10 +301,10 @@ def unpack(rows: np.ndarray, specs: list[PreprocessSpec]) -> dict[PreprocessSpec
     return {s: p.reshape(len(rows), s.height, s.width, 3) for s, p in zip(specs, parts)}
 
 
-def _run(mode: str, sessions: dict, specs: dict[str, PreprocessSpec],
+def _run_batches(mode: str, sessions: dict, specs: dict[str, PreprocessSpec],
          batches: dict[PreprocessSpec, np.ndarray],
          binding: tuple[str, int] | None = None) -> dict[str, np.ndarray]:
-    return _infer(mode, sessions, specs, _feed(batches, binding))
+    return _run_sessions(mode, sessions, specs, _feed(batches, binding))
 
 
 def _feed(batches: dict[PreprocessSpec, np.ndarray], binding: tuple[str, int] | None) -> dict:
@@ -341,7 +316,7 @@ def _feed(batches: dict[PreprocessSpec, np.ndarray], binding: tuple[str, int] | 
     return inputs
 
 
-def _infer(mode: str, sessions: dict, specs: dict[str, PreprocessSpec], inputs: dict
+def _run_sessions(mode: str, sessions: dict, specs: dict[str, PreprocessSpec], inputs: dict
            ) -> dict[str, np.ndarray]:
     """Every attribute's probabilities from ``_feed``'s inputs."""
     def call(session, names, x):
@@ -376,7 +351,7 @@ def _time_modes(opened: dict, binding: tuple[str, int] | None, batch: int = 16,
     for i in range(repeats + 1):  # the first round warms up
         for mode, (sessions, _, per) in opened.items():
             start = time.perf_counter()
-            _run(mode, sessions, per, batches, binding)
+            _run_batches(mode, sessions, per, batches, binding)
             if i:
                 times[mode].append((time.perf_counter() - start) * 1000)
     return {m: round(float(np.median(v)), 2) for m, v in times.items()}

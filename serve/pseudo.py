@@ -16,7 +16,8 @@ from facet.combine import ATTRIBUTES
 
 from .batch import BatchResult
 
-#: attribute -> the manifest column its label goes to (what ``read_manifest`` reads)
+#: attribute -> the manifest column its label goes to (what training's manifest reader,
+#: ``facet.models.data.read_manifest``, reads)
 LABEL_COLUMNS = {"mask": "mask", "gender": "gender", "age": "age_group"}
 BOX = ("x0", "y0", "x1", "y1")
 DECIMALS = 6  # probabilities are rounded before the rule runs: it decides on what is written

@@ -30,7 +30,8 @@ from facet.preprocess import (DEFAULT_RULES, ImageError, ImageRules, Photo, Prep
                               decode_faces)
 
 from .batch import BatchResult, InputError, Inputs, details, is_uri, submission
-from .predictor import INDEX, Predictor, pack, read_index, unpack
+from .model_folder import INDEX, read_index
+from .predictor import Predictor, pack, unpack
 from .storage import Filesystems, PartStore
 
 privacy.apply_defaults()  # before Ray starts: no usage stats
@@ -107,7 +108,7 @@ class Decoding:
         """Bytes of one packed row."""
         return sum(s.height * s.width * 3 for s in self.specs)
 
-    def load(self, source) -> Photo:
+    def decode(self, source) -> Photo:
         detector = self.answering.detector() if self.answering else None
         return decode_faces(source, list(self.specs), self.rules, detector, False,
                             self.primary_rule, self.max_faces)
@@ -188,7 +189,7 @@ def decode_batch(batch: dict, decoding: Decoding, filesystems: Filesystems) -> d
         if errors[i]:
             continue
         try:
-            photo = decoding.load(filesystems.read_image(path, decoding.rules.max_bytes)
+            photo = decoding.decode(filesystems.read_image(path, decoding.rules.max_bytes)
                                   if is_uri(path) else path)
         except (ImageError, OSError) as exc:
             errors[i] = str(exc)
@@ -406,7 +407,8 @@ class Job:
 
     # ---- the merged files ---------------------------------------------------------------
     def submission(self) -> Iterator[pd.DataFrame]:
-        """The local engine's submission, part by part (write it with ``batch.write_atomic``)."""
+        """The local engine's submission, part by part (write it with
+        ``facet.atomic.write_csv``)."""
         for k in range(self.parts):
             yield self.store.read(k, self.stored_columns).set_axis(self.submission_columns, axis=1)
 

@@ -13,10 +13,11 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from facet.atomic import atomic_file
 from facet.preprocess import SUFFIXES, ImageError, read_limited
 
-from .batch import (InputError, Inputs, atomic_file, folder_inputs, is_uri, manifest_inputs,
-                    read_inputs, read_manifest, split_uri)
+from .batch import (InputError, Inputs, folder_inputs, is_uri, manifest_inputs,
+                    read_input_manifest, read_inputs, split_uri)
 
 PART = re.compile(r"part-(\d+)\.parquet")
 
@@ -79,7 +80,7 @@ def read_source(source: str | Path, images: str | Path | None, path_column: str 
     if os.path.splitext(source)[1].lower() in SUFFIXES:  # one photo
         return Inputs(pd.DataFrame({"path": [source]}), [source])
     with fs.open_input_file(path) as f:
-        frame = read_manifest(f, source)
+        frame = read_input_manifest(f, source)
     return manifest_inputs(frame, source, images or source.rsplit("/", 1)[0], path_column,
                            allow_outside)
 

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from facet.combine import combine_probs
-from facet.export.onnx_export import OPSET, ParityError, check_parity, read_info
+from facet.export.onnx_export import OPSET, ParityError, check_parity
 from facet.models.checkpoint import file_sha256, load_model
 from facet.export.pipeline import export_all
 from facet.preprocess import PreprocessSpec
 from facet.serve.batch import read_inputs
+from facet.serve.metadata import read_info
 from facet.serve.predictor import Predictor
 
 

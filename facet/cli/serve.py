@@ -1,0 +1,59 @@
+"""`facet serve`: check the settings and the model folder, then run the BentoML server under
+facet.serve.supervise."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from facet import shipped
+from facet.cli._common import _fail
+
+
+def serve(models: Optional[Path] = typer.Option(None, help="Folder written by `facet export` "
+                                               "(default: the settings' models, else the photo "
+                                               "models shipped with facet)."),
+          host: str = typer.Option("127.0.0.1", help="Address to bind (0.0.0.0 behind a load balancer)."),
+          port: int = typer.Option(3000, help="Port to listen on."),
+          config: Optional[Path] = typer.Option(None, help="TOML settings file (see README)."),
+          workers: Optional[int] = typer.Option(None, help="HTTP front-end processes."),
+          model_workers: Optional[int] = typer.Option(None, help="Model processes."),
+          batching: Optional[bool] = typer.Option(None, "--batching/--no-batching",
+                                                  help="Adaptive batching of concurrent requests."),
+          device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or tensorrt (opt-in: "
+                                               "builds engines on first use)."),
+          ui: Optional[bool] = typer.Option(None, "--ui/--no-ui", help="The try-it page at /ui."),
+          ):
+    """Serve the exported models over HTTP (BentoML).
+
+    The options override the FACET_* environment variables, which override the --config file."""
+    from facet.serve.config import ServeConfig
+    from facet.serve.predictor import Predictor
+    from facet.serve.supervise import run_server
+    env = dict(os.environ)
+    if config:
+        env["FACET_CONFIG"] = str(config.resolve())
+    overrides = {"models": models and str(models.resolve()), "workers": workers,
+                 "model_workers": model_workers,
+                 "batching": batching, "device": device, "ui": ui}
+    env.update({f"FACET_{k.upper()}": str(v) for k, v in overrides.items() if v is not None})
+    try:
+        settings = ServeConfig.load(env)
+    except (ValueError, OSError) as exc:
+        _fail(f"bad serve settings: {exc}")
+    try:  # a broken model folder or detector is one clear line here, not a traceback per worker
+        Predictor(settings.model_dir, mode=settings.mode, device="cpu",
+                  variant=settings.variant or None, threads=1, detector=settings.face_detector())
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    if not settings.models:
+        typer.echo(shipped.NOTICE, err=True)
+    typer.echo(f"serving {settings.model_dir} on http://{host}:{port}/v1 "
+               f"(batching {'on' if settings.batching else 'off'})"
+               + (f"; try it at http://{host}:{port}/ui/" if settings.ui else ""), err=True)
+    cmd = [sys.executable, "-m", "bentoml", "serve", "facet.serve.service:Facet",
+           "--host", host, "--port", str(port)]
+    raise typer.Exit(run_server(cmd, env))
