@@ -214,7 +214,7 @@ def speed(models: Path, baseline: Path, sets: dict[str, list[Path]], rounds: int
     """Photos/s of predict_paths: crop=face with the detector on onnxruntime and on OpenCV, and
     the crop=none models, interleaved per round; and the detector alone on decoded photos."""
     engines = {e: YuNet(engine=e) for e in ("onnxruntime", "opencv")}
-    predictors = {f"crop=face, {e}": Predictor(models, detector=d) for e, d in engines.items()}
+    predictors = {f"crop=face, {e}": Predictor(models, face_detector=d) for e, d in engines.items()}
     predictors["crop=none"] = Predictor(baseline)
     out = {}
     for name, paths in sets.items():

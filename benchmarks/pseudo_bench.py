@@ -1,8 +1,10 @@
 """Pseudo-labels for gender: a teacher (a 3-fold ensemble of the competition layout's model,
 flip TTA in its graph) answers unlabelled faces, `facet pseudo-label` keeps its confident
 answers, and a student (one model: labelled + pseudo-labelled sources, stronger augmentation and
-dropout) trains on them. Teacher, student and the single model of the same budget are scored on
-the same sets.
+dropout) trains on them; a second student keeps the recipe's own augmentation and dropout, to
+tell what the pseudo-labels do from what the extra noise does. Teacher, students and the single
+model of the same budget are scored on the same sets, and the pseudo-labels against the hidden
+true labels.
 
     FACET_WEIGHTS_DIR=../shared/weights python benchmarks/pseudo_bench.py --shared ../shared/data
 
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from facet.combine import ATTRIBUTES
 from facet.metrics import scores
 from facet.models.data import read_manifest
 from facet.models.recipe import load_recipe
@@ -30,10 +33,14 @@ from facet.models.split import split_by_source
 from facet.serve.batch import predict_paths
 from facet.serve.predictor import Predictor
 
+GENDERS = ATTRIBUTES["gender"]
 BUDGET = ["--set", "epochs=2", "--set", "samples_per_epoch=4000"]
 LABELLED = ["--set", "source_weights=", "--set", "select_on=all"]  # one source: the layout
-STUDENT = ["--set", "drop_rate=0.4", "--set", "aug_groups=flip,crop,colour,lowres,blur,jpeg,noise",
-           "--set", "source_weights=maskfaces=1,pseudo=1", "--set", "select_on=maskfaces"]
+SOURCES = ["--set", "source_weights=maskfaces=1,pseudo=1", "--set", "select_on=maskfaces"]
+# the student proper (stronger augmentation and dropout), and one with the recipe's own noise
+STUDENTS = {"student": [*SOURCES, "--set", "drop_rate=0.4",
+                        "--set", "aug_groups=flip,crop,colour,lowres,blur,jpeg,noise"],
+            "student, recipe noise": SOURCES}
 
 
 def facet(*args) -> None:
@@ -46,6 +53,18 @@ def aaf_split(shared: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     frame = read_manifest(shared / "aaf/labels.csv", group="group").frame
     train, val = split_by_source(frame, frame["gender"], load_recipe("gender")[0])
     return frame.iloc[train], frame.iloc[val]
+
+
+def label_quality(pseudo: pd.DataFrame, truth: pd.DataFrame, unlabelled: int) -> dict:
+    """How many of a source's unlabelled images kept a pseudo-label, how many of those are
+    right (the hidden true labels, as codes), and the kept and true class counts."""
+    given = {str(Path(p).resolve()): GENDERS[g] for p, g in zip(truth["path"], truth["gender"])}
+    kept = pseudo[pseudo["gender"].notna() & pseudo["path"].isin(given)]
+    true = kept["path"].map(given)
+    return {"unlabelled": unlabelled, "kept": len(kept),
+            "correct": round(float((kept["gender"] == true).mean()), 4),
+            "kept_by_class": kept["gender"].value_counts().to_dict(),
+            "true_by_class": true.value_counts().to_dict()}
 
 
 def gender_f1(models: Path, frame: pd.DataFrame) -> float:
@@ -75,14 +94,17 @@ def main() -> None:
     pd.DataFrame({"path": [str(p.resolve()) for p in sorted((faces / "eval/images").glob("*.jpg"))]
                   + [str(Path(p).resolve()) for p in aaf_train["path"]]}).to_csv(unlabelled, index=False)
     exported = {}
-    for name, run, extra in (("teacher", runs / "teacher", ["--tta"]), ("single", runs / "single", []),
-                             ("student", runs / "student", [])):
-        if name == "student" and not (run / "best.safetensors").exists():
-            facet("pseudo-label", unlabelled, "--models", exported["teacher"], "--out",
-                  runs / "pseudo.csv", "--attributes", "gender")
+    models = [("teacher", runs / "teacher", ["--tta"]), ("single", runs / "single", [])]
+    for name, run, extra in models + [(n, runs / n.replace(", ", "_").replace(" ", "_"), [])
+                                      for n in STUDENTS]:
+        if name in STUDENTS and not (run / "best.safetensors").exists():
+            if not (runs / "pseudo.csv").exists():
+                facet("pseudo-label", unlabelled, "--models", exported["teacher"], "--out",
+                      runs / "pseudo.csv", "--attributes", "gender")
             facet("train", "gender", "--data", faces / "train", "--manifest",
-                  f"{runs / 'pseudo.csv'},group=group,name=pseudo", "--run-dir", run, *BUDGET, *STUDENT)
-        exported[name] = runs / f"export_{name}"
+                  f"{runs / 'pseudo.csv'},group=group,name=pseudo", "--run-dir", run, *BUDGET,
+                  *STUDENTS[name])
+        exported[name] = runs / f"export_{run.name}"
         if not (exported[name] / "facet.json").exists():
             facet("export", run, *others, "--out", exported[name], "--no-ensemble", *extra)
     eval_answers = pd.read_csv(faces / "eval/answers.csv")
@@ -92,8 +114,13 @@ def main() -> None:
     rows = {name: {s: gender_f1(models, frame) for s, frame in sets.items()}
             for name, models in exported.items()}
     pseudo = pd.read_csv(runs / "pseudo.csv")
-    result = {"budget": " ".join(BUDGET), "student": " ".join(STUDENT), "gender_macro_f1": rows,
-              "pseudo_labelled": int(pseudo["gender"].notna().sum()), "unlabelled": len(pd.read_csv(unlabelled))}
+    truth = {"maskfaces eval": sets["maskfaces eval"], "aaf train": aaf_train}
+    result = {"budget": " ".join(BUDGET), "students": {n: " ".join(a) for n, a in STUDENTS.items()},
+              "gender_macro_f1": rows,
+              "pseudo_labelled": int(pseudo["gender"].notna().sum()),
+              "unlabelled": len(pd.read_csv(unlabelled)),
+              "pseudo_labels": {name: label_quality(pseudo, frame, len(frame))
+                                for name, frame in truth.items()}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     lines = ["| gender model | maskfaces eval | aaf val |", "|---|---|---|"]

@@ -51,7 +51,7 @@ def _label(image: np.ndarray, text: str, x: int, y: int, colour, scale: float) -
 
 def draw_results(paths: list[Path], result, out_dir: Path,
                  rules: ImageRules = DEFAULT_RULES) -> int:
-    """Draw every answered row of a ``serve.batch.BatchResult`` into ``out_dir`` as JPEG
+    """Draw every answered row of a ``serve.results.BatchResult`` into ``out_dir`` as JPEG
     (``<name>.jpg``; the row number is added when two rows share a name). Returns the count."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,11 @@ SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 Image.MAX_IMAGE_PIXELS = None
 
 
+# faces answered per photo (the largest): one value for `facet predict`, Ray and HTTP, so a
+# crowded photo gets the same answers everywhere
+MAX_FACES = 64
+
+
 class ImageError(ValueError):
     """An input that is not a usable image; the message says why."""
 
@@ -176,11 +181,15 @@ class Photo:
     inputs: list[dict[PreprocessSpec, np.ndarray]]
     face_found: bool | None
 
+    def face(self, k: int) -> Face | None:
+        """Face ``k`` (an index into ``faces``; -1: none, the fallback region answers)."""
+        return self.faces[k] if k >= 0 else None
+
 
 def decode_faces(source: bytes | str | Path, specs: list[PreprocessSpec],
                  rules: ImageRules = DEFAULT_RULES, detector: Detector | None = None,
                  every: bool = False, primary_rule: str = "largest",
-                 max_faces: int = 64) -> Photo:
+                 max_faces: int = MAX_FACES) -> Photo:
     """Decode once, detect once (when a spec crops faces), and cut each spec's input for the
     primary face, or for each of the ``max_faces`` largest faces when ``every``.
 

@@ -20,7 +20,6 @@ from facet.metrics import scores
 
 from . import run_folder
 from .recipe import Recipe
-from .run_folder import CV_SUMMARY as SUMMARY  # facet.cli imports it from here
 from .train import ResumeError, RunResult
 
 log = logging.getLogger(__name__)
@@ -81,7 +80,7 @@ def out_of_fold(root: Path, recipe: Recipe) -> pd.DataFrame:
     frames = []
     for k in range(recipe.folds):
         run = root / run_folder.fold(k)
-        val, probs = pd.read_csv(run / run_folder.VAL), np.load(run / run_folder.VAL_PROBS)
+        val, probs = pd.read_csv(run / run_folder.VAL, dtype={"person": str}), np.load(run / run_folder.VAL_PROBS)
         val.insert(0, "fold", k)
         for c, name in enumerate(json.loads((run / run_folder.BEST_META).read_text())["classes"]):
             val[f"p_{name}"] = probs[:, c].round(6)

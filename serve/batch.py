@@ -25,6 +25,7 @@ from facet.faces import Face
 from facet.preprocess import SUFFIXES, ImageError
 
 from .predictor import Predictor
+from .results import BatchResult, Collector, FaceAnswer
 
 
 class InputError(ValueError):
@@ -146,29 +147,6 @@ def _leaves(base: Path | str, name: str) -> bool:
     return os.path.commonpath([inside, os.path.normpath(os.path.join(inside, name))]) != inside
 
 
-@dataclass
-class FaceAnswer:
-    """One answered face of a row's photo (``index`` -1: the fallback region, no face found)."""
-
-    row: int
-    index: int
-    face: Face | None
-    primary: bool
-    attributes: dict[str, np.ndarray]  # name -> (k,)
-    probs: np.ndarray  # (18,)
-
-
-@dataclass
-class BatchResult:
-    labels: np.ndarray  # (N,) int, -1 where the image failed
-    attributes: dict[str, np.ndarray]  # name -> (N, k), NaN rows for failures
-    probs: np.ndarray  # (N, 18)
-    errors: list[tuple[int, str, str]] = field(default_factory=list)  # (row, path, message)
-    face_found: list[bool | None] = field(default_factory=list)  # None: no detection ran
-    primary: list[Face | None] = field(default_factory=list)  # the face that answers the row
-    faces: list[FaceAnswer] = field(default_factory=list)  # every face, with ``every``
-
-
 def predict_paths(predictor: Predictor, paths: list[Path], batch_size: int = 64,
                   workers: int = 2, progress: bool = True,
                   refused: dict[int, str] | None = None, every: bool = False) -> BatchResult:
@@ -178,24 +156,18 @@ def predict_paths(predictor: Predictor, paths: list[Path], batch_size: int = 64,
     found); with ``every``, each face of each photo is answered too (``BatchResult.faces``).
     """
     n, refused = len(paths), refused or {}
-    labels = np.full(n, -1, np.int64)
-    attributes = {a: np.full((n, len(c)), np.nan, np.float32) for a, c in ATTRIBUTES.items()}
-    probs = np.full((n, len(class_names())), np.nan, np.float32)
-    errors: list[tuple[int, str, str]] = []
-    face_found: list[bool | None] = [None] * n
-    primary: list[Face | None] = [None] * n
-    faces: list[FaceAnswer] = []
+    collected = Collector(n)
 
     def load_chunk(start: int):
         stop, loaded = min(start + batch_size, n), []
         for i in range(start, stop):
             if i in refused:
-                errors.append((i, str(paths[i]), refused[i]))
+                collected.fail(i, refused[i])
                 continue
             try:
                 loaded.append((i, predictor.load(paths[i], every)))
             except (ImageError, OSError) as exc:
-                errors.append((i, str(paths[i]), str(exc)))
+                collected.fail(i, str(exc))
         return stop - start, loaded
 
     bar = tqdm(total=n, unit="img", desc="predicting", disable=not progress, dynamic_ncols=True)
@@ -216,21 +188,20 @@ def predict_paths(predictor: Predictor, paths: list[Path], batch_size: int = 64,
                 owners = [(i, photo, k) for i, photo in loaded for k in photo.answered]
                 out = predictor.predict(Predictor.stack(
                     [inputs for _, photo in loaded for inputs in photo.inputs]))
-                for j, (i, photo, k) in enumerate(owners):
-                    if k == photo.primary:  # both -1 when no face was found
-                        labels[i], probs[i] = out.labels[j], out.probs[j]
-                        for a in attributes:
-                            attributes[a][i] = out.attributes[a][j]
-                        face_found[i] = photo.face_found
-                        primary[i] = photo.faces[k] if k >= 0 else None
-                    if every:
-                        faces.append(FaceAnswer(i, k, photo.faces[k] if k >= 0 else None,
-                                                k == photo.primary,
-                                                {a: out.attributes[a][j] for a in attributes},
-                                                out.probs[j]))
+                first = [j for j, (_, photo, k) in enumerate(owners) if k == photo.primary]
+                photos = [owners[j][1] for j in first]
+                collected.put([owners[j][0] for j in first],
+                              {a: p[first] for a, p in out.attributes.items()}, out.probs[first],
+                              [photo.face_found for photo in photos],
+                              [photo.face(photo.primary) for photo in photos])
+                if every:
+                    collected.faces += [
+                        FaceAnswer(i, k, photo.face(k), k == photo.primary,
+                                   {a: p[j] for a, p in out.attributes.items()}, out.probs[j])
+                        for j, (i, photo, k) in enumerate(owners)]
             bar.update(size)
     bar.close()
-    return BatchResult(labels, attributes, probs, sorted(errors), face_found, primary, faces)
+    return collected.result(paths)
 
 
 def check_writable(path: Path) -> None:
@@ -258,7 +229,6 @@ def check_writable(path: Path) -> None:
                              f"({exc.strerror or exc}); is it read-only or immutable?") from None
 
 
-# facet.cli imports it from here
 def write_atomic(frame: pd.DataFrame | Iterable[pd.DataFrame], path: Path) -> None:
     """Write a CSV so that readers see the old file or the whole new one, never half
     (:func:`facet.atomic.write_csv`, frame first). ``frame`` may be a stream of frames with

@@ -7,27 +7,33 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from facet import shipped
-from facet.faces import FACE_SCORE, PRIMARY_RULES, YuNet
-from facet.preprocess import DEFAULT_RULES, ImageRules
+from facet.preprocess import ImageRules
 
-from .predictor import DEVICES, GpuOptions
+from .options import AnswerOptions, GpuOptions
+
+_DEFAULT = AnswerOptions()  # the answering defaults are facet predict's, declared once there
 
 
 @dataclass(frozen=True)
 class ServeConfig:
+    """The service's settings; those that decide answers become its ``AnswerOptions``."""
+
     models: str = ""  # folder written by `facet export` ("": the set shipped with facet)
-    device: str = "auto"  # auto | cpu | cuda | tensorrt (opt-in)
-    device_id: int = 0  # the GPU the model workers use
-    cudnn_conv_algo_search: str = "EXHAUSTIVE"  # EXHAUSTIVE | HEURISTIC | DEFAULT
-    gpu_mem_limit: int = 0  # bytes the CUDA arena may hold per model worker (0: no limit)
-    trt_cache: str = ".cache/facet/tensorrt"  # TensorRT engines (device=tensorrt)
-    mode: str = "auto"  # auto | ensemble | separate
+    device: str = _DEFAULT.device  # auto | cpu | cuda | tensorrt (opt-in)
+    device_id: int = _DEFAULT.gpu.device_id  # the GPU the model workers use
+    cudnn_conv_algo_search: str = _DEFAULT.gpu.cudnn_conv_algo_search  # EXHAUSTIVE | HEURISTIC
+    #                                                                     | DEFAULT
+    gpu_mem_limit: int = _DEFAULT.gpu.gpu_mem_limit  # bytes the CUDA arena may hold per model
+    #                                                  worker (0: no limit)
+    trt_cache: str = _DEFAULT.gpu.trt_cache  # TensorRT engines (device=tensorrt)
+    mode: str = _DEFAULT.mode  # auto | ensemble | separate
     variant: str = ""  # fp32 | int8 | fp16 (if exported with --quantize / --fp16); "": the
     #                    folder's default (fp32 for `facet export`'s folders)
     threads: int = 0  # onnxruntime intra-op threads (0: its default)
-    spinning: bool = False  # onnxruntime threads busy-wait between runs: off, as the front
-    #                         end shares the cores (same throughput, ~12% less CPU per request)
-    tta: bool = False
+    spinning: bool = False  # onnxruntime threads busy-wait between runs: off here (on in
+    #                         `facet predict`), as the front end shares the cores (same
+    #                         throughput, ~12% less CPU per request)
+    tta: bool = _DEFAULT.tta
     workers: int = 1  # HTTP front-end processes (decode and validate uploads)
     model_workers: int = 1  # model processes (each loads the ONNX models once)
     batching: bool = True  # adaptive batching of concurrent requests
@@ -37,9 +43,9 @@ class ServeConfig:
     #                           leave together as the next call
     max_latency_ms: int = 5000  # BentoML rejects requests it expects to finish later than this
     max_upload_bytes: int = 10 * 1024 * 1024
-    max_pixels: int = DEFAULT_RULES.max_pixels  # decompression-bomb guard, from the header
-    min_image_side: int = DEFAULT_RULES.min_side  # smaller images cannot be a face: 422
-    max_aspect: float = DEFAULT_RULES.max_aspect  # longer strips cannot be a face: 422
+    max_pixels: int = _DEFAULT.rules.max_pixels  # decompression-bomb guard, from the header
+    min_image_side: int = _DEFAULT.rules.min_side  # smaller images cannot be a face: 422
+    max_aspect: float = _DEFAULT.rules.max_aspect  # longer strips cannot be a face: 422
     max_batch_files: int = 64
     body_timeout_s: float = 30.0  # an upload must arrive within this (else 408)
     decode_threads: int = 2  # threads that decode large images, off the event loop
@@ -49,10 +55,11 @@ class ServeConfig:
     ui: bool = True  # the try-it page at /ui (off for API-only deployments)
     # faces (models exported with crop=face)
     detector: str = ""  # a YuNet ONNX file ("": the one shipped with facet)
-    face_score: float = FACE_SCORE  # detector score a face needs
-    face_upscale: float = 1.0  # enlarge photos this much before detection (small faces)
-    primary_face: str = "largest"  # the face the top-level answer is for: largest | center
-    max_faces: int = 32  # faces answered per photo (the largest ones)
+    face_score: float = _DEFAULT.face_score  # detector score a face needs
+    face_upscale: float = _DEFAULT.face_upscale  # enlarge photos this much before detection
+    primary_face: str = _DEFAULT.primary_rule  # the face the top-level answer is for: largest
+    #                                            | center
+    max_faces: int = _DEFAULT.max_faces  # faces answered per photo (the largest ones)
 
     @classmethod
     def load(cls, environ: dict[str, str] | None = None) -> "ServeConfig":
@@ -77,19 +84,13 @@ class ServeConfig:
 
     def __post_init__(self):
         positive = ("workers", "model_workers", "max_batch_size", "max_upload_bytes", "max_pixels",
-                    "min_image_side", "max_batch_files", "decode_threads", "max_faces")
+                    "min_image_side", "max_batch_files", "decode_threads")
         low = [f"{k}={getattr(self, k)}" for k in positive if getattr(self, k) < 1]
         if low:
             raise ValueError(f"{', '.join(low)}: must be at least 1")
         if self.max_aspect < 1 or self.offload_pixels < 0 or self.calls_in_flight < 0:
             raise ValueError("max_aspect must be >= 1, offload_pixels and calls_in_flight >= 0")
-        if self.primary_face not in PRIMARY_RULES:
-            raise ValueError(f"primary_face={self.primary_face!r}: must be one of {PRIMARY_RULES}")
-        if not 0 < self.face_score < 1:
-            raise ValueError(f"face_score={self.face_score}: must be in (0, 1)")
-        if self.device not in DEVICES:
-            raise ValueError(f"device={self.device!r}: must be one of {DEVICES}")
-        self.gpu_options()
+        self.answer_options()  # checks the answering settings
         if not 0 < self.body_timeout_s <= 35:  # with the model's 20 s, inside the 60 s timeout
             raise ValueError(f"body_timeout_s={self.body_timeout_s}: must be in (0, 35]")
 
@@ -98,20 +99,19 @@ class ServeConfig:
         """The models to serve: ``models``, or the set shipped with facet."""
         return shipped.resolve(self.models)[0]
 
-    def gpu_options(self) -> GpuOptions:
-        """The CUDA/TensorRT provider options of the model workers (checked on creation)."""
-        return GpuOptions(self.device_id, self.cudnn_conv_algo_search, self.gpu_mem_limit,
-                          trt_cache=self.trt_cache)
-
-    def face_detector(self) -> YuNet:
-        """The detector these settings describe (models trained with crop=face)."""
-        return YuNet(self.detector or None, self.face_score, upscale=self.face_upscale)
-
-    @property
-    def rules(self) -> ImageRules:
-        """The loader's bad-input rules for uploads: the same loader as `facet predict`."""
-        return ImageRules(self.max_upload_bytes, self.max_pixels, self.min_image_side,
-                          self.max_aspect)
+    def answer_options(self) -> AnswerOptions:
+        """How the service answers: the same options, and defaults, as `facet predict`; the
+        loader's rules for uploads (``max_upload_bytes`` is the largest file read)."""
+        return AnswerOptions(
+            mode=self.mode, variant=self.variant or None, tta=self.tta, device=self.device,
+            gpu=GpuOptions(self.device_id, self.cudnn_conv_algo_search, self.gpu_mem_limit,
+                           trt_cache=self.trt_cache),
+            threads=self.threads or None, spinning=self.spinning,
+            rules=ImageRules(self.max_upload_bytes, self.max_pixels, self.min_image_side,
+                             self.max_aspect),
+            detector=self.detector or None, face_score=self.face_score,
+            face_upscale=self.face_upscale, primary_rule=self.primary_face,
+            max_faces=self.max_faces)
 
 
 def _coerce(cls, name: str, value):

@@ -6,63 +6,25 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from facet import privacy
 from facet.combine import ATTRIBUTES, class_names, combine_probs
-from facet.faces import PRIMARY_RULES, Detector, default_detector
-from facet.preprocess import (DEFAULT_RULES, ImageRules, Photo, PreprocessSpec, decode_faces,
-                              normalize)
+from facet.faces import Detector
+from facet.preprocess import Photo, PreprocessSpec, normalize
 
 from .metadata import ModelFileError, parse
-from .model_folder import INDEX, merged_file
-# facet.cli imports it from here (default_variant, read_index; the Predictor uses them too)
-from .model_folder import default_variant, read_index
+from .model_folder import INDEX, default_variant, merged_file, read_index
+from .options import DEVICES, AnswerOptions, Decoder, GpuOptions
 
 privacy.apply_defaults()  # before onnxruntime is imported: ORT >= 1.29 reports usage otherwise
 import onnxruntime as ort  # noqa: E402
 
 log = logging.getLogger(__name__)
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
-MODES = ("auto", "ensemble", "separate")
-DEVICES = ("auto", "cpu", "cuda", "tensorrt")
-CONV_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
-
-
-@dataclass(frozen=True)
-class GpuOptions:
-    """onnxruntime's CUDA and TensorRT provider settings (ignored on the CPU)."""
-
-    device_id: int = 0
-    cudnn_conv_algo_search: str = "EXHAUSTIVE"  # tries every conv algorithm once per shape:
-    #                                             slow first batch, fastest after
-    gpu_mem_limit: int = 0  # bytes the CUDA arena may hold (0: no limit)
-    arena_extend_strategy: str = "kNextPowerOfTwo"  # or kSameAsRequested (less memory held)
-    trt_cache: str = ".cache/facet/tensorrt"  # TensorRT engines, built once per model and shape
-
-    def __post_init__(self):
-        if self.device_id < 0 or self.gpu_mem_limit < 0:
-            raise ValueError("device_id and gpu_mem_limit must be >= 0")
-        if self.cudnn_conv_algo_search not in CONV_SEARCH:
-            raise ValueError(f"cudnn_conv_algo_search must be one of {CONV_SEARCH}, "
-                             f"got {self.cudnn_conv_algo_search!r}")
-        if self.arena_extend_strategy not in ("kNextPowerOfTwo", "kSameAsRequested"):
-            raise ValueError("arena_extend_strategy must be kNextPowerOfTwo or kSameAsRequested")
-
-    def cuda(self) -> dict:
-        options = {"device_id": self.device_id,
-                   "cudnn_conv_algo_search": self.cudnn_conv_algo_search,
-                   "arena_extend_strategy": self.arena_extend_strategy,
-                   "do_copy_in_default_stream": True}
-        return options | ({"gpu_mem_limit": self.gpu_mem_limit} if self.gpu_mem_limit else {})
-
-    def tensorrt(self) -> dict:
-        return {"device_id": self.device_id, "trt_fp16_enable": True,
-                "trt_engine_cache_enable": True, "trt_engine_cache_path": self.trt_cache,
-                "trt_timing_cache_enable": True, "trt_timing_cache_path": self.trt_cache}
 
 
 def providers(device: str = "auto", gpu: GpuOptions = GpuOptions()) -> list:
@@ -88,15 +50,15 @@ def providers(device: str = "auto", gpu: GpuOptions = GpuOptions()) -> list:
     return [cuda, cpu] if cuda[0] in available else [cpu]
 
 
-def _session(path: Path, device: str, threads: int | None, spinning: bool,
-             gpu: GpuOptions = GpuOptions()) -> ort.InferenceSession:
+def _session(path: Path, options: AnswerOptions) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        opts.intra_op_num_threads = threads
-    if not spinning:
+    if options.threads:
+        opts.intra_op_num_threads = options.threads
+    if not options.spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    chosen = providers(device, gpu)
+    device = options.device
+    chosen = providers(device, options.gpu)
     if not path.is_file():
         raise ModelFileError(f"{path}: file not found (re-run `facet export`)")
     try:
@@ -143,35 +105,22 @@ class Prediction:
 
 
 class Predictor:
-    """Loads ``model_dir`` (written by `facet export`) and predicts batches of images.
+    """Loads ``model_dir`` (written by `facet export`) and predicts batches of images, as
+    ``options`` say (:class:`AnswerOptions`; keyword ``overrides`` replace single fields:
+    ``Predictor(folder, mode="separate")``).
 
-    mode: ``ensemble`` runs the merged graph (one session), ``separate`` runs one session per
-    attribute, ``auto`` times both here, on the machine that predicts, and keeps the faster.
     The three models may each have their own input spec (size, resize mode, normalisation):
-    an image is read once and resized once per distinct spec (see ``preprocess.decode_faces``).
-    spinning: onnxruntime's worker threads busy-wait between runs (its default). Fastest when
-    the models have the cores to themselves; where other processes share them (the HTTP
-    service's front end), the spinning takes cores they need.
-    Models exported with ``crop: face`` get a face detector (``detector``, else the shipped
-    YuNet); ``primary_rule`` picks the face that answers for a photo, ``max_faces`` bounds
-    how many faces of one photo are answered.
-    variant: the files to load (fp32, int8, fp16, ...; default: the folder's default variant).
-    device: auto | cpu | cuda | tensorrt, with ``gpu``'s provider options. io_binding: each
-    batch goes to the device once, as one OrtValue per input spec shared by the sessions that
-    read it (default: on when a GPU runs the models).
+    an image is read once and resized once per distinct spec (:class:`Decoder`). Models
+    exported with ``crop: face`` get a face detector: ``face_detector`` when given (one shared
+    by a process), else the one the options name.
     """
 
-    def __init__(self, model_dir: str | Path, mode: str = "auto", device: str = "auto",
-                 threads: int | None = None, tta: bool = False, variant: str | None = None,
-                 rules: ImageRules = DEFAULT_RULES, spinning: bool = True,
-                 detector: Detector | None = None, primary_rule: str = "largest",
-                 max_faces: int = 64, gpu: GpuOptions = GpuOptions(),
-                 io_binding: bool | None = None):
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}")
+    def __init__(self, model_dir: str | Path, options: AnswerOptions | None = None, *,
+                 face_detector: Detector | None = None, **overrides):
+        options = replace(options or AnswerOptions(), **overrides)
         self.model_dir = Path(model_dir)
         self.index = read_index(self.model_dir)
-        variant = variant or default_variant(self.index)
+        variant = options.variant or default_variant(self.index)
         files = self.index["models"].get(variant)
         if files is None:
             raise ValueError(f"no {variant} models in {self.model_dir}; exported: "
@@ -181,48 +130,48 @@ class Predictor:
                                  f"file for each of {list(ATTRIBUTES)} (re-run `facet export`)")
         self.merged_path = self.model_dir / merged_file(variant)
         merged = self.merged_path.exists()
+        mode = options.mode
         if mode == "ensemble" and not merged:
             raise FileNotFoundError(
                 f"no {self.merged_path.name} in {self.model_dir} (the models' specs differ, or "
                 "it was not exported)" if variant != "int8" else "int8 models run as separate sessions")
-        self.variant, self.tta, self.rules = variant, tta, rules
+        self.variant, self.tta = variant, options.tta
         modes = ("separate", "ensemble") if mode == "auto" and merged else (
             ("separate",) if mode == "auto" else (mode,))
-        opened = {m: self._open(m, files, device, threads, spinning, gpu) for m in modes}
+        opened = {m: self._open(m, files, options) for m in modes}
         first = next(iter(opened.values()))[0]
         self.provider = next(iter(first.values())).get_providers()[0]
         on_gpu = self.provider in GPU_PROVIDERS
-        self.binding = (("cuda" if on_gpu else "cpu", gpu.device_id if on_gpu else 0)
-                        if (on_gpu if io_binding is None else io_binding) else None)
+        self.binding = (("cuda" if on_gpu else "cpu", options.gpu.device_id if on_gpu else 0)
+                        if (on_gpu if options.io_binding is None else options.io_binding) else None)
         self.timing_ms = _time_modes(opened, self.binding) if len(opened) > 1 else {}
         self.mode = min(self.timing_ms, key=self.timing_ms.get) if self.timing_ms else modes[0]
         self.sessions, self.info, self.specs = opened[self.mode]
-        if tta and all(m.get("tta") for m in self.info.values()):
+        if self.tta and all(m.get("tta") for m in self.info.values()):
             log.warning("the models average each image with its mirror inside their graphs "
                         "already: tta ignored")
             self.tta = False
         self.distinct_specs = list(dict.fromkeys(self.specs.values()))
-        if primary_rule not in PRIMARY_RULES:
-            raise ValueError(f"primary face rule must be one of {PRIMARY_RULES}, got {primary_rule!r}")
-        self.crops_faces = any(s.crop == "face" for s in self.distinct_specs)
-        self.detector = (detector or default_detector()) if self.crops_faces else None
-        self.primary_rule, self.max_faces = primary_rule, max_faces
+        self.options = replace(options, variant=variant, tta=self.tta)
+        self.decoder = Decoder.of(self.distinct_specs, options)
+        self.crops_faces = self.decoder.crops_faces
+        self.detector = None
+        if self.crops_faces:
+            self.detector = face_detector or options.face_detector()
         trained = {m["detector"]["sha256"] for m in self.info.values() if m.get("detector")}
         if self.detector and trained and trained != {self.detector.sha256}:
             log.warning("the models were trained with crops from another detector file than %s: "
                         "their faces may be cut differently", self.detector.path)
 
-    def _open(self, mode: str, files: dict, device: str, threads: int | None, spinning: bool,
-              gpu: GpuOptions):
+    def _open(self, mode: str, files: dict, options: AnswerOptions):
         """(sessions, per-attribute info, per-attribute spec) of ``mode``, checked."""
         if mode == "ensemble":  # one session; the members' metadata rides in its own
             path = self.merged_path
-            sessions = {"ensemble": _session(path, device, threads, spinning, gpu)}
+            sessions = {"ensemble": _session(path, options)}
             info = parse(sessions["ensemble"].get_modelmeta().custom_metadata_map,
                          str(path))["members"]
         else:
-            sessions = {a: _session(self.model_dir / files[a], device, threads, spinning, gpu)
-                        for a in ATTRIBUTES}
+            sessions = {a: _session(self.model_dir / files[a], options) for a in ATTRIBUTES}
             info = {a: parse(s.get_modelmeta().custom_metadata_map, files[a])
                     for a, s in sessions.items()}
         for attribute, classes in ATTRIBUTES.items():
@@ -238,8 +187,7 @@ class Predictor:
     def load(self, source, every: bool = False) -> Photo:
         """The photo's faces and, for the primary face (or each face when ``every``), {spec:
         uint8 HWC} for each distinct spec. Raises ImageError."""
-        return decode_faces(source, self.distinct_specs, self.rules, self.detector, every,
-                            self.primary_rule, self.max_faces)
+        return self.decoder.decode(source, self.detector, every)
 
     @staticmethod
     def stack(loaded: list[dict]) -> dict[PreprocessSpec, np.ndarray]:
@@ -273,7 +221,7 @@ class Predictor:
             "mode": self.mode, "mode_timing_ms": self.timing_ms, "variant": self.variant,
             "provider": self.provider, "io_binding": self.binding is not None, "tta": self.tta,
             "detector": self.detector.describe() if self.detector else None,
-            "primary_face": self.primary_rule if self.crops_faces else None,
+            "primary_face": self.options.primary_rule if self.crops_faces else None,
             "classes": class_names(),
             "attributes": {a: {"classes": m["classes"], "val_macro_f1": m["val_macro_f1"],
                                "backbone": m["backbone"], "checkpoint_sha256": m["checkpoint_sha256"],

@@ -14,7 +14,7 @@ import pandas as pd
 
 from facet.combine import ATTRIBUTES
 
-from .batch import BatchResult
+from .results import BatchResult
 
 #: attribute -> the manifest column its label goes to (what training's manifest reader,
 #: ``facet.models.data.read_manifest``, reads)

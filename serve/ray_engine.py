@@ -1,7 +1,7 @@
 """`facet predict --engine ray`: batch inference on Ray Data, over the CPUs and GPUs of a cluster,
 written as numbered Parquet parts that a re-run skips.
 
-Decoding (the local engine's loader, rules and face detection, through ``decode_faces``) runs in
+Decoding (the local engine's decoder: its loader, rules and face detection) runs in
 Ray tasks, so it scales with the cluster's CPUs; the models run in a pool of actors, each with
 one ``Predictor`` built from the model files that the driver read once and put in the object
 store. A task packs each row's model inputs into one uint8 array (``predictor.pack``). The
@@ -16,7 +16,7 @@ import re
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -24,14 +24,15 @@ import numpy as np
 import pandas as pd
 
 from facet import privacy
-from facet.combine import ATTRIBUTES, class_names
-from facet.faces import FACE_SCORE, Face, YuNet
-from facet.preprocess import (DEFAULT_RULES, ImageError, ImageRules, Photo, PreprocessSpec,
-                              decode_faces)
+from facet.combine import ATTRIBUTES
+from facet.faces import Face, YuNet
+from facet.preprocess import ImageError
 
-from .batch import BatchResult, InputError, Inputs, details, is_uri, submission
+from .batch import InputError, Inputs, details, is_uri, submission
 from .model_folder import INDEX, read_index
+from .options import AnswerOptions, Decoder
 from .predictor import Predictor, pack, unpack
+from .results import BatchResult, Collector
 from .storage import Filesystems, PartStore
 
 privacy.apply_defaults()  # before Ray starts: no usage stats
@@ -45,18 +46,17 @@ DECODE_WORKER_BYTES = 160 * 2**20
 
 @dataclass(frozen=True)
 class Answering:
-    """The options that build the same Predictor on the driver (which checks the models before
-    any work) and in every actor; the face detector is built the same way in the decode tasks."""
+    """A job's answering options as they travel to the decode tasks and the actors, with the
+    bytes of another detector file (the nodes share no filesystem). The driver (which checks
+    the models before any work) and every actor build the same Predictor from it."""
 
-    mode: str = "auto"
-    variant: str = "fp32"
-    tta: bool = False
-    threads: int | None = None
-    rules: ImageRules = DEFAULT_RULES
-    primary_rule: str = "largest"
-    face_score: float = FACE_SCORE
-    face_upscale: float = 1.0
+    options: AnswerOptions
     detector_file: tuple[str, bytes] | None = None  # another YuNet file: (name, bytes)
+
+    @classmethod
+    def of(cls, options: AnswerOptions) -> "Answering":
+        path = Path(options.detector) if options.detector else None
+        return cls(options, (path.name, path.read_bytes()) if path else None)
 
     def detector(self) -> YuNet:
         """One detector per process (the decode tasks of a worker process share it)."""
@@ -67,51 +67,22 @@ class Answering:
                     name, data = self.detector_file  # kept: OpenCV's YuNet reads it per thread
                     path = Path(tempfile.mkdtemp(prefix="facet-yunet-")) / name
                     path.write_bytes(data)
-                _DETECTORS[self] = YuNet(path, self.face_score, upscale=self.face_upscale)
+                _DETECTORS[self] = self.options.face_detector(path)
             return _DETECTORS[self]
 
-    def predictor(self, model_dir: str | Path, device: str, spinning: bool = True) -> Predictor:
-        return Predictor(model_dir, mode=self.mode, device=device, threads=self.threads,
-                         tta=self.tta, variant=self.variant, rules=self.rules,
-                         spinning=spinning, detector=self.detector(),
-                         primary_rule=self.primary_rule)
+    def predictor(self, model_dir: str | Path, device: str) -> Predictor:
+        # no spinning: the actors share the nodes' cores with the decode tasks
+        return Predictor(model_dir, self.options, device=device, spinning=False,
+                         face_detector=self.detector())
 
     def key(self) -> dict:
-        """What changes answers (not the mode or threads, which change nothing but speed)."""
+        """What changes answers, with the detector file's digest."""
         detector = self.detector_file[1] if self.detector_file else b""
-        fields = asdict(self) | {"detector_file": _digest(detector)}
-        return {k: v for k, v in fields.items() if k not in ("mode", "threads")}
+        return self.options.answers_key() | {"detector_file": _digest(detector)}
 
 
 _LOCK = threading.Lock()
 _DETECTORS: dict[Answering, YuNet] = {}
-
-
-@dataclass(frozen=True)
-class Decoding:
-    """How a decode task cuts a row's model inputs: the driver's Predictor's own settings, so
-    that the tasks give the models exactly the pixels the local engine gives them."""
-
-    specs: tuple[PreprocessSpec, ...]
-    rules: ImageRules
-    primary_rule: str
-    max_faces: int
-    answering: Answering | None  # builds the detector, for models that crop faces
-
-    @classmethod
-    def of(cls, predictor: Predictor, answering: Answering) -> "Decoding":
-        return cls(tuple(predictor.distinct_specs), predictor.rules, predictor.primary_rule,
-                   predictor.max_faces, answering if predictor.crops_faces else None)
-
-    @property
-    def width(self) -> int:
-        """Bytes of one packed row."""
-        return sum(s.height * s.width * 3 for s in self.specs)
-
-    def decode(self, source) -> Photo:
-        detector = self.answering.detector() if self.answering else None
-        return decode_faces(source, list(self.specs), self.rules, detector, False,
-                            self.primary_rule, self.max_faces)
 
 
 @dataclass(frozen=True)
@@ -177,28 +148,30 @@ def _no_room(cluster: Cluster) -> str | None:
             if short else None)
 
 
-def decode_batch(batch: dict, decoding: Decoding, filesystems: Filesystems) -> dict:
+def decode_batch(batch: dict, decoder: Decoder, answering: Answering,
+                 filesystems: Filesystems) -> dict:
     """Ray task: each row's packed model inputs, or its error (a refused row keeps its reason),
-    with the local engine's messages; rows that fail are zeros the actors never read."""
+    with the local engine's decoder and messages; rows that fail are zeros the actors never
+    read."""
     n = len(batch["row"])
     errors = batch["refused"].astype(object)
-    pixels = np.zeros((n, decoding.width), np.uint8)
+    pixels = np.zeros((n, decoder.width), np.uint8)
+    detector = answering.detector() if decoder.crops_faces else None
     found = np.full(n, -1, np.int8)  # -1: no detection ran
     face = np.full((n, 5), np.nan)  # the primary face's box and score
     for i, path in enumerate(batch["path"]):
         if errors[i]:
             continue
         try:
-            photo = decoding.decode(filesystems.read_image(path, decoding.rules.max_bytes)
-                                  if is_uri(path) else path)
+            photo = decoder.decode(filesystems.read_image(path, decoder.rules.max_bytes)
+                                   if is_uri(path) else path, detector)
         except (ImageError, OSError) as exc:
             errors[i] = str(exc)
             continue
         pixels[i] = pack(photo.inputs[0])
         if photo.face_found is not None:
             found[i] = photo.face_found
-        if photo.primary >= 0:
-            primary = photo.faces[photo.primary]
+        if (primary := photo.face(photo.primary)) is not None:
             face[i] = [*primary.box, primary.score]
     return {"row": batch["row"], "error": errors, "found": found, "face": face,
             "pixels": pixels}
@@ -207,30 +180,23 @@ def decode_batch(batch: dict, decoding: Decoding, filesystems: Filesystems) -> d
 class Answerer:
     """Ray actor: one Predictor, built once from the model files in the object store."""
 
-    def __init__(self, files: ray.ObjectRef, answering: Answering, decoding: Decoding,
-                 device: str):
+    def __init__(self, files: ray.ObjectRef, answering: Answering, device: str):
         with tempfile.TemporaryDirectory(prefix="facet-models-") as folder:
             for name, data in ray.get(files).items():
                 (Path(folder) / name).write_bytes(data)
-            # onnxruntime holds the models in memory: the folder is not needed afterwards.
-            # No spinning: the actor shares the node's cores with the decode tasks.
-            self.predictor = answering.predictor(folder, device, spinning=False)
-        self.specs = list(decoding.specs)
+            # onnxruntime holds the models in memory: the folder is not needed afterwards
+            self.predictor = answering.predictor(folder, device)
         self.node = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: dict) -> dict:
         ok = batch["error"] == ""
-        n = len(ok)
-        probs = np.full((n, len(class_names())), np.nan, np.float32)
-        attributes = {a: np.full((n, len(c)), np.nan, np.float32) for a, c in ATTRIBUTES.items()}
+        answered = Collector(len(ok))
         if ok.any():
-            out = self.predictor.predict(unpack(batch["pixels"][ok], self.specs))
-            probs[ok] = out.probs
-            for a in attributes:
-                attributes[a][ok] = out.attributes[a]
+            out = self.predictor.predict(unpack(batch["pixels"][ok], self.predictor.distinct_specs))
+            answered.put(np.flatnonzero(ok), out.attributes, out.probs)
         return {"row": batch["row"], "error": batch["error"], "found": batch["found"],
-                "face": batch["face"], "probs": probs, "node": np.full(n, self.node),
-                **{f"p_{a}": p for a, p in attributes.items()}}
+                "face": batch["face"], "probs": answered.probs, "node": np.full(len(ok), self.node),
+                **{f"p_{a}": p for a, p in answered.attributes.items()}}
 
 
 class _Part:
@@ -238,36 +204,27 @@ class _Part:
     twice (from a retried task) counts once."""
 
     def __init__(self, start: int, stop: int):
-        n = stop - start
-        self.start, self.missing = start, n
-        self.answered = np.zeros(n, bool)
-        self.errors = np.full(n, "", object)
-        self.found = np.full(n, -1, np.int8)
-        self.face = np.full((n, 5), np.nan)
-        self.probs = np.full((n, len(class_names())), np.nan, np.float32)
-        self.attributes = {a: np.full((n, len(c)), np.nan, np.float32)
-                           for a, c in ATTRIBUTES.items()}
+        self.start, self.missing = start, stop - start
+        self.answered = np.zeros(stop - start, bool)
+        self.collected = Collector(stop - start)
 
     def add(self, batch: dict, take: np.ndarray) -> None:
         rows = batch["row"][take] - self.start
-        self.errors[rows] = batch["error"][take]
-        self.found[rows] = batch["found"][take]
-        self.face[rows] = batch["face"][take]
-        self.probs[rows] = batch["probs"][take]
-        for a, p in self.attributes.items():
-            p[rows] = batch[f"p_{a}"][take]
+        self.collected.put(rows, {a: batch[f"p_{a}"][take] for a in ATTRIBUTES},
+                           batch["probs"][take],
+                           [None if f < 0 else bool(f) for f in batch["found"][take]],
+                           [None if np.isnan(b[0]) else Face(tuple(float(v) for v in b[:4]),
+                                                             float(b[4]))
+                            for b in batch["face"][take]])
+        for row, message in zip(rows.tolist(), batch["error"][take]):
+            if message:
+                self.collected.fail(row, message)
         self.answered[rows] = True
         self.missing = int((~self.answered).sum())
 
     def result(self, paths: list) -> BatchResult:
         """As ``batch.predict_paths`` would give it for these rows."""
-        ok = self.errors == ""
-        return BatchResult(
-            np.where(ok, self.probs.argmax(1), -1), self.attributes, self.probs,
-            [(i, str(paths[i]), m) for i, m in enumerate(self.errors) if m],
-            [None if f < 0 else bool(f) for f in self.found],
-            [None if np.isnan(b[0]) else Face(tuple(float(v) for v in b[:4]), float(b[4]))
-             for b in self.face])
+        return self.collected.result(paths)
 
 
 class Job:
@@ -282,8 +239,8 @@ class Job:
             raise ValueError(f"part size must be at least 1, got {part_size}")
         self.inputs, self.answering, self.part_size = inputs, answering, part_size
         self.filesystems = filesystems or Filesystems()
-        predictor = answering.predictor(model_dir, "cpu", spinning=False)  # checks the models
-        self.decoding = Decoding.of(predictor, answering)
+        predictor = answering.predictor(model_dir, "cpu")  # checks the models
+        self.decoder = predictor.decoder
         self.crops_faces = predictor.crops_faces
         self.files = model_files(Path(model_dir), predictor)
         self.store = PartStore(parts_dir, self.filesystems)
@@ -376,17 +333,16 @@ class Job:
         # batch it packs. The reservation also keeps the two steps' resource requests apart:
         # Ray Data fuses steps whose requests are equal, and decoding would then run inside
         # the actors instead of spreading over the cluster's CPUs.
-        memory = (DECODE_WORKER_BYTES + self.decoding.rules.max_pixels * 3
-                  + cluster.batch_size * self.decoding.width)
+        memory = (DECODE_WORKER_BYTES + self.decoder.rules.max_pixels * 3
+                  + cluster.batch_size * self.decoder.width)
         return (ray.data.from_arrow(blocks)
                 .map_batches(decode_batch, batch_size=cluster.batch_size, batch_format="numpy",
-                             fn_kwargs={"decoding": self.decoding,
+                             fn_kwargs={"decoder": self.decoder, "answering": self.answering,
                                         "filesystems": self.filesystems},
                              num_cpus=1, memory=memory)
                 .map_batches(Answerer, batch_size=cluster.batch_size, batch_format="numpy",
                              compute=ray.data.ActorPoolStrategy(size=cluster.actors),
-                             fn_constructor_args=(files, self.answering, self.decoding,
-                                                  cluster.device),
+                             fn_constructor_args=(files, self.answering, cluster.device),
                              num_cpus=cluster.cpus_per_actor, num_gpus=cluster.gpus_per_actor,
                              **({"resources": cluster.resources} if cluster.resources else {})))
 

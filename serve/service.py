@@ -39,15 +39,17 @@ from starlette.routing import Route  # noqa: E402
 from facet.combine import ATTRIBUTES, combine_probs  # noqa: E402
 from facet.faces import YuNet  # noqa: E402
 from facet.preprocess import (ImageError, ImageTooLarge, Photo, PreprocessSpec,  # noqa: E402
-                              decode_faces, pixel_count, read_bytes)
+                              pixel_count, read_bytes)
 
 from .coalesce import Coalescer  # noqa: E402
 from .config import ServeConfig  # noqa: E402
 from .openapi import OPENAPI  # noqa: E402
+from .options import Decoder  # noqa: E402
 from .predictor import Prediction, Predictor, pack, unpack  # noqa: E402
 
 log = logging.getLogger(__name__)
 CONFIG = ServeConfig.load()
+OPTIONS = CONFIG.answer_options()
 RAW_TYPES = {"image/jpeg", "image/jpg", "image/png", "image/webp", "image/bmp", "image/x-ms-bmp",
              "application/octet-stream"}
 SIZES = [len(c) for c in ATTRIBUTES.values()]  # 3 + 2 + 3 probability columns
@@ -88,11 +90,7 @@ class FacetModel:
     """The three attribute models, loaded once per worker; CUDA when present, else CPU."""
 
     def __init__(self):
-        self.predictor = Predictor(CONFIG.model_dir, mode=CONFIG.mode, device=CONFIG.device,
-                                   threads=CONFIG.threads or None, tta=CONFIG.tta,
-                                   variant=CONFIG.variant or None, rules=CONFIG.rules,
-                                   spinning=CONFIG.spinning, primary_rule=CONFIG.primary_face,
-                                   detector=CONFIG.face_detector(), gpu=CONFIG.gpu_options())
+        self.predictor = Predictor(CONFIG.model_dir, OPTIONS)
         self.batches = self.images = 0
         self.busy_s = 0.0  # time spent running the models: busy_s / wall time is utilisation
 
@@ -164,7 +162,7 @@ async def _uploads(request: Request, many: bool) -> list[tuple[str, bytes]]:
     return files
 
 
-async def _decode(name: str, data: bytes, specs: list[PreprocessSpec],
+async def _decode(name: str, data: bytes, decoder: Decoder,
                   detector: YuNet | None) -> tuple[Photo, np.ndarray]:
     """One upload -> its faces and their packed model inputs, one row per answered face (the
     ``max_faces`` largest; ``preprocess.decode_faces``, as `facet predict --faces all`)."""
@@ -172,15 +170,14 @@ async def _decode(name: str, data: bytes, specs: list[PreprocessSpec],
         raise HTTPError(400, f"{name}: empty file")
     if detector is not None or pixel_count(data) > CONFIG.offload_pixels:  # off the event loop
         return await asyncio.get_running_loop().run_in_executor(
-            DECODE_POOL, _decode_now, name, data, specs, detector)
-    return _decode_now(name, data, specs, detector)
+            DECODE_POOL, _decode_now, name, data, decoder, detector)
+    return _decode_now(name, data, decoder, detector)
 
 
-def _decode_now(name: str, data: bytes, specs: list[PreprocessSpec],
+def _decode_now(name: str, data: bytes, decoder: Decoder,
                 detector: YuNet | None) -> tuple[Photo, np.ndarray]:
     try:
-        photo = decode_faces(data, specs, CONFIG.rules, detector, every=True,
-                             primary_rule=CONFIG.primary_face, max_faces=CONFIG.max_faces)
+        photo = decoder.decode(data, detector, every=True)
     except ImageTooLarge as exc:
         raise HTTPError(413, f"{name}: {exc}") from None
     except ImageError as exc:
@@ -200,7 +197,7 @@ async def predict_batch(request: Request) -> JSONResponse:
 
 async def _answer_one(service, name: str, data: bytes) -> dict:
     info = await service.model_info()
-    photo, rows = await _decode(name, data, _specs(info), service.detector)
+    photo, rows = await _decode(name, data, service.decoder, service.detector)
     return _photo_answer(photo, await service.infer(rows), info)
 
 
@@ -208,13 +205,12 @@ async def _answer_many(service, files: list[tuple[str, bytes | HTTPError]]) -> d
     """Each image is answered or gets its own error (also one already found while reading
     it); one bad file does not sink the rest."""
     info = await service.model_info()
-    specs = _specs(info)
     results: list[dict] = []
     good, decoded = [], []
     async def one(name: str, data: bytes | HTTPError):
         if isinstance(data, HTTPError):
             raise data
-        return await _decode(name, data, specs, service.detector)
+        return await _decode(name, data, service.decoder, service.detector)
 
     # with detection, the photos are decoded on the pool's threads at once
     outcomes = await asyncio.gather(*(one(name, data) for name, data in files),
@@ -260,10 +256,6 @@ async def _reachable(call):
     except (aiohttp.ClientError, BentoMLException, TimeoutError) as exc:
         log.warning("model service not reachable: %s", type(exc).__name__)
         raise _unavailable("the model service is unavailable") from None
-
-
-def _specs(info: dict) -> list[PreprocessSpec]:
-    return [PreprocessSpec.from_dict(s) for s in info["specs"]]
 
 
 async def _infer(model, images: np.ndarray) -> np.ndarray:
@@ -409,6 +401,7 @@ class Facet:
 
     def __init__(self):
         self._info: dict | None = None
+        self.decoder: Decoder | None = None  # set from the model service's specs
         self.detector: YuNet | None = None  # set when the models crop faces
         self._coalescer = Coalescer(lambda images: _infer(self.model.to_async, images),
                                     CONFIG.max_batch_size,
@@ -454,7 +447,8 @@ class Facet:
     async def model_info(self) -> dict:
         if self._info is None:  # asked once per worker, when the model service is up
             info = await _reachable(self.model.to_async.info())
-            if any(PreprocessSpec.from_dict(s).crop == "face" for s in info["specs"]):
-                self.detector = CONFIG.face_detector()
+            self.decoder = Decoder.of(map(PreprocessSpec.from_dict, info["specs"]), OPTIONS)
+            if self.decoder.crops_faces:
+                self.detector = OPTIONS.face_detector()
             self._info = info
         return self._info

@@ -72,7 +72,8 @@ def test_report_writes_its_files_and_reads_the_temperatures_of_the_model_folder(
     models = tmp_path / "models"
     models.mkdir()
     (models / "facet.json").write_text(json.dumps(
-        {"calibration": {"mask": {"temperature": 1.5}, "gender": None}}))
+        {"models": {"fp32": {a: f"{a}.onnx" for a in ("mask", "gender", "age")}},
+         "calibration": {"mask": {"temperature": 1.5}, "gender": None}}))
     out = tmp_path / "report"
     result = runner.invoke(app, [*_report_inputs(tmp_path), "--out", str(out),
                                  "--models", str(models)])

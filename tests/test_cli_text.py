@@ -22,7 +22,8 @@ from facet.combine import ATTRIBUTES, class_names
 from facet.draw import WHOLE_IMAGE, draw_results
 from facet.faces import Face
 from facet.preprocess import PreprocessSpec
-from facet.serve.batch import BatchResult, FaceAnswer, Inputs, face_details, write_atomic
+from facet.serve.batch import Inputs, face_details, write_atomic
+from facet.serve.results import BatchResult, FaceAnswer
 from facet.serve.metadata import METADATA_KEY
 
 PHOTOS = Path(__file__).parent / "fixtures" / "photos"

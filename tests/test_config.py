@@ -13,7 +13,7 @@ def test_defaults_then_file_then_environment(tmp_path):
     assert cfg.models == "from_file" and cfg.max_batch_size == 16 and cfg.batching is False
     assert cfg.max_pixels == ServeConfig().max_pixels
     assert cfg.spinning is False and ServeConfig.load({"FACET_SPINNING": "on"}).spinning is True
-    rules = ServeConfig.load({"FACET_MIN_IMAGE_SIDE": "24", "FACET_MAX_ASPECT": "3.5"}).rules
+    rules = ServeConfig.load({"FACET_MIN_IMAGE_SIDE": "24", "FACET_MAX_ASPECT": "3.5"}).answer_options().rules
     assert (rules.min_side, rules.max_aspect, rules.max_pixels) == (24, 3.5, cfg.max_pixels)
 
 

@@ -15,7 +15,8 @@ from facet.cli import app
 from facet.serve import predictor as predictor_module
 from facet.serve.batch import read_inputs
 from facet.serve.config import ServeConfig
-from facet.serve.predictor import GpuOptions, Predictor, providers
+from facet.serve.options import GpuOptions
+from facet.serve.predictor import Predictor, providers
 
 ROOT = Path(__file__).resolve().parent.parent
 CUDA, CPU, TRT = "CUDAExecutionProvider", "CPUExecutionProvider", "TensorrtExecutionProvider"
@@ -116,10 +117,10 @@ def test_serve_settings_carry_the_provider_options():
     cfg = ServeConfig.load({"FACET_DEVICE": "cuda", "FACET_DEVICE_ID": "2",
                             "FACET_CUDNN_CONV_ALGO_SEARCH": "DEFAULT",
                             "FACET_GPU_MEM_LIMIT": "1073741824"})
-    assert cfg.gpu_options() == GpuOptions(2, "DEFAULT", 2**30, trt_cache=cfg.trt_cache)
+    assert cfg.answer_options().gpu == GpuOptions(2, "DEFAULT", 2**30, trt_cache=cfg.trt_cache)
     with pytest.raises(ValueError, match="cudnn_conv_algo_search"):
         ServeConfig.load({"FACET_CUDNN_CONV_ALGO_SEARCH": "fast"})
-    with pytest.raises(ValueError, match="device='gpu'"):
+    with pytest.raises(ValueError, match="device must be one of .*'gpu'"):
         ServeConfig.load({"FACET_DEVICE": "gpu"})
 
 

@@ -16,6 +16,7 @@ from facet.cli import app
 from facet.serve.batch import predict_paths, read_inputs
 
 ray = pytest.importorskip("ray")
+from facet.serve.options import AnswerOptions  # noqa: E402
 from facet.serve.ray_engine import Answering, Cluster, Job  # noqa: E402
 from facet.serve.predictor import Predictor  # noqa: E402
 
@@ -194,7 +195,7 @@ def test_actors_run_on_the_node_with_their_resource(exported, dataset, tmp_path)
         ray.init(address=cluster.address)
         cluster.wait_for_nodes()
         inputs = read_inputs(dataset / "eval")
-        job = Job(inputs, exported, Answering(), tmp_path / "parts", part_size=20)
+        job = Job(inputs, exported, Answering(AnswerOptions()), tmp_path / "parts", part_size=20)
         report = job.run(Cluster(resources={"facet_models": 1}))
         assert report.done == 3 and report.failed == 0
         assert report.nodes == {worker.node_id} != {cluster.head_node.node_id}

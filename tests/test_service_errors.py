@@ -15,6 +15,7 @@ from starlette.testclient import TestClient
 
 from facet.preprocess import PreprocessSpec
 from facet.serve import service
+from facet.serve.options import Decoder
 
 
 class FlakyModel:
@@ -75,7 +76,7 @@ def test_large_images_decode_on_the_pool_and_small_ones_inline(monkeypatch):
         return real(*args)
 
     monkeypatch.setattr(service, "_decode_now", record)
-    specs = [PreprocessSpec(32, 32)]
+    decoder = Decoder((PreprocessSpec(32, 32),), service.OPTIONS.rules)
 
     def png(w, h):
         buf = io.BytesIO()
@@ -83,8 +84,8 @@ def test_large_images_decode_on_the_pool_and_small_ones_inline(monkeypatch):
         return buf.getvalue()
 
     async def both():
-        big = await service._decode("big", png(2000, 1500), specs, None)
-        small = await service._decode("small", png(64, 64), specs, None)
+        big = await service._decode("big", png(2000, 1500), decoder, None)
+        small = await service._decode("small", png(64, 64), decoder, None)
         return big[1], small[1]
 
     big, small = asyncio.run(both())

@@ -59,18 +59,25 @@ def predict(source: str = typer.Argument(..., help="eval/ folder, info.csv, a CS
     A row whose image cannot be read keeps `ans` empty, and the exit status is 3 (see the
     .errors.csv file). Models exported with crop=face find the faces first; the details
     say whether a face was found."""
-    from facet.faces import DetectorError, YuNet
+    from facet.faces import DetectorError
     from facet.preprocess import ImageRules
     from facet.serve.batch import (InputError, check_writable, details as details_frame,
                                    face_details, is_uri, predict_paths, read_inputs, submission,
                                    write_atomic)
-    from facet.serve.predictor import GpuOptions, Predictor, default_variant, read_index
+    from facet.serve.model_folder import default_variant, read_index
+    from facet.serve.options import AnswerOptions, GpuOptions
+    from facet.serve.predictor import Predictor
     errors_path = out.with_suffix(".errors.csv")
     models, default_set = shipped.resolve(models)
     if default_set:
         typer.echo(shipped.NOTICE, err=True)
     try:
-        variant = variant or default_variant(read_index(models))
+        options = AnswerOptions(
+            mode=mode, variant=variant or default_variant(read_index(models)), tta=tta,
+            device=device, gpu=GpuOptions(device_id, cudnn_conv_algo_search=conv_search),
+            threads=threads, rules=ImageRules(max_bytes, max_pixels, min_side, max_aspect),
+            detector=detector and str(detector), face_score=face_score,
+            face_upscale=face_upscale, primary_rule=primary)
     except ValueError as exc:
         _fail(str(exc))
     if faces not in ("primary", "all"):
@@ -83,10 +90,7 @@ def predict(source: str = typer.Argument(..., help="eval/ folder, info.csv, a CS
         from facet.cli.predict_ray import _predict_ray, _resources
         return _predict_ray(
             source, out, details, errors_path, models, images, path_column, allow_outside,
-            ImageRules(max_bytes, max_pixels, min_side, max_aspect), detector,
-            dict(mode=mode, variant=variant, tta=tta, threads=threads, primary_rule=primary,
-                 face_score=face_score, face_upscale=face_upscale),
-            dict(address=address, actors=actors, cpus_per_actor=cpus_per_actor,
+            options, dict(address=address, actors=actors, cpus_per_actor=cpus_per_actor,
                  gpus_per_actor=gpus_per_actor, resources=_resources(actor_resource),
                  batch_size=batch_size or (256 if gpus_per_actor else 64)),
             parts_dir or out.with_suffix(".parts"), part_size)
@@ -99,12 +103,7 @@ def predict(source: str = typer.Argument(..., help="eval/ folder, info.csv, a CS
             if path is not None:
                 check_writable(path)
         inputs = read_inputs(source, images, path_column, allow_outside)
-        rules = ImageRules(max_bytes, max_pixels, min_side, max_aspect)
-        predictor = Predictor(models, mode=mode, device=device, threads=threads, tta=tta,
-                              variant=variant, rules=rules,
-                              detector=YuNet(detector, face_score, upscale=face_upscale),
-                              primary_rule=primary,
-                              gpu=GpuOptions(device_id, cudnn_conv_algo_search=conv_search))
+        predictor = Predictor(models, options)
     except (InputError, FileNotFoundError, ValueError, RuntimeError, DetectorError) as exc:
         _fail(str(exc))
     if faces == "all" and not predictor.crops_faces:
@@ -117,8 +116,8 @@ def predict(source: str = typer.Argument(..., help="eval/ folder, info.csv, a CS
     batch_size = batch_size or (256 if predictor.on_gpu else 64)
     workers = workers or (min(8, os.cpu_count() or 2) if predictor.on_gpu else 2)
     typer.echo(f"{len(inputs.paths):,} images | provider {predictor.provider} | mode "
-               f"{predictor.mode} | {variant}{' + flip TTA' if tta else ''} | batch {batch_size}, "
-               f"{workers} decoding threads", err=True)
+               f"{predictor.mode} | {predictor.variant}{' + flip TTA' if tta else ''} | batch "
+               f"{batch_size}, {workers} decoding threads", err=True)
     t = time.perf_counter()
     result = predict_paths(predictor, inputs.paths, batch_size, workers, refused=inputs.refused,
                            every=faces == "all")
@@ -135,7 +134,7 @@ def predict(source: str = typer.Argument(..., help="eval/ folder, info.csv, a CS
                    "the fallback region, face_found=false)", err=True)
     if draw:
         from facet.draw import draw_results
-        drawn = draw_results(inputs.paths, result, draw, rules)
+        drawn = draw_results(inputs.paths, result, draw, options.rules)
         typer.echo(f"drew {drawn:,} photos into {draw}", err=True)
     _report_unreadable(result.errors, errors_path)
 

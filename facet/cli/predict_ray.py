@@ -24,8 +24,8 @@ def _resources(items: list[str]) -> dict[str, float]:
 
 def _predict_ray(source: str, out: Path, details: Optional[Path], errors_path: Path,
                  models: Path, images: Optional[str], path_column: Optional[str],
-                 allow_outside: bool, rules, detector: Optional[Path], answering: dict,
-                 cluster: dict, parts_dir: str | Path, part_size: int) -> None:
+                 allow_outside: bool, options, cluster: dict, parts_dir: str | Path,
+                 part_size: int) -> None:
     """`facet predict --engine ray`: the parts first (a re-run skips those written), then the
     same merged files as the local engine."""
     try:
@@ -41,9 +41,7 @@ def _predict_ray(source: str, out: Path, details: Optional[Path], errors_path: P
             if path is not None:
                 check_writable(path)
         inputs = read_source(source, images, path_column, allow_outside, filesystems)
-        detector_file = (detector.name, detector.read_bytes()) if detector else None
-        job = Job(inputs, models, Answering(rules=rules, detector_file=detector_file, **answering),
-                  parts_dir, part_size, filesystems)
+        job = Job(inputs, models, Answering.of(options), parts_dir, part_size, filesystems)
     except (OSError, ValueError, RuntimeError) as exc:  # InputError and ModelFileError too
         _fail(str(exc))
     _warn_skipped(inputs.skipped)

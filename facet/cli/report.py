@@ -26,10 +26,11 @@ def report(pred: Path = typer.Option(..., help="The --details CSV of `facet pred
     except ImportError as exc:
         _fail(f"facet report needs the eval extra ({exc.name} is missing): pip install 'facet[eval]'")
     from facet.csvfile import read_csv
+    from facet.serve.model_folder import read_index
     try:
         temperatures = None
         if models:
-            index = json.loads((models / "facet.json").read_text())
+            index = read_index(models)
             temperatures = {a: c["temperature"] for a, c in (index.get("calibration") or {}).items() if c}
         result = build(read_csv(pred, ReportError), read_csv(answers, ReportError), out,
                        temperatures, resamples)

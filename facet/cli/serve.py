@@ -45,8 +45,7 @@ def serve(models: Optional[Path] = typer.Option(None, help="Folder written by `f
     except (ValueError, OSError) as exc:
         _fail(f"bad serve settings: {exc}")
     try:  # a broken model folder or detector is one clear line here, not a traceback per worker
-        Predictor(settings.model_dir, mode=settings.mode, device="cpu",
-                  variant=settings.variant or None, threads=1, detector=settings.face_detector())
+        Predictor(settings.model_dir, settings.answer_options(), device="cpu", threads=1)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         _fail(str(exc))
     if not settings.models:

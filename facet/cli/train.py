@@ -42,7 +42,8 @@ def train(attribute: str = Attribute,
     The recipe is models/<attribute>/recipe.py; --set overrides its fields."""
     from facet.models.recipe import Recipe, load_recipe
     from facet.models.data import DataError
-    from facet.models.folds import SUMMARY, fit_folds
+    from facet.models.folds import fit_folds
+    from facet.models.run_folder import CV_SUMMARY, RECIPE
     from facet.models.train import ResumeError, Trainer
     if fold not in (None, "all") and not fold.isdigit():
         _fail(f"--fold must be a fold number or 'all', got {fold!r}")
@@ -53,7 +54,7 @@ def train(attribute: str = Attribute,
     try:
         recipe, augment = load_recipe(attribute)
         if resume:
-            saved = run_dir and next((run_dir / f for f in (SUMMARY, "recipe.json")
+            saved = run_dir and next((run_dir / f for f in (CV_SUMMARY, RECIPE)
                                       if (run_dir / f).exists()), None)
             if saved is None:
                 _fail("--resume needs --run-dir pointing at an earlier run")
@@ -82,7 +83,7 @@ def train(attribute: str = Attribute,
                        + " ".join(f"{f:.4f}" for f in cv["per_fold_macro_f1"])
                        + f" (mean {cv['mean_macro_f1']:.4f} ± {cv['std_macro_f1']:.4f}); "
                        f"out-of-fold macro-F1 {cv['oof_macro_f1']:.4f} on {cv['oof_images']:,} "
-                       f"images; {run_dir / SUMMARY}")
+                       f"images; {run_dir / CV_SUMMARY}")
             return
         result = fit(recipe, run_dir, resume)
     except (ResumeError, DataError) as exc:
