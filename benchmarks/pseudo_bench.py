@@ -2,7 +2,9 @@
 flip TTA in its graph) answers unlabelled faces, `facet pseudo-label` keeps its confident
 answers, and a student (one model: labelled + pseudo-labelled sources, stronger augmentation and
 dropout) trains on them; a second student keeps the recipe's own augmentation and dropout, to
-tell what the pseudo-labels do from what the extra noise does. Teacher, students and the single
+tell what the pseudo-labels do from what the extra noise does, and a third trains twice as long
+(half of each student's samples are pseudo-labelled), a fourth the same on pseudo-labels cut
+per source as well as per class (`--by source`). Teacher, students and the single
 model of the same budget are scored on the same sets, and the pseudo-labels against the hidden
 true labels.
 
@@ -37,10 +39,16 @@ GENDERS = ATTRIBUTES["gender"]
 BUDGET = ["--set", "epochs=2", "--set", "samples_per_epoch=4000"]
 LABELLED = ["--set", "source_weights=", "--set", "select_on=all"]  # one source: the layout
 SOURCES = ["--set", "source_weights=maskfaces=1,pseudo=1", "--set", "select_on=maskfaces"]
-# the student proper (stronger augmentation and dropout), and one with the recipe's own noise
-STUDENTS = {"student": [*SOURCES, "--set", "drop_rate=0.4",
-                        "--set", "aug_groups=flip,crop,colour,lowres,blur,jpeg,noise"],
-            "student, recipe noise": SOURCES}
+NOISE = ["--set", "drop_rate=0.4", "--set", "aug_groups=flip,crop,colour,lowres,blur,jpeg,noise"]
+# the student proper (stronger augmentation and dropout), one with the recipe's own noise, one
+# trained twice as long (as many labelled samples as the single model, the pseudo ones on top),
+# and that one again on pseudo-labels cut per source as well as per class (--by source)
+LONGER = [*SOURCES, *NOISE, "--set", "epochs=4"]
+STUDENTS = {"student": ("pseudo", [*SOURCES, *NOISE]),
+            "student, recipe noise": ("pseudo", SOURCES),
+            "student, 2x epochs": ("pseudo", LONGER),
+            "student, 2x epochs, cut per source": ("pseudo_by_source", LONGER)}
+SELECTION = {"pseudo": [], "pseudo_by_source": ["--by", "source"]}
 
 
 def facet(*args) -> None:
@@ -73,6 +81,14 @@ def gender_f1(models: Path, frame: pd.DataFrame) -> float:
     return round(scores(frame["gender"].to_numpy(), result.attributes["gender"].argmax(1), 2)["macro_f1"], 4)
 
 
+def scored(models: Path, sets: dict[str, pd.DataFrame]) -> dict[str, float]:
+    """Gender macro-F1 of an exported folder on each set, kept beside it once measured."""
+    cached = models / "bench_scores.json"
+    if not cached.exists():
+        cached.write_text(json.dumps({s: gender_f1(models, frame) for s, frame in sets.items()}))
+    return json.loads(cached.read_text())
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shared", type=Path, required=True)
@@ -91,19 +107,22 @@ def main() -> None:
               *LABELLED)
     aaf_train, aaf_val = aaf_split(args.shared)
     unlabelled = runs / "unlabelled.csv"
-    pd.DataFrame({"path": [str(p.resolve()) for p in sorted((faces / "eval/images").glob("*.jpg"))]
-                  + [str(Path(p).resolve()) for p in aaf_train["path"]]}).to_csv(unlabelled, index=False)
+    eval_images = [str(p.resolve()) for p in sorted((faces / "eval/images").glob("*.jpg"))]
+    pd.DataFrame({"path": eval_images + [str(Path(p).resolve()) for p in aaf_train["path"]],
+                  "source": ["maskfaces"] * len(eval_images) + ["aaf"] * len(aaf_train)}
+                 ).to_csv(unlabelled, index=False)
     exported = {}
     models = [("teacher", runs / "teacher", ["--tta"]), ("single", runs / "single", [])]
     for name, run, extra in models + [(n, runs / n.replace(", ", "_").replace(" ", "_"), [])
                                       for n in STUDENTS]:
         if name in STUDENTS and not (run / "best.safetensors").exists():
-            if not (runs / "pseudo.csv").exists():
+            labels, recipe = STUDENTS[name]
+            if not (runs / f"{labels}.csv").exists():
                 facet("pseudo-label", unlabelled, "--models", exported["teacher"], "--out",
-                      runs / "pseudo.csv", "--attributes", "gender")
+                      runs / f"{labels}.csv", "--attributes", "gender", *SELECTION[labels])
             facet("train", "gender", "--data", faces / "train", "--manifest",
-                  f"{runs / 'pseudo.csv'},group=group,name=pseudo", "--run-dir", run, *BUDGET,
-                  *STUDENTS[name])
+                  f"{runs / labels}.csv,group=group,name=pseudo", "--run-dir", run, *BUDGET,
+                  *recipe)
         exported[name] = runs / f"export_{run.name}"
         if not (exported[name] / "facet.json").exists():
             facet("export", run, *others, "--out", exported[name], "--no-ensemble", *extra)
@@ -111,16 +130,19 @@ def main() -> None:
     sets = {"maskfaces eval": pd.DataFrame({
         "path": [str(faces / "eval/images" / i) for i in eval_answers["ImageID"]],
         "gender": eval_answers["gender"]}), "aaf val": aaf_val}
-    rows = {name: {s: gender_f1(models, frame) for s, frame in sets.items()}
-            for name, models in exported.items()}
-    pseudo = pd.read_csv(runs / "pseudo.csv")
+    rows = {name: scored(models, sets) for name, models in exported.items()}
     truth = {"maskfaces eval": sets["maskfaces eval"], "aaf train": aaf_train}
-    result = {"budget": " ".join(BUDGET), "students": {n: " ".join(a) for n, a in STUDENTS.items()},
-              "gender_macro_f1": rows,
-              "pseudo_labelled": int(pseudo["gender"].notna().sum()),
-              "unlabelled": len(pd.read_csv(unlabelled)),
-              "pseudo_labels": {name: label_quality(pseudo, frame, len(frame))
-                                for name, frame in truth.items()}}
+    quality = {}
+    for labels, selection in SELECTION.items():
+        pseudo = pd.read_csv(runs / f"{labels}.csv")
+        quality[f"{labels}.csv"] = {
+            "selection": " ".join(selection) or "per class", "pseudo_labelled":
+            int(pseudo["gender"].notna().sum()),
+            **{name: label_quality(pseudo, frame, len(frame)) for name, frame in truth.items()}}
+    result = {"budget": " ".join(BUDGET),
+              "students": {n: f"{labels}.csv " + " ".join(a) for n, (labels, a) in STUDENTS.items()},
+              "gender_macro_f1": rows, "unlabelled": len(pd.read_csv(unlabelled)),
+              "pseudo_labels": quality}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     lines = ["| gender model | maskfaces eval | aaf val |", "|---|---|---|"]

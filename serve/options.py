@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from facet.faces import FACE_SCORE, PRIMARY_RULES, Detector, YuNet, default_detector
-from facet.preprocess import DEFAULT_RULES, MAX_FACES, ImageRules, Photo, PreprocessSpec, decode_faces
+from facet.preprocess import (DEFAULT_RULES, MAX_FACES, ImageRules, Photo, PreprocessSpec,
+                              decode_faces)
 
 MODES = ("auto", "ensemble", "separate")
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")

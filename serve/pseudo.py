@@ -29,38 +29,48 @@ class Kept:
 
     answered: dict[str, int] = field(default_factory=dict)
     kept: dict[str, int] = field(default_factory=dict)
-    cut: dict[str, float] = field(default_factory=dict)  # the confidence a kept answer needs
+    cut: dict[str, list[float]] = field(default_factory=dict)  # the confidence a kept answer
+    #                                                            needs (one per group)
 
     def line(self, attribute: str) -> str:
-        parts = [f"{c} {self.kept[c]:,} of {n:,}" + (f" (>= {self.cut[c]:.3f})" if n else "")
+        def needs(cuts: list[float]) -> str:
+            low, high = min(cuts), max(cuts)
+            return f" (>= {low:.3f})" if low == high else f" (>= {low:.3f}-{high:.3f})"
+        parts = [f"{c} {self.kept[c]:,} of {n:,}" + (needs(self.cut[c]) if n else "")
                  for c, n in self.answered.items()]
         total = f"{sum(self.kept.values()):,} of {sum(self.answered.values()):,}"
         return f"{attribute}: kept {total} | " + ", ".join(parts)
 
 
-def keep(probs: np.ndarray, quantile: float | None = 0.5, threshold: float | None = None
-         ) -> tuple[np.ndarray, np.ndarray, dict[int, float]]:
-    """(kept, predicted class, cut per class) for (N, k) probabilities; a NaN row (a failed
+def keep(probs: np.ndarray, quantile: float | None = 0.5, threshold: float | None = None,
+         groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict[int, list[float]]]:
+    """(kept, predicted class, cuts per class) for (N, k) probabilities; a NaN row (a failed
     image) is never kept. ``threshold``, when given, is the confidence every class needs;
     else each predicted class keeps its answers at or above its own ``quantile`` of the
-    confidence (0.5: the median, its most confident half), so a rare class keeps its share."""
+    confidence (0.5: the median, its most confident half), so a rare class keeps its share.
+    ``groups`` (one value per row, e.g. the collection a photo comes from): the quantile is
+    taken within each group too, so a group the models are less sure of keeps its share."""
     answered = ~np.isnan(probs).any(axis=1)
     pred = np.where(answered, np.nan_to_num(probs, nan=-1).argmax(axis=1), -1)
     confidence = np.where(answered, np.nan_to_num(probs, nan=-1).max(axis=1), -1)
+    groups = np.zeros(len(probs)) if groups is None else np.asarray(groups)
     kept, cut = np.zeros(len(probs), bool), {}
-    for c in np.unique(pred[answered]):
-        rows = answered & (pred == c)
-        cut[int(c)] = float(threshold if threshold is not None
-                            else np.quantile(confidence[rows], quantile))
-        kept |= rows & (confidence >= cut[int(c)])
+    for g in np.unique(groups):
+        for c in np.unique(pred[answered & (groups == g)]):
+            rows = answered & (pred == c) & (groups == g)
+            value = float(threshold if threshold is not None
+                          else np.quantile(confidence[rows], quantile))
+            cut.setdefault(int(c), []).append(value)
+            kept |= rows & (confidence >= value)
     return kept, pred, cut
 
 
 def pseudo_manifest(paths: list, result: BatchResult, attributes: list[str],
                     quantile: float | None = 0.5, threshold: float | None = None,
-                    boxes: bool = False) -> tuple[pd.DataFrame, dict[str, Kept]]:
-    """(the manifest, what each attribute kept). One row per photo with at least one kept
-    label: ``path`` (absolute), ``group`` (the path), the face box ``x0,y0,x1,y1`` of the
+                    boxes: bool = False, groups: np.ndarray | None = None
+                    ) -> tuple[pd.DataFrame, dict[str, Kept]]:
+    """(the manifest, what each attribute kept; ``groups``: see :func:`keep`). One row per
+    photo with at least one kept label: ``path`` (absolute), ``group`` (the path), the face box ``x0,y0,x1,y1`` of the
     answered face (``boxes``: the models crop faces; empty where none was found), a label
     column per attribute (empty where not kept, and for the attributes not asked for), every
     probability ``p_<attribute>_<class>`` and ``pseudo`` = 1."""
@@ -79,7 +89,7 @@ def pseudo_manifest(paths: list, result: BatchResult, attributes: list[str],
     for a, classes in ATTRIBUTES.items():
         column = np.full(n, "", object)
         if a in attributes:
-            kept, pred, cut = keep(probs[a], quantile, threshold)
+            kept, pred, cut = keep(probs[a], quantile, threshold, groups)
             column[kept] = [classes[c] for c in pred[kept]]
             any_kept |= kept
             summary[a] = Kept({c: int((pred == k).sum()) for k, c in enumerate(classes)},

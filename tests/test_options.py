@@ -42,8 +42,9 @@ def test_predict_and_serve_answer_with_the_same_defaults(monkeypatch, tmp_path):
 
 
 def test_service_settings_reach_the_options():
-    options = ServeConfig.load({"FACET_MAX_FACES": "5", "FACET_PRIMARY_FACE": "center",
-                                "FACET_MAX_UPLOAD_BYTES": "1000", "FACET_TTA": "on"}).answer_options()
+    settings = ServeConfig.load({"FACET_MAX_FACES": "5", "FACET_PRIMARY_FACE": "center",
+                                 "FACET_MAX_UPLOAD_BYTES": "1000", "FACET_TTA": "on"})
+    options = settings.answer_options()
     assert (options.max_faces, options.primary_rule, options.rules.max_bytes, options.tta) == (
         5, "center", 1000, True)
 

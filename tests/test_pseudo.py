@@ -124,6 +124,33 @@ def test_quantile_keeps_each_classs_most_confident_share(setup, tmp_path):
             assert len(seen) >= 2, f"the models answer one {a} class only: a weak test"
 
 
+def test_by_takes_the_quantile_within_each_group_too(setup, tmp_path):
+    models, images = setup
+    every = _all_answers(models, images, tmp_path / "all.csv")
+    paths = sorted(str(p.resolve()) for p in images.iterdir())
+    source = np.array(["a" if i % 3 else "b" for i in range(len(paths))])
+    manifest = tmp_path / "unlabelled.csv"
+    pd.DataFrame({"path": paths, "source": source}).to_csv(manifest, index=False)
+    result = _run(models, manifest, tmp_path / "by.csv", "--by", "source")
+    assert result.exit_code == 0, result.output
+    frame, _ = _written(tmp_path / "by.csv")
+    for a, classes in ATTRIBUTES.items():
+        pred, conf = every[a].argmax(1), every[a].max(1)
+        labels = dict(zip(frame["path"], frame[LABEL[a]]))
+        for c, name in enumerate(classes):
+            expected = set()
+            for g in ("a", "b"):
+                rows = np.flatnonzero((pred == c) & (source == g))
+                if len(rows):
+                    cut = np.quantile(conf[rows], 0.5)
+                    expected |= {paths[i] for i in rows if conf[i] >= cut}
+            assert {p for p, lab in labels.items() if lab == name} == expected, (a, name)
+    assert "quantile 0.5 per class and source" in result.output
+    missing = _run(models, manifest, tmp_path / "x.csv", "--by", "collection")
+    assert missing.exit_code == 2 and "no such column" in missing.output
+    assert not (tmp_path / "x.csv").exists()
+
+
 def test_threshold_keeps_only_answers_at_or_above_it(setup, tmp_path):
     models, images = setup
     every = _all_answers(models, images, tmp_path / "all.csv")

@@ -19,6 +19,7 @@ def pseudo_label(source: str = typer.Argument(..., help="Unlabelled photos: a fo
                  attributes: str = typer.Option("mask,gender,age", help="The attributes to pseudo-label, comma-separated (the others' labels stay empty; their probabilities are written)."),
                  images: Optional[str] = typer.Option(None, help="Folder the manifest's image names are relative to."),
                  path_column: Optional[str] = typer.Option(None, help="CSV column holding image paths."),
+                 by: Optional[str] = typer.Option(None, help="A manifest column (e.g. the collection each photo comes from): the --quantile is taken within each of its values too, so a collection the models are less sure of keeps its share."),
                  ):
     """Label unlabelled photos with the models' confident answers.
 
@@ -26,7 +27,8 @@ def pseudo_label(source: str = typer.Argument(..., help="Unlabelled photos: a fo
     exported with crop=face). Per attribute, an answer is kept when its confidence (top
     probability) is at or above its predicted class's --quantile of confidence (the median by
     default: every class keeps its most confident half, so a rare class is not wiped out), or
-    at or above --threshold when that is given. The manifest holds path, group (the path), the
+    at or above --threshold when that is given; with --by, within each value of that
+    manifest column as well. The manifest holds path, group (the path), the
     answered face's box x0,y0,x1,y1 (models that crop faces), the kept labels (mask, gender,
     age_group; empty where not kept), every probability p_<attribute>_<class> and pseudo=1:
     training takes all its rows into train and none into validation. Photos that fail, and
@@ -59,14 +61,24 @@ def pseudo_label(source: str = typer.Argument(..., help="Unlabelled photos: a fo
     except (InputError, FileNotFoundError, ValueError, RuntimeError, DetectorError) as exc:
         _fail(str(exc))
     _warn_skipped(inputs.skipped)
+    groups = None
+    if by is not None:
+        if by not in inputs.frame.columns:
+            _fail(f"--by {by}: the input has no such column; columns are "
+                  f"{list(inputs.frame.columns)} (a folder has only path)")
+        if rule["threshold"] is not None:
+            typer.echo("--by takes the quantile per group: with --threshold it changes nothing",
+                       err=True)
+        groups = inputs.frame[by].to_numpy()
     typer.echo(f"{len(inputs.paths):,} images | provider {predictor.provider} | "
                + (f"threshold {rule['threshold']:g}" if rule["threshold"] is not None
-                  else f"quantile {rule['quantile']:g} per class"), err=True)
+                  else f"quantile {rule['quantile']:g} per class"
+                  + (f" and {by}" if by else "")), err=True)
     result = predict_paths(predictor, inputs.paths, refused=inputs.refused)
     # the face box goes with the labels only when every labelled model was trained on faces
     # cut from photos: a crop=none model learns from the whole image
     boxes = all(predictor.specs[a].crop == "face" for a in asked)
-    frame, kept = pseudo_manifest(inputs.paths, result, asked, boxes=boxes, **rule)
+    frame, kept = pseudo_manifest(inputs.paths, result, asked, boxes=boxes, groups=groups, **rule)
     write_atomic(frame, out)
     for attribute, summary in kept.items():
         typer.echo(summary.line(attribute), err=True)
