@@ -70,8 +70,9 @@ def pseudo_manifest(paths: list, result: BatchResult, attributes: list[str],
                     boxes: bool = False, groups: np.ndarray | None = None
                     ) -> tuple[pd.DataFrame, dict[str, Kept]]:
     """(the manifest, what each attribute kept; ``groups``: see :func:`keep`). One row per
-    photo with at least one kept label: ``path`` (absolute), ``group`` (the path), the face box ``x0,y0,x1,y1`` of the
-    answered face (``boxes``: the models crop faces; empty where none was found), a label
+    photo with at least one kept label: ``path`` (absolute), ``group`` (the path), the face
+    box ``x0,y0,x1,y1`` of the answered face (``boxes``: the models crop faces; empty where
+    none was found), a label
     column per attribute (empty where not kept, and for the attributes not asked for), every
     probability ``p_<attribute>_<class>`` and ``pseudo`` = 1."""
     n = len(paths)
