@@ -15,7 +15,7 @@ from facet.cli import app
 from facet.serve import predictor as predictor_module
 from facet.serve.batch import read_inputs
 from facet.serve.config import ServeConfig
-from facet.serve.options import GpuOptions
+from facet.serve.options import AnswerOptions, GpuOptions
 from facet.serve.predictor import Predictor, providers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,8 +96,8 @@ def test_a_gpu_that_falls_back_to_the_cpu_is_an_error(exported, monkeypatch):
     name, a GPU that is not really used must stop the run."""
     monkeypatch.setattr(predictor_module, "providers", lambda device, gpu: [(CUDA, {}), CPU])
     with pytest.raises(RuntimeError, match="runs it on CPUExecutionProvider"):
-        predictor_module._session(exported / "mask.onnx", "cuda", None, True)
-    session = predictor_module._session(exported / "mask.onnx", "auto", None, True)
+        predictor_module._session(exported / "mask.onnx", AnswerOptions(device="cuda"))
+    session = predictor_module._session(exported / "mask.onnx", AnswerOptions(device="auto"))
     assert session.get_providers() == [CPU]  # auto: a warning, and the CPU answers
 
 
