@@ -19,7 +19,6 @@ import pandas as pd
 
 from facet.combine import ATTRIBUTES, TRUE_AGE_RULE
 
-from .data import FOLDER_RE
 from .run_folder import CV_SUMMARY, OOF
 
 PER_PERSON = ("gender", "age")
@@ -81,28 +80,18 @@ def _per_image(oof: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     return oof[["person", "path", "source", "label", *[f"p_{c}" for c in classes]]].reset_index(drop=True)
 
 
-def _competition_id(path: str) -> str | None:
-    """The id `--fixes` names a person of a competition folder by, else None (a manifest's
-    persons cannot be fixed there)."""
-    match = FOLDER_RE.match(Path(path).parent.name)
-    return match["id"] if match else None
-
-
 def _person_fixes(suspects: pd.DataFrame, attribute: str) -> pd.DataFrame:
     """gender: the suggested gender; age: the age nearest the person's given age inside the
     suggested group (the smallest change that moves the label), for the reviewer to replace
     with the real one."""
     rows = []
     for s in suspects.itertuples():
-        person = _competition_id(s.path)
-        if person is None:
-            continue
         if attribute == "gender":
             value = s.suggested
         else:
             low, high = _group_years(ATTRIBUTES["age"].index(s.suggested))
             value = int(np.clip(s.age_years, low, high)) if s.age_years >= 0 else low
-        rows.append({"id": person, "field": attribute, "value": value, "given": s.given,
+        rows.append({"id": s.person, "field": attribute, "value": value, "given": s.given,
                      "suggested": s.suggested, "p_suggested": s.p_suggested, "rank": s.rank})
     return pd.DataFrame(rows, columns=["id", "field", "value", "given", "suggested",
                                        "p_suggested", "rank"])
@@ -119,15 +108,14 @@ def _mask_swaps(oof: pd.DataFrame, suspects: pd.DataFrame) -> pd.DataFrame:
     flagged = set(suspects["path"])
     oof = oof.assign(stem=oof["path"].map(lambda p: Path(p).stem))
     rows = []
-    for _, images in oof[oof["stem"].isin(list(SWAPPED))].groupby("person", sort=False):
+    for person, images in oof[oof["stem"].isin(list(SWAPPED))].groupby("person", sort=False):
         if len(images) != 2:
             continue
         pred = dict(zip(images["stem"], images["pred"]))
-        person_id = _competition_id(images["path"].iloc[0])
-        if (person_id and all(pred[stem] == label for stem, label in SWAPPED.items())
+        if (all(pred[stem] == label for stem, label in SWAPPED.items())
                 and flagged & set(images["path"])):
             rank = int(suspects.loc[suspects["path"].isin(images["path"]), "rank"].min())
-            rows.append({"id": person_id, "field": "mask_swap", "value": 1, "rank": rank})
+            rows.append({"id": person, "field": "mask_swap", "value": 1, "rank": rank})
     return pd.DataFrame(rows, columns=["id", "field", "value", "rank"]).sort_values("rank")
 
 

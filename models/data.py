@@ -245,9 +245,7 @@ def combine(tables: list[Table]) -> Table:
             raise DataError(f"source {table.name}: no usable image (see the problems above)")
     if len(tables) == 1:
         return tables[0]
-    names = [t.name for t in tables]
-    if len(set(names)) < len(names):
-        raise DataError(f"two sources share a name ({names}); give each its own with name=...")
+    names = _distinct_names(tables)
     frame = pd.concat([t.frame for t in tables], ignore_index=True)
     frame["person"] = frame["source"] + "/" + frame["person"].astype(str)
     groups = {t.group for t in tables}
@@ -255,25 +253,43 @@ def combine(tables: list[Table]) -> Table:
                  NO_GROUP if NO_GROUP in groups else "person", "+".join(names))
 
 
-def apply_fixes(table: Table, fixes_csv: str | Path, strict: bool = False) -> Table:
-    """Correct known wrong labels before splitting.
+def _distinct_names(tables: list[Table]) -> list[str]:
+    names = [t.name for t in tables]
+    if len(set(names)) < len(names):
+        raise DataError(f"two sources share a name ({names}); give each its own with name=...")
+    return names
 
-    The CSV has ``id,field,value``: ``field`` is ``gender`` or ``age`` (the new value), or
-    ``mask_swap`` (value ignored) to swap that person's ``incorrect_mask`` and ``normal`` labels.
+
+def apply_fixes(tables: list[Table], fixes_csv: str | Path, strict: bool = False) -> list[Table]:
+    """Correct known wrong labels of the sources, before they are combined and split.
+
+    The CSV has ``id,field,value``. ``id`` is a person as their source names them (a competition
+    folder's id, the group value of a manifest's rows), or ``SOURCE/PERSON`` where several
+    sources hold that person (what ``facet audit`` writes for a run of several sources).
+    ``field`` is ``gender`` or ``age`` (the new value), or ``mask_swap`` (value ignored) to
+    swap that person's ``incorrect_mask`` and ``normal`` labels. Problems (an unknown person,
+    a bad value) are reported with the first source's.
     """
-    fixes = pd.read_csv(fixes_csv, dtype=str, keep_default_na=False)
+    fixes = read_csv(fixes_csv, DataError, dtype=str, keep_default_na=False)
     missing = {"id", "field", "value"} - set(fixes.columns)
     if missing:
         raise DataError(f"{fixes_csv}: missing column(s) {sorted(missing)}")
+    _distinct_names(tables)  # SOURCE/PERSON must name one source
     problems = _Problems(strict)
-    problems.extend(table.problems)
-    df = table.frame.copy()
+    problems.extend(tables[0].problems)
+    frames = [t.frame.copy() for t in tables]
     for i, fix in enumerate(fixes.to_dict("records"), start=2):
         where = f"{fixes_csv}:{i}"
-        rows = df["person"] == fix["id"]
-        if not rows.any():
+        hits = [(frame, rows) for table, frame in zip(tables, frames)
+                if (rows := _person_rows(frame, table.name, fix["id"])).any()]
+        if not hits:
             problems.add(f"{where}: person {fix['id']!r} is not in the data")
             continue
+        if len(hits) > 1:
+            problems.add(f"{where}: person {fix['id']!r} is in several sources: name one as "
+                         "SOURCE/PERSON")
+            continue
+        df, rows = hits[0]
         try:
             if fix["field"] == "gender":
                 df.loc[rows, "gender"] = parse_code("gender", fix["value"])
@@ -287,7 +303,13 @@ def apply_fixes(table: Table, fixes_csv: str | Path, strict: bool = False) -> Ta
                 raise ValueError(f"unknown field {fix['field']!r} (gender, age or mask_swap)")
         except ValueError as exc:
             problems.add(f"{where}: {exc}")
-    return Table(df, list(problems), table.group, table.name)
+    return [Table(frame, list(problems) if k == 0 else t.problems, t.group, t.name)
+            for k, (t, frame) in enumerate(zip(tables, frames))]
+
+
+def _person_rows(frame: pd.DataFrame, source: str, person_id: str) -> pd.Series:
+    person = frame["person"].astype(str)
+    return (person == person_id) | (source + "/" + person == person_id)
 
 
 def training_labels(frame: pd.DataFrame, attribute: str, rule: AgeRule) -> pd.Series:

@@ -11,7 +11,7 @@ from facet.preprocess import ImageRules
 
 from .options import AnswerOptions, GpuOptions
 
-_DEFAULT = AnswerOptions()  # the answering defaults are facet predict's, declared once there
+_DEFAULT = AnswerOptions()  # the answering defaults, declared once (facet predict's flags too)
 
 
 @dataclass(frozen=True)

@@ -99,7 +99,8 @@ class AnswerOptions:
 
     def answers_key(self) -> dict:
         """The options that change answers (not those that change only speed or where the
-        models run), as plain data."""
+        models run), as plain data. The detector file changes answers too, but its path says
+        nothing of its contents: a caller adds the file's digest (the Ray engine's key)."""
         speed = ("mode", "device", "gpu", "threads", "spinning", "io_binding", "detector")
         return {k: v for k, v in asdict(self).items() if k not in speed}
 

@@ -53,10 +53,10 @@ class Answering:
     options: AnswerOptions
     detector_file: tuple[str, bytes] | None = None  # another YuNet file: (name, bytes)
 
-    @classmethod
-    def of(cls, options: AnswerOptions) -> "Answering":
-        path = Path(options.detector) if options.detector else None
-        return cls(options, (path.name, path.read_bytes()) if path else None)
+    def __post_init__(self):
+        if self.options.detector and self.detector_file is None:  # read once, on the driver
+            path = Path(self.options.detector)
+            object.__setattr__(self, "detector_file", (path.name, path.read_bytes()))
 
     def detector(self) -> YuNet:
         """One detector per process (the decode tasks of a worker process share it)."""

@@ -54,8 +54,12 @@ class Collector:
         self.probs[rows] = probs
         for a, p in self.attributes.items():
             p[rows] = attributes[a]
+        broken = np.isnan(probs).any(1)  # e.g. an fp16 variant that overflowed
         for j, row in enumerate(rows.tolist()):
-            self.errors.pop(row, None)
+            if broken[j]:
+                self.errors[row] = "the models answered NaN (try the fp32 variant)"
+            else:
+                self.errors.pop(row, None)
             if face_found is not None:
                 self.face_found[row], self.primary[row] = face_found[j], primary[j]
 

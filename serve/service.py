@@ -165,7 +165,7 @@ async def _uploads(request: Request, many: bool) -> list[tuple[str, bytes]]:
 async def _decode(name: str, data: bytes, decoder: Decoder,
                   detector: YuNet | None) -> tuple[Photo, np.ndarray]:
     """One upload -> its faces and their packed model inputs, one row per answered face (the
-    ``max_faces`` largest; ``preprocess.decode_faces``, as `facet predict --faces all`)."""
+    ``max_faces`` largest; ``Decoder.decode``, as `facet predict --faces all`)."""
     if not data:
         raise HTTPError(400, f"{name}: empty file")
     if detector is not None or pixel_count(data) > CONFIG.offload_pixels:  # off the event loop

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from facet.cli import app
 from facet.combine import ATTRIBUTES
 from facet.models.audit import audit
-from facet.models.data import Table, apply_fixes, read_competition
+from facet.models.data import Table, apply_fixes, combine, read_competition, read_manifest
 
 pytest.importorskip("cleanlab")
 runner = CliRunner()
@@ -70,9 +70,37 @@ def test_flipped_genders_rank_first_and_their_draft_fixes_apply(dataset, tmp_pat
     table = read_competition(dataset / "train")  # the labels as the audit was given them
     given = table.frame.assign(gender=np.where(table.frame["person"].isin(flipped),
                                                1 - table.frame["gender"], table.frame["gender"]))
-    fixed = apply_fixes(Table(given, [], table.group, table.name), fixes_csv)
+    fixed, = apply_fixes([Table(given, [], table.group, table.name)], fixes_csv)
     assert not fixed.problems
     assert (fixed.frame["gender"] == persons["gender"]).all()  # every flip undone, nothing else
+
+
+def test_a_run_of_several_sources_drafts_fixes_its_manifest_persons_take(dataset, tmp_path):
+    """Persons of a run of several sources are SOURCE/PERSON (a manifest's group values too):
+    the draft names them so, and --fixes undoes exactly the flipped ones."""
+    folder = read_competition(dataset / "train", name="folder")
+    frame = folder.frame
+    pd.DataFrame({"path": frame["path"], "gender": frame["gender"].map({0: "male", 1: "female"}),
+                  "age": frame["age_years"], "sitter": "s" + frame["person"]}
+                 ).to_csv(tmp_path / "street.csv", index=False)
+    street = read_manifest(tmp_path / "street.csv", group="sitter", name="street")
+    run = combine([folder, street]).frame
+    flipped = set(sorted(run.loc[run["source"] == "street", "person"].unique())[:2])
+    rng = np.random.default_rng(4)
+    rows = [{"path": r.path, "person": r.person,
+             "label": 1 - int(r.gender) if r.person in flipped else int(r.gender),
+             "probs": _noisy(rng, 2, int(r.gender), 0.9 if r.person in flipped else 0.55)}
+            for r in run.itertuples()]
+    result = audit(_cv(tmp_path / "cv", "gender", rows))
+    drafts = result.fixes[result.fixes["rank"] <= 2]
+    assert set(drafts["id"]) == flipped
+    drafts.to_csv(tmp_path / "fixes.csv", index=False)
+    given = street.frame.assign(gender=np.where(("street/" + street.frame["person"]).isin(flipped),
+                                                1 - street.frame["gender"], street.frame["gender"]))
+    fixed = combine(apply_fixes([folder, Table(given, [], street.group, street.name)],
+                                tmp_path / "fixes.csv"))
+    assert not fixed.problems
+    assert (fixed.frame["gender"].to_numpy() == run["gender"].to_numpy()).all()
 
 
 def test_an_age_across_a_boundary_gets_the_nearest_age_of_the_suggested_group(dataset, tmp_path):

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from facet.combine import AgeRule
-from facet.models.data import (DataError, apply_fixes, read_competition, read_manifest,
+from facet.models.data import (DataError, apply_fixes, combine, read_competition, read_manifest,
                                training_labels)
 
 
@@ -80,7 +80,7 @@ def test_label_fixes(dataset, tmp_path):
     pd.DataFrame({"id": [pid, pid, pid, "nobody"], "field": ["gender", "age", "mask_swap", "age"],
                   "value": ["female" if before["gender"].iloc[0] == 0 else "male", "61", "", "3"]}
                  ).to_csv(fixes, index=False)
-    fixed = apply_fixes(table, fixes)
+    fixed, = apply_fixes([table], fixes)
     after = fixed.frame[fixed.frame["person"] == pid].set_index("path")
     assert (after["gender"] == 1 - before["gender"]).all()
     assert (after["age_years"] == 61).all() and (after["age"] == 2).all()
@@ -90,6 +90,37 @@ def test_label_fixes(dataset, tmp_path):
     assert any("nobody" in p for p in fixed.problems)
     others = fixed.frame["person"] != pid
     pd.testing.assert_frame_equal(fixed.frame[others], table.frame[others])
+
+
+def test_label_fixes_reach_a_manifest_and_name_a_source_where_persons_clash(dataset, tmp_path):
+    """A manifest's persons are its group values; a person two sources hold is named as
+    SOURCE/PERSON, and a bare id that could be either is refused, not applied twice."""
+    folder = read_competition(dataset / "train", name="folder")
+    pid = folder.frame["person"].iloc[0]
+    images = folder.frame[folder.frame["person"] == pid]
+    pd.DataFrame({"path": images["path"], "gender": "male", "age": 40, "sitter": pid}).to_csv(
+        tmp_path / "m.csv", index=False)
+    pd.DataFrame({"path": images["path"].iloc[:2], "gender": "female", "age": 20,
+                  "sitter": "solo"}).to_csv(tmp_path / "solo.csv", index=False)
+    manifest = read_manifest(tmp_path / "m.csv", group="sitter", name="street")
+    solo = read_manifest(tmp_path / "solo.csv", group="sitter", name="studio")
+    fixes = tmp_path / "fixes.csv"
+    pd.DataFrame({"id": ["solo", f"street/{pid}", pid, "studio/nobody"],
+                  "field": ["gender", "age", "gender", "age"], "value": ["male", "65", "female", "3"]}
+                 ).to_csv(fixes, index=False)
+    tables = apply_fixes([folder, manifest, solo], fixes)
+    frame = combine(tables).frame.set_index("person")
+    assert (frame.loc["studio/solo", "gender"] == 0).all()  # a bare id one source holds
+    assert (frame.loc[f"street/{pid}", "age_years"] == 65).all()
+    assert (frame.loc[f"street/{pid}", "age"] == 2).all()
+    assert (frame.loc[f"folder/{pid}", "age_years"] == folder.frame["age_years"].iloc[0]).all()
+    assert (frame.loc[f"folder/{pid}", "gender"] == images["gender"].iloc[0]).all()  # not applied
+    problems = combine(tables).problems
+    assert any("in several sources" in p and "fixes.csv:4" in p for p in problems)
+    assert any("'studio/nobody' is not in the data" in p for p in problems)
+    (tmp_path / "bad.csv").write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(DataError, match="not a readable CSV"):
+        apply_fixes([folder], tmp_path / "bad.csv")
 
 
 def test_training_labels_move_and_drop_ages_but_truth_stays():

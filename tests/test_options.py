@@ -85,3 +85,13 @@ def test_collector_takes_rows_in_any_order_and_once():
     assert result.errors == [(2, "c", "unreadable")]  # row 3 answered on its retry
     assert np.isnan(result.probs[1]).all() and np.isnan(result.attributes["mask"][2]).all()
     assert result.face_found == [False, None, None, True] and result.primary[3] == face
+
+
+def test_a_row_the_models_answered_with_nan_is_an_error_not_a_label():
+    collected = Collector(2)
+    probs = np.eye(18, dtype=np.float32)[[5, 0]]
+    probs[1, 0] = np.nan  # e.g. an fp16 graph that overflowed
+    collected.put([0, 1], _uniform(2), probs)
+    result = collected.result(["a", "b"])
+    assert result.labels.tolist() == [5, -1]
+    assert result.errors == [(1, "b", "the models answered NaN (try the fp32 variant)")]

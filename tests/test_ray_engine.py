@@ -4,6 +4,7 @@ import os
 import shutil
 import socket
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,6 +12,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+import facet
 from conftest import encode, png_header_bomb
 from facet.cli import app
 from facet.serve.batch import predict_paths, read_inputs
@@ -205,3 +207,14 @@ def test_actors_run_on_the_node_with_their_resource(exported, dataset, tmp_path)
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_the_job_key_follows_the_detector_file_contents_not_its_path(tmp_path):
+    shipped = Path(facet.__file__).parent / "assets" / "face_detection_yunet_n.onnx"
+    copy, other = tmp_path / "same.onnx", tmp_path / "other.onnx"
+    shutil.copy(shipped, copy)
+    shutil.copy(Path(facet.__file__).parent / "assets" / "face_detection_yunet_2023mar.onnx", other)
+    same = Answering(AnswerOptions(detector=str(copy)))
+    assert same.detector_file == ("same.onnx", shipped.read_bytes())  # read on the driver
+    assert same.key() == Answering(AnswerOptions(detector=str(shipped))).key()
+    assert same.key() != Answering(AnswerOptions(detector=str(other))).key()

@@ -119,7 +119,7 @@ def test_missing_malformed_or_clashing_sources_are_clear_errors(sources, dataset
              (["--data", f"{dataset / 'train'},name=a", "--data", f"{dataset / 'train'},name=a"],
               "share a name"),
              (["--manifest", f"{sources / 'street.csv'},group=photo,root=/", "--fixes",
-               str(binary)], "--fixes corrects persons of a competition folder")]
+               str(binary)], "not a readable CSV")]
     for args, message in cases:
         result = runner.invoke(app, ["train", "mask", *args, "--run-dir", str(tmp_path / "run"),
                                      *[a for kv in TINY for a in ("--set", kv)]])

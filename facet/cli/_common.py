@@ -23,21 +23,16 @@ def _read_table(data: list[str], manifests: list[str], root: Optional[Path], gro
     if not data and not manifests:
         _fail("give --data (competition train/ folder) and/or --manifest (CSV), each as often "
               "as there are sources")
-    if fixes and not data:
-        _fail("--fixes corrects persons of a competition folder: give it with --data")
-    if fixes and len(data) > 1:
-        _fail("--fixes with several --data folders would apply to each: give one")
     tables = []
     try:
         for spec in data:
             path, options = _source_spec(spec, ("name",))
-            table = read_competition(path, strict, options.get("name"))
-            tables.append(apply_fixes(table, fixes, strict) if fixes else table)
+            tables.append(read_competition(path, strict, options.get("name")))
         for spec in manifests:
             path, options = _source_spec(spec, ("group", "root", "name", "path"))
             tables.append(read_manifest(path, options.get("root", root), options.get("group", group),
                                         strict, options.get("name"), options.get("path", "path")))
-        table = combine(tables)
+        table = combine(apply_fixes(tables, fixes, strict) if fixes else tables)
     except (DataError, FileNotFoundError) as exc:
         _fail(str(exc))
     for problem in table.problems[:10]:
@@ -69,7 +64,8 @@ MANIFEST = typer.Option([], help="CSV with path and mask/gender/age columns (and
 ROOT = typer.Option(None, help="Folder manifests' paths are relative to (default: each CSV's folder).")
 GROUP = typer.Option("person", help="Manifest column that keeps a person's images on one side of "
                      "the split; 'none': each image its own group (val scores optimistic).")
-FIXES = typer.Option(None, help="Label fixes CSV (id,field,value).")
+FIXES = typer.Option(None, help="Label fixes CSV (id,field,value; id: a person of any source, "
+                     "SOURCE/PERSON where several hold it), e.g. a reviewed `facet audit` draft.")
 STRICT = typer.Option(False, help="Stop at the first data problem instead of skipping it.")
 CACHE_DIR = typer.Option(Path(".cache/facet"), help="Decoded-image cache.")
 DEVICE = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ...")

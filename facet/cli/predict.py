@@ -12,8 +12,10 @@ import typer
 
 from facet import shipped
 from facet.cli._common import _fail
-from facet.faces import FACE_SCORE
 from facet.preprocess import DEFAULT_RULES
+from facet.serve.options import AnswerOptions
+
+_DEFAULT = AnswerOptions()  # the flags' defaults are the answering options' own
 
 
 def predict(source: str = typer.Argument(..., help="eval/ folder, info.csv, a CSV or Parquet manifest with a path column, a folder of images, or one image; with --engine ray also under a URI (s3://, gs://, ...)."),
@@ -25,12 +27,12 @@ def predict(source: str = typer.Argument(..., help="eval/ folder, info.csv, a CS
             details: Optional[Path] = typer.Option(None, help="Also write per-attribute labels and probabilities."),
             batch_size: Optional[int] = typer.Option(None, min=1, help="Images per model call (default: 64 on the CPU, 256 on a GPU)."),
             workers: Optional[int] = typer.Option(None, min=1, help="Decoding threads (default: 2 on the CPU; on a GPU, the CPU cores up to 8)."),
-            tta: bool = typer.Option(False, help="Average with the horizontally flipped image."),
-            mode: str = typer.Option("auto", help="auto, ensemble or separate."),
+            tta: bool = typer.Option(_DEFAULT.tta, help="Average with the horizontally flipped image."),
+            mode: str = typer.Option(_DEFAULT.mode, help="auto, ensemble or separate."),
             variant: Optional[str] = typer.Option(None, help="fp32, or int8 / fp16 (if exported); default: the folder's (fp32 for `facet export`'s, compact for the shipped set)."),
-            device: str = typer.Option("auto", help="auto, cpu, cuda or tensorrt (opt-in: builds engines on first use)."),
-            device_id: int = typer.Option(0, min=0, help="The GPU to run on."),
-            conv_search: str = typer.Option("EXHAUSTIVE", help="cuDNN convolution algorithm search: EXHAUSTIVE, HEURISTIC or DEFAULT."),
+            device: str = typer.Option(_DEFAULT.device, help="auto, cpu, cuda or tensorrt (opt-in: builds engines on first use)."),
+            device_id: int = typer.Option(_DEFAULT.gpu.device_id, min=0, help="The GPU to run on."),
+            conv_search: str = typer.Option(_DEFAULT.gpu.cudnn_conv_algo_search, help="cuDNN convolution algorithm search: EXHAUSTIVE, HEURISTIC or DEFAULT."),
             threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads."),
             max_bytes: int = typer.Option(DEFAULT_RULES.max_bytes, help="Largest image file read."),
             max_pixels: int = typer.Option(DEFAULT_RULES.max_pixels, help="Largest image (pixels, from its header)."),
@@ -38,11 +40,11 @@ def predict(source: str = typer.Argument(..., help="eval/ folder, info.csv, a CS
             max_aspect: float = typer.Option(DEFAULT_RULES.max_aspect, help="Longest/shortest side accepted as a face."),
             faces: str = typer.Option("primary", help="primary: one answer per photo; all: also "
                                       "one --details row per face (models exported with crop=face)."),
-            primary: str = typer.Option("largest", help="The face that answers for a photo: "
+            primary: str = typer.Option(_DEFAULT.primary_rule, help="The face that answers for a photo: "
                                         "largest or center (nearest the photo's centre)."),
             detector: Optional[Path] = typer.Option(None, help="Another YuNet ONNX file (default: the shipped one)."),
-            face_score: float = typer.Option(FACE_SCORE, help="Detector score a face needs."),
-            face_upscale: float = typer.Option(1.0, help="Enlarge photos this much (up to 640 px) "
+            face_score: float = typer.Option(_DEFAULT.face_score, help="Detector score a face needs."),
+            face_upscale: float = typer.Option(_DEFAULT.face_upscale, help="Enlarge photos this much (up to 640 px) "
                                                "before detection: finds smaller faces, slower."),
             draw: Optional[Path] = typer.Option(None, help="Write each photo with its faces' boxes and labels drawn into this folder."),
             engine: str = typer.Option("local", help="local: this process; ray: a Ray cluster, in resumable Parquet parts (pip install 'facet[ray]')."),

@@ -41,7 +41,7 @@ def _predict_ray(source: str, out: Path, details: Optional[Path], errors_path: P
             if path is not None:
                 check_writable(path)
         inputs = read_source(source, images, path_column, allow_outside, filesystems)
-        job = Job(inputs, models, Answering.of(options), parts_dir, part_size, filesystems)
+        job = Job(inputs, models, Answering(options), parts_dir, part_size, filesystems)
     except (OSError, ValueError, RuntimeError) as exc:  # InputError and ModelFileError too
         _fail(str(exc))
     _warn_skipped(inputs.skipped)

@@ -1,7 +1,6 @@
 """`facet report`: per-group metrics, calibration and the most confident wrong answers."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
