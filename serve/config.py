@@ -13,6 +13,9 @@ from .options import AnswerOptions, GpuOptions
 
 _DEFAULT = AnswerOptions()  # the answering defaults, declared once (facet predict's flags too)
 
+# settings renamed to the name the rest of facet uses; deployments still set the old names
+RENAMED = {"min_image_side": "min_side", "primary_face": "primary_rule"}
+
 
 @dataclass(frozen=True)
 class ServeConfig:
@@ -44,7 +47,7 @@ class ServeConfig:
     max_latency_ms: int = 5000  # BentoML rejects requests it expects to finish later than this
     max_upload_bytes: int = 10 * 1024 * 1024
     max_pixels: int = _DEFAULT.rules.max_pixels  # decompression-bomb guard, from the header
-    min_image_side: int = _DEFAULT.rules.min_side  # smaller images cannot be a face: 422
+    min_side: int = _DEFAULT.rules.min_side  # smaller images cannot be a face: 422
     max_aspect: float = _DEFAULT.rules.max_aspect  # longer strips cannot be a face: 422
     max_batch_files: int = 64
     body_timeout_s: float = 30.0  # an upload must arrive within this (else 408)
@@ -57,7 +60,7 @@ class ServeConfig:
     detector: str = ""  # a YuNet ONNX file ("": the one shipped with facet)
     face_score: float = _DEFAULT.face_score  # detector score a face needs
     face_upscale: float = _DEFAULT.face_upscale  # enlarge photos this much before detection
-    primary_face: str = _DEFAULT.primary_rule  # the face the top-level answer is for: largest
+    primary_rule: str = _DEFAULT.primary_rule  # the face the top-level answer is for: largest
     #                                            | center
     max_faces: int = _DEFAULT.max_faces  # faces answered per photo (the largest ones)
 
@@ -71,11 +74,10 @@ class ServeConfig:
                 data = tomllib.loads(Path(path).read_text())
             except tomllib.TOMLDecodeError as exc:
                 raise ValueError(f"{path}: not valid TOML ({exc})") from None
-            values.update(data.get("serve", data))
-        for f in fields(cls):
-            key = f"FACET_{f.name.upper()}"
-            if key in environ:
-                values[f.name] = environ[key]
+            values.update(_renamed(data.get("serve", data)))
+        names = [f.name for f in fields(cls)] + list(RENAMED)
+        values.update(_renamed({n: environ[f"FACET_{n.upper()}"] for n in names
+                                if f"FACET_{n.upper()}" in environ}))  # over the file's
         unknown = set(values) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown serve setting(s) {sorted(unknown)}; known: "
@@ -84,7 +86,7 @@ class ServeConfig:
 
     def __post_init__(self):
         positive = ("workers", "model_workers", "max_batch_size", "max_upload_bytes", "max_pixels",
-                    "min_image_side", "max_batch_files", "decode_threads")
+                    "min_side", "max_batch_files", "decode_threads")
         low = [f"{k}={getattr(self, k)}" for k in positive if getattr(self, k) < 1]
         if low:
             raise ValueError(f"{', '.join(low)}: must be at least 1")
@@ -107,11 +109,22 @@ class ServeConfig:
             gpu=GpuOptions(self.device_id, self.cudnn_conv_algo_search, self.gpu_mem_limit,
                            trt_cache=self.trt_cache),
             threads=self.threads or None, spinning=self.spinning,
-            rules=ImageRules(self.max_upload_bytes, self.max_pixels, self.min_image_side,
+            rules=ImageRules(self.max_upload_bytes, self.max_pixels, self.min_side,
                              self.max_aspect),
             detector=self.detector or None, face_score=self.face_score,
-            face_upscale=self.face_upscale, primary_rule=self.primary_face,
+            face_upscale=self.face_upscale, primary_rule=self.primary_rule,
             max_faces=self.max_faces)
+
+
+def _renamed(values: dict) -> dict:
+    values = dict(values)
+    for old, new in RENAMED.items():
+        if old in values:
+            if new in values:
+                raise ValueError(f"{old} and {new} are one setting ({old}: its earlier name): "
+                                 "give one")
+            values[new] = values.pop(old)
+    return values
 
 
 def _coerce(cls, name: str, value):

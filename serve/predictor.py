@@ -221,7 +221,7 @@ class Predictor:
             "mode": self.mode, "mode_timing_ms": self.timing_ms, "variant": self.variant,
             "provider": self.provider, "io_binding": self.binding is not None, "tta": self.tta,
             "detector": self.detector.describe() if self.detector else None,
-            "primary_face": self.options.primary_rule if self.crops_faces else None,
+            "primary_rule": self.options.primary_rule if self.crops_faces else None,
             "classes": class_names(),
             "attributes": {a: {"classes": m["classes"], "val_macro_f1": m["val_macro_f1"],
                                "backbone": m["backbone"], "checkpoint_sha256": m["checkpoint_sha256"],

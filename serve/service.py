@@ -299,9 +299,9 @@ async def model_info(request: Request) -> JSONResponse:
                                              "max_batch_size": CONFIG.max_batch_size,
                                              "max_upload_bytes": CONFIG.max_upload_bytes,
                                              "max_pixels": CONFIG.max_pixels,
-                                             "min_image_side": CONFIG.min_image_side,
+                                             "min_side": CONFIG.min_side,
                                              "max_aspect": CONFIG.max_aspect,
-                                             "primary_face": CONFIG.primary_face,
+                                             "primary_rule": CONFIG.primary_rule,
                                              "max_faces": CONFIG.max_faces}})
 
 

@@ -13,8 +13,20 @@ def test_defaults_then_file_then_environment(tmp_path):
     assert cfg.models == "from_file" and cfg.max_batch_size == 16 and cfg.batching is False
     assert cfg.max_pixels == ServeConfig().max_pixels
     assert cfg.spinning is False and ServeConfig.load({"FACET_SPINNING": "on"}).spinning is True
-    rules = ServeConfig.load({"FACET_MIN_IMAGE_SIDE": "24", "FACET_MAX_ASPECT": "3.5"}).answer_options().rules
+    rules = ServeConfig.load({"FACET_MIN_SIDE": "24", "FACET_MAX_ASPECT": "3.5"}).answer_options().rules
     assert (rules.min_side, rules.max_aspect, rules.max_pixels) == (24, 3.5, cfg.max_pixels)
+
+
+def test_renamed_settings_keep_their_earlier_names(tmp_path):
+    old = ServeConfig.load({"FACET_MIN_IMAGE_SIDE": "24", "FACET_PRIMARY_FACE": "center"})
+    assert (old.min_side, old.primary_rule) == (24, "center")
+    toml = tmp_path / "serve.toml"
+    toml.write_text('[serve]\nprimary_face = "center"\n')
+    assert ServeConfig.load({"FACET_CONFIG": str(toml)}).primary_rule == "center"
+    overridden = ServeConfig.load({"FACET_CONFIG": str(toml), "FACET_PRIMARY_RULE": "largest"})
+    assert overridden.primary_rule == "largest"  # the environment over the file, either name
+    with pytest.raises(ValueError, match="one setting"):
+        ServeConfig.load({"FACET_PRIMARY_FACE": "center", "FACET_PRIMARY_RULE": "largest"})
 
 
 @pytest.mark.parametrize("env,match", [({"FACET_BATCHING": "maybe"}, "not a boolean"),

@@ -86,7 +86,7 @@ def test_faces_all_needs_models_that_find_faces(exported, photos, tmp_path):
                  "--faces", "all", "--details", tmp_path / "d.csv")
     assert run.returncode == 2 and "crop=none" in run.stderr
     run = _facet("predict", photos, "--out", tmp_path / "o.csv", "--models", exported,
-                 "--primary", "leftmost")
+                 "--primary-rule", "leftmost")
     assert run.returncode == 2 and "primary face rule must be one of" in run.stderr
 
 
@@ -120,7 +120,7 @@ def test_http_and_bentoml_client_answer_every_face_as_batch_does(face_exported, 
         assert noise.status_code == 200
         assert noise.json()["faces"] == [] and noise.json()["face_found"] is False
         info = httpx.get(f"{url}/v1/info", timeout=30).json()
-        assert info["detector"]["name"] == "yunet" and info["service"]["primary_face"] == "largest"
+        assert info["detector"]["name"] == "yunet" and info["service"]["primary_rule"] == "largest"
         schema = httpx.get(f"{url}/v1/openapi.json", timeout=30).json()
         answer = schema["paths"]["/predict"]["post"]["responses"]["200"]["content"]
         assert "faces" in answer["application/json"]["schema"]["properties"]

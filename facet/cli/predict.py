@@ -40,8 +40,10 @@ def predict(source: str = typer.Argument(..., help="eval/ folder, info.csv, a CS
             max_aspect: float = typer.Option(DEFAULT_RULES.max_aspect, help="Longest/shortest side accepted as a face."),
             faces: str = typer.Option("primary", help="primary: one answer per photo; all: also "
                                       "one --details row per face (models exported with crop=face)."),
-            primary: str = typer.Option(_DEFAULT.primary_rule, help="The face that answers for a photo: "
-                                        "largest or center (nearest the photo's centre)."),
+            primary_rule: str = typer.Option(_DEFAULT.primary_rule, "--primary-rule", "--primary",
+                                             help="The face that answers for a photo: largest or "
+                                             "center (nearest the photo's centre); --primary is "
+                                             "its earlier spelling."),
             detector: Optional[Path] = typer.Option(None, help="Another YuNet ONNX file (default: the shipped one)."),
             face_score: float = typer.Option(_DEFAULT.face_score, help="Detector score a face needs."),
             face_upscale: float = typer.Option(_DEFAULT.face_upscale, help="Enlarge photos this much (up to 640 px) "
@@ -79,7 +81,7 @@ def predict(source: str = typer.Argument(..., help="eval/ folder, info.csv, a CS
             device=device, gpu=GpuOptions(device_id, cudnn_conv_algo_search=conv_search),
             threads=threads, rules=ImageRules(max_bytes, max_pixels, min_side, max_aspect),
             detector=detector and str(detector), face_score=face_score,
-            face_upscale=face_upscale, primary_rule=primary)
+            face_upscale=face_upscale, primary_rule=primary_rule)
     except ValueError as exc:
         _fail(str(exc))
     if faces not in ("primary", "all"):
