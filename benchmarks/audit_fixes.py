@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from pseudo_bench import BUDGET, LABELLED, aaf_split, facet, gender_f1  # noqa: E402
+from pseudo_bench import BUDGET, LABELLED, aaf_split, facet, gender_f1, maskfaces_eval  # noqa: E402
 
 FILLER = ["--set", "epochs=1", "--set", "samples_per_epoch=256"]
 
@@ -84,10 +84,7 @@ def main() -> None:
     confirmed = audit_dir / "confirmed.csv"
     drafts[drafts["rank"].isin(ranks)].to_csv(confirmed, index=False)
     others = fillers(faces, runs)
-    answers = pd.read_csv(faces / "eval/answers.csv")
-    sets = {"maskfaces eval": pd.DataFrame({
-        "path": [str(faces / "eval/images" / i) for i in answers["ImageID"]],
-        "gender": answers["gender"]}), "aaf val": aaf_val}
+    sets = {"maskfaces eval": maskfaces_eval(faces), "aaf val": aaf_val}
     scores = {}
     for name, fixes in (("single", []), ("with fixes", ["--fixes", confirmed])):
         run = runs / f"{args.collection}_{name.replace(' ', '_')}"

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from pseudo_bench import BUDGET, LABELLED, LONGER, aaf_split, facet  # noqa: E402
+from pseudo_bench import BUDGET, LABELLED, LONGER, aaf_split, facet, maskfaces_eval  # noqa: E402
 
 from facet.combine import ATTRIBUTES  # noqa: E402
 from facet.metrics import scores  # noqa: E402
@@ -93,8 +93,7 @@ def main() -> None:
     if not (exported["student"] / "facet.json").exists():
         facet("export", *[runs / f"student_{a}" for a in attributes], "--out",
               exported["student"], "--no-ensemble")
-    answers = pd.read_csv(faces / "eval/answers.csv")
-    eval_set = answers.assign(path=[str(faces / "eval/images" / i) for i in answers["ImageID"]])
+    eval_set = maskfaces_eval(faces)
     rows = {name: score(models, eval_set, aaf_val) for name, models in exported.items()}
     kept = pd.read_csv(pseudo)
     result = {"budget": " ".join(BUDGET), "student": "pseudo.csv " + " ".join(LONGER),

@@ -63,6 +63,12 @@ def aaf_split(shared: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return frame.iloc[train], frame.iloc[val]
 
 
+def maskfaces_eval(faces: Path) -> pd.DataFrame:
+    """maskfaces eval's answers (every label, the 18-class ``ans``) with each image's path."""
+    answers = pd.read_csv(faces / "eval/answers.csv")
+    return answers.assign(path=[str(faces / "eval/images" / i) for i in answers["ImageID"]])
+
+
 def label_quality(pseudo: pd.DataFrame, truth: pd.DataFrame, unlabelled: int) -> dict:
     """How many of a source's unlabelled images kept a pseudo-label, how many of those are
     right (the hidden true labels, as codes), and the kept and true class counts."""
@@ -126,10 +132,7 @@ def main() -> None:
         exported[name] = runs / f"export_{run.name}"
         if not (exported[name] / "facet.json").exists():
             facet("export", run, *others, "--out", exported[name], "--no-ensemble", *extra)
-    eval_answers = pd.read_csv(faces / "eval/answers.csv")
-    sets = {"maskfaces eval": pd.DataFrame({
-        "path": [str(faces / "eval/images" / i) for i in eval_answers["ImageID"]],
-        "gender": eval_answers["gender"]}), "aaf val": aaf_val}
+    sets = {"maskfaces eval": maskfaces_eval(faces), "aaf val": aaf_val}
     rows = {name: scored(models, sets) for name, models in exported.items()}
     truth = {"maskfaces eval": sets["maskfaces eval"], "aaf train": aaf_train}
     quality = {}

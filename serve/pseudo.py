@@ -72,9 +72,8 @@ def pseudo_manifest(paths: list, result: BatchResult, attributes: list[str],
     """(the manifest, what each attribute kept; ``groups``: see :func:`keep`). One row per
     photo with at least one kept label: ``path`` (absolute), ``group`` (the path), the face
     box ``x0,y0,x1,y1`` of the answered face (``boxes``: the models crop faces; empty where
-    none was found), a label
-    column per attribute (empty where not kept, and for the attributes not asked for), every
-    probability ``p_<attribute>_<class>`` and ``pseudo`` = 1."""
+    none was found), a label column per attribute (empty where not kept, and for the
+    attributes not asked for), every probability ``p_<attribute>_<class>`` and ``pseudo`` = 1."""
     n = len(paths)
     path = [os.path.abspath(str(p)) for p in paths]
     out = pd.DataFrame({"path": path, "group": path})
