@@ -45,3 +45,23 @@ def test_bad_submissions_and_answers_name_the_file(tmp_path, pred, answers, mess
     (tmp_path / "answers.csv").write_text(answers)
     with pytest.raises(ScoreError, match=message):
         score_files(tmp_path / "pred.csv", tmp_path / "answers.csv")
+
+
+def test_scores_are_sklearns_to_the_bit():
+    """One F1 in facet (``metrics._f1``): it gives what scikit-learn gives, misses included,
+    bit for bit, so a training run's metrics.csv does not move with the implementation."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        k = int(rng.integers(2, 19))
+        used = rng.choice(k, int(rng.integers(1, k + 1)), replace=False)
+        y_true = rng.choice(used, 60)
+        y_pred = np.where(rng.random(60) < 0.1, -1, rng.choice(used, 60))  # some unanswered
+        s = scores(y_true, y_pred, k)
+        present = np.union1d(y_true, y_pred[y_pred >= 0])
+        assert s["macro_f1"] == float(f1_score(y_true, y_pred, labels=present, average="macro",
+                                               zero_division=0))
+        assert s["per_class_f1"] == [float(x) for x in f1_score(
+            y_true, y_pred, labels=list(range(k)), average=None, zero_division=0)]
+        assert s["accuracy"] == float(accuracy_score(y_true, y_pred))
+        assert s["confusion"] == confusion_matrix(y_true, y_pred, labels=list(range(k))).tolist()

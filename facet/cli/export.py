@@ -29,6 +29,7 @@ def export(runs: list[Path] = typer.Argument(..., help="Run folders (or best.saf
     """Export the trained attribute models to ONNX.
 
     Each file passes a PyTorch/ONNX parity check and carries its preprocessing and metadata."""
+    from facet.combine import ATTRIBUTES
     from facet.export.onnx_export import ParityError
     from facet.export.pipeline import export_all
     from facet.models.checkpoint import find_checkpoint
@@ -40,7 +41,7 @@ def export(runs: list[Path] = typer.Argument(..., help="Run folders (or best.saf
         except FileNotFoundError as exc:
             _fail(str(exc))
         by_attribute.setdefault(meta["attribute"], []).append(Path(run))
-    missing = {"mask", "gender", "age"} - set(by_attribute)
+    missing = set(ATTRIBUTES) - set(by_attribute)
     if missing:
         _fail(f"no run for {sorted(missing)}: give one run folder per attribute")
     tracker = _tracker(track)
