@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from facet.calibration import ece, fit_temperature, scale
 from facet.combine import ATTRIBUTES
 from facet.metrics import scores
 from facet.models import run_folder
 from facet.preprocess import ImageError, PreprocessSpec, load, normalize
+from facet.progress import progress_bar
 from facet.serve.metadata import read_info
 from facet.serve.model_folder import merged_file, model_file, write_index
 
@@ -210,7 +210,7 @@ def _compare(fp32: Path, other: Path, frame: pd.DataFrame, variant: str, batch: 
     preds: list[list[np.ndarray]] = [[], []]
     labels = []
     rows = frame.to_dict("records")
-    for start in tqdm(range(0, len(rows), batch), desc=f"{variant} check {meta['attribute']}",
+    for start in progress_bar(range(0, len(rows), batch), desc=f"{variant} check {meta['attribute']}",
                       leave=False):
         chunk = rows[start:start + batch]
         images, kept = _readable([r["path"] for r in chunk], spec)

@@ -31,6 +31,7 @@ from facet.metrics import (AGE_BANDS, by_age_band, macro_f1_from_confusion, plot
                            plot_confusion, plot_curves, scores)
 from facet.faces import default_detector
 from facet.preprocess import PreprocessSpec, normalize
+from facet.progress import progress_bar
 
 from . import run_folder
 from .augment import uses_landmarks
@@ -288,7 +289,7 @@ class Trainer:
         self.model.train()
         cm = torch.zeros(r.num_classes, r.num_classes, dtype=torch.long)
         total, seen, start = 0.0, 0, time.perf_counter()
-        bar = tqdm(loader, desc=f"{r.attribute} epoch {epoch}/{r.epochs}", unit="batch",
+        bar = progress_bar(loader, desc=f"{r.attribute} epoch {epoch}/{r.epochs}", unit="batch",
                    leave=False, dynamic_ncols=True)
         for x, y in bar:
             x = x.to(self.device, non_blocking=True, memory_format=torch.channels_last)
@@ -319,7 +320,7 @@ class Trainer:
         """(mean CE loss, probabilities, true labels) of the validated model on the val set."""
         model = self.validated_model.eval()
         probs, labels, total = [], [], 0.0
-        for x, y in tqdm(loader, desc="validating", unit="batch", leave=False, dynamic_ncols=True):
+        for x, y in progress_bar(loader, desc="validating", unit="batch", leave=False, dynamic_ncols=True):
             x = x.to(self.device, memory_format=torch.channels_last)
             with self.autocast:
                 logits = model(x).float()

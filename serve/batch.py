@@ -16,13 +16,13 @@ from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from facet.atomic import write_csv
 from facet.combine import ATTRIBUTES, class_names
 from facet.csvfile import read_csv
 from facet.faces import Face
 from facet.preprocess import SUFFIXES, ImageError
+from facet.progress import progress_bar
 
 from .predictor import Predictor
 from .results import BatchResult, Collector, FaceAnswer
@@ -170,7 +170,7 @@ def predict_paths(predictor: Predictor, paths: list[Path], batch_size: int = 64,
                 collected.fail(i, str(exc))
         return stop - start, loaded
 
-    bar = tqdm(total=n, unit="img", desc="predicting", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=n, unit="img", desc="predicting", disable=not progress, dynamic_ncols=True)
     with ThreadPoolExecutor(max(1, workers)) as pool:
         pending: deque = deque()
         starts = iter(range(0, n, batch_size))

@@ -202,3 +202,28 @@ def test_export_keeps_the_exporters_progress_for_verbose(runs, tmp_path):
     loud = runner.invoke(app, ["--verbose", *args, "--out", str(tmp_path / "loud")])
     assert loud.exit_code == 0, loud.output
     assert loud.output.count("[torch.onnx] Translate the graph into ONNX... ✅") == 3
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_progress_in_a_log_is_a_line_every_few_seconds_not_one_per_update(monkeypatch, terminal):
+    """100 updates, each a second or more apart: a terminal redraws its bar for each; a log
+    (CI, nohup) gets a line every LOG_INTERVAL seconds and the last one."""
+    import io
+
+    import tqdm.std
+
+    from facet.progress import LOG_INTERVAL, progress_bar
+
+    clock = iter(range(10_000))
+    monkeypatch.setattr(tqdm.std, "time", lambda: float(next(clock)))
+    monkeypatch.setattr(tqdm.std.tqdm, "monitor_interval", 0)
+    stream = io.StringIO()
+    stream.isatty = lambda: terminal
+    for _ in progress_bar(range(100), file=stream, desc="predicting", leave=False):
+        pass
+    lines = [line for line in stream.getvalue().split("\r") if "predicting" in line]
+    if terminal:
+        assert len(lines) >= 100
+    else:
+        assert 2 <= len(lines) <= 100 / LOG_INTERVAL + 2
+        assert "100/100" in lines[-1]

@@ -11,7 +11,8 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from facet.models.checkpoint import load_model, recalibrate_batchnorm
+from facet.models import checkpoint, run_folder
+from facet.models.checkpoint import load_model, read_meta, recalibrate_batchnorm, save_weights
 from facet.models.data import read_competition
 from facet.models.recipe import load_recipe
 from facet.models.train import ResumeError, Trainer
@@ -70,6 +71,23 @@ def test_checkpoints_load_safely(runs):
     assert {"model", "optimizer", "scheduler", "epoch"} <= set(last)
     model, meta = load_model(run)
     assert meta["attribute"] == "gender" and not model.training
+
+
+def test_a_crash_after_the_weights_never_exports_stale_metadata(tmp_path, monkeypatch):
+    """Export reads a checkpoint's metadata from inside its weights file (one atomic write):
+    a crash before the JSON twin is written leaves the twin behind, never the export."""
+    model = torch.nn.Linear(2, 2)
+    save_weights(model, {"epoch": 1}, tmp_path / run_folder.BEST)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint, "write_json", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_weights(model, {"epoch": 2}, tmp_path / run_folder.BEST)
+    assert read_meta(tmp_path)["epoch"] == 2
+    assert json.loads((tmp_path / run_folder.BEST_META).read_text()) == {"epoch": 1}  # whole
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
 
 
 def _prepared(attribute: str, dataset, tmp_path, overrides: list[str]) -> Trainer:

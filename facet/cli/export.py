@@ -1,7 +1,6 @@
 """`facet export`: the trained attribute models to ONNX."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -32,12 +31,12 @@ def export(runs: list[Path] = typer.Argument(..., help="Run folders (or best.saf
     from facet.combine import ATTRIBUTES
     from facet.export.onnx_export import ParityError
     from facet.export.pipeline import export_all
-    from facet.models.checkpoint import find_checkpoint
+    from facet.models.checkpoint import read_meta
     from facet.models.folds import fold_runs
     by_attribute: dict[str, list[Path]] = {}
     for run in [fold for given in runs for fold in (fold_runs(given) or [given])]:
         try:
-            meta = json.loads(find_checkpoint(run).with_suffix(".json").read_text())
+            meta = read_meta(run)
         except FileNotFoundError as exc:
             _fail(str(exc))
         by_attribute.setdefault(meta["attribute"], []).append(Path(run))
