@@ -43,7 +43,7 @@ from photo_crops import boxed_source, held_out_photos  # noqa: E402
 from facet import shipped  # noqa: E402
 from facet.combine import ATTRIBUTES, class_names  # noqa: E402
 from facet.metrics import by_age_band, scores  # noqa: E402
-from facet.models.data import read_manifest  # noqa: E402
+from facet.manifest import read_manifest  # noqa: E402
 from facet.models.recipe import load_recipe  # noqa: E402
 from facet.models.split import split_by_source  # noqa: E402
 from facet.serve.batch import predict_paths  # noqa: E402

@@ -26,7 +26,7 @@ import pandas as pd
 from facet.combine import ATTRIBUTES
 from facet.faces import default_detector, primary
 from facet.metrics import by_age_band, scores
-from facet.models.data import read_manifest
+from facet.manifest import read_manifest
 from facet.models.occlusion import occlude
 from facet.models.split import split_by_source
 from mask_real import predict

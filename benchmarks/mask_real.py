@@ -23,7 +23,7 @@ import torch
 from facet.combine import ATTRIBUTES
 from facet.metrics import scores
 from facet.models.checkpoint import load_model
-from facet.models.data import read_manifest
+from facet.manifest import read_manifest
 from facet.models.split import split_by_source
 from facet.preprocess import PreprocessSpec, load, normalize
 

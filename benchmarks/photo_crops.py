@@ -28,7 +28,7 @@ from faces_bench import f1_row, load_boxes, match  # noqa: E402
 from mask_real import classify, load_run, source_args  # noqa: E402
 
 from facet.faces import YUNET, YUNET_S, YuNet  # noqa: E402
-from facet.models.data import read_manifest  # noqa: E402
+from facet.manifest import read_manifest  # noqa: E402
 from facet.models.recipe import load_recipe  # noqa: E402
 from facet.models.split import split_by_source  # noqa: E402
 from facet.preprocess import DEFAULT_RULES, cut_face, read_image  # noqa: E402

@@ -29,7 +29,7 @@ import pandas as pd
 
 from facet.combine import ATTRIBUTES
 from facet.metrics import scores
-from facet.models.data import read_manifest
+from facet.manifest import read_manifest
 from facet.models.recipe import load_recipe
 from facet.models.split import split_by_source
 from facet.serve.batch import predict_paths

@@ -267,6 +267,18 @@ def _reduction(size: tuple[int, int], side: int | None) -> int:
     return next((k for k in (8, 4, 2) if side and min(size) // k >= side), 1)
 
 
+def image_size(path: str | Path) -> tuple[int, int] | None:
+    """(width, height) as :func:`read_image` gives the image (EXIF orientation applied), from
+    the header alone; None if the header is not readable (decoding will say why)."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            turned = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except Exception:  # noqa: BLE001
+        return None
+    return (height, width) if turned else (width, height)
+
+
 def pixel_count(data: bytes) -> int:
     """Width x height from the header alone (0 if it is not readable: decoding will say why)."""
     try:

@@ -30,6 +30,7 @@ from facet.combine import ATTRIBUTES, TRUE_AGE_RULE, combine_labels
 from facet.metrics import (AGE_BANDS, by_age_band, macro_f1_from_confusion, plot_by_age_band,
                            plot_confusion, plot_curves, scores)
 from facet.faces import default_detector
+from facet.manifest import DataError, Table
 from facet.preprocess import PreprocessSpec, normalize
 from facet.progress import progress_bar
 
@@ -37,7 +38,7 @@ from . import run_folder
 from .augment import uses_landmarks
 from .cache import build_cache, cached_landmarks
 from .checkpoint import create_model, recalibrate_batchnorm, resolve_pretrained, save_weights
-from .data import DataError, Table, training_labels
+from .data import training_labels
 from .losses import build_loss, class_weights
 from .recipe import Recipe
 from .split import split_by_source

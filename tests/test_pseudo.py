@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 
 from facet.cli import app
 from facet.combine import ATTRIBUTES, parse_code
-from facet.models.data import combine, read_manifest
+from facet.manifest import read_manifest
+from facet.models.data import combine
 from facet.models.split import split_by_source
 from facet.preprocess import PreprocessSpec
 from facet.serve.metadata import METADATA_KEY
@@ -249,7 +250,7 @@ def test_pseudo_rows_all_go_to_train_and_leave_the_labelled_split_alone(setup, t
 def test_training_scores_and_selects_on_labelled_sources_only(setup, tmp_path):
     """The trainer's val scores and select_on never name a pseudo source (its data step only:
     nothing is trained)."""
-    from facet.models.data import DataError
+    from facet.manifest import DataError
     from facet.models.recipe import load_recipe
     from facet.models.train import Trainer
     models, images = setup
@@ -288,3 +289,21 @@ def test_bad_input_is_one_clear_line(setup, tmp_path):
     assert "Traceback" not in missing.output and not (tmp_path / "x.csv").exists()
     no_models = _run(tmp_path / "no-models", images, tmp_path / "x.csv")
     assert no_models.exit_code == 2 and "Traceback" not in no_models.output
+
+
+def test_an_edge_faces_box_is_clipped_at_both_ends_and_read_back(tmp_path):
+    """The detector's box of a face at a photo's edge reaches past it: the manifest names the
+    visible part (both ends clipped, not only the top and left), which training reads back."""
+    from facet.faces import Face
+    from facet.serve.pseudo import pseudo_manifest
+    from facet.serve.results import Collector
+    Image.new("RGB", (100, 80)).save(tmp_path / "edge.jpg")
+    collected = Collector(1)
+    collected.put([0], {a: np.eye(len(c), dtype=np.float32)[:1] for a, c in ATTRIBUTES.items()},
+                  np.eye(18, dtype=np.float32)[:1], [True], [Face((-10.0, 50.0, 40.0, 40.0), 0.9)])
+    frame, _ = pseudo_manifest([tmp_path / "edge.jpg"], collected.result([tmp_path / "edge.jpg"]),
+                               ["mask"], threshold=0.0, boxes=True)
+    assert frame.loc[0, ["x0", "y0", "x1", "y1"]].tolist() == [0.0, 50.0, 30.0, 80.0]
+    frame.to_csv(tmp_path / "pseudo.csv", index=False)
+    table = read_manifest(tmp_path / "pseudo.csv", group="group")
+    assert table.problems == [] and table.frame["box"].tolist() == [(0.0, 50.0, 30.0, 30.0)]

@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from conftest import TINY
 from facet.cli import app
-from facet.models.data import DataError, combine, read_competition, read_manifest
+from facet.manifest import DataError, read_manifest
+from facet.models.data import combine, read_competition
 from facet.models.recipe import load_recipe
 from facet.models.train import Trainer, _sampler
 

@@ -41,7 +41,7 @@ def train(attribute: str = Attribute,
 
     The recipe is models/<attribute>/recipe.py; --set overrides its fields."""
     from facet.models.recipe import Recipe, load_recipe
-    from facet.models.data import DataError
+    from facet.manifest import DataError
     from facet.models.folds import fit_folds
     from facet.models.run_folder import CV_SUMMARY, RECIPE
     from facet.models.train import ResumeError, Trainer
