@@ -47,7 +47,7 @@ from facet.manifest import read_manifest  # noqa: E402
 from facet.models.recipe import load_recipe  # noqa: E402
 from facet.models.split import split_by_source  # noqa: E402
 from facet.serve.batch import predict_paths  # noqa: E402
-from facet.serve.model_folder import INDEX, read_index  # noqa: E402
+from facet.model_folder import INDEX, read_index  # noqa: E402
 from facet.serve.predictor import Predictor  # noqa: E402
 
 INT8_LOSS = 0.005  # macro-F1 an int8 model may lose on any benchmark set and still ship

@@ -11,7 +11,7 @@ import onnx
 from onnx import TensorProto, compose, helper
 
 from facet.combine import ATTRIBUTES, LAYOUT, N_CLASSES, SHAPE
-from facet.serve.metadata import read_metadata, set_metadata
+from facet.model_metadata import read_metadata, set_metadata
 
 
 def build_ensemble(paths: dict[str, str]) -> onnx.ModelProto:

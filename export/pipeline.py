@@ -18,8 +18,8 @@ from facet.metrics import scores
 from facet.models import run_folder
 from facet.preprocess import ImageError, PreprocessSpec, load, normalize
 from facet.progress import progress_bar
-from facet.serve.metadata import read_info
-from facet.serve.model_folder import merged_file, model_file, write_index
+from facet.model_folder import merged_file, model_file, write_index
+from facet.model_metadata import read_info
 
 from .ensemble import build_ensemble
 from .onnx_export import export_attribute

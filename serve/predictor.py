@@ -14,10 +14,10 @@ import numpy as np
 from facet import privacy
 from facet.combine import ATTRIBUTES, class_names, combine_probs
 from facet.faces import Detector
+from facet.model_folder import INDEX, default_variant, merged_file, read_index
+from facet.model_metadata import ModelFileError, parse
 from facet.preprocess import Photo, PreprocessSpec, normalize
 
-from .metadata import ModelFileError, parse
-from .model_folder import INDEX, default_variant, merged_file, read_index
 from .options import DEVICES, AnswerOptions, Decoder, GpuOptions
 
 privacy.apply_defaults()  # before onnxruntime is imported: ORT >= 1.29 reports usage otherwise

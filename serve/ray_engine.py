@@ -26,10 +26,10 @@ import pandas as pd
 from facet import privacy
 from facet.combine import ATTRIBUTES
 from facet.faces import Face, YuNet
+from facet.model_folder import INDEX, read_index
 from facet.preprocess import ImageError
 
 from .batch import InputError, Inputs, details, is_uri, submission
-from .model_folder import INDEX, read_index
 from .options import AnswerOptions, Decoder
 from .predictor import Predictor, pack, unpack
 from .results import BatchResult, Collector

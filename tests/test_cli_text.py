@@ -24,7 +24,7 @@ from facet.faces import Face
 from facet.preprocess import PreprocessSpec
 from facet.serve.batch import Inputs, face_details, write_atomic
 from facet.serve.results import BatchResult, FaceAnswer
-from facet.serve.metadata import METADATA_KEY
+from facet.model_metadata import METADATA_KEY
 
 PHOTOS = Path(__file__).parent / "fixtures" / "photos"
 runner = CliRunner()

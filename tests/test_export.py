@@ -12,7 +12,7 @@ from facet.models.checkpoint import file_sha256, load_model
 from facet.export.pipeline import export_all
 from facet.preprocess import PreprocessSpec
 from facet.serve.batch import read_inputs
-from facet.serve.metadata import read_info
+from facet.model_metadata import read_info
 from facet.serve.predictor import Predictor
 
 

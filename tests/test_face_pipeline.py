@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from facet.faces import YuNet
-from facet.serve.metadata import read_metadata
+from facet.model_metadata import read_metadata
 
 PHOTOS = Path(__file__).parent / "fixtures" / "photos"
 pytestmark = pytest.mark.slow

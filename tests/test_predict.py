@@ -189,7 +189,7 @@ assert (result.labels >= 0).all()
 
 
 def test_swapped_model_files_are_refused(exported, tmp_path):
-    from facet.serve.metadata import ModelFileError
+    from facet.model_metadata import ModelFileError
     models = shutil.copytree(exported, tmp_path / "models")
     manifest = json.loads((models / "facet.json").read_text())
     fp32 = manifest["models"]["fp32"]

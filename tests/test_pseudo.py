@@ -22,7 +22,7 @@ from facet.manifest import read_manifest
 from facet.models.data import combine
 from facet.models.split import split_by_source
 from facet.preprocess import PreprocessSpec
-from facet.serve.metadata import METADATA_KEY
+from facet.model_metadata import METADATA_KEY
 
 PHOTOS = Path(__file__).parent / "fixtures" / "photos"
 runner = CliRunner()

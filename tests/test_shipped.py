@@ -14,7 +14,7 @@ from facet import shipped
 from facet.cli import app
 from facet.combine import ATTRIBUTES
 from facet.serve.config import ServeConfig
-from facet.serve.model_folder import describe
+from facet.model_folder import describe
 from facet.serve.predictor import Predictor
 
 PHOTOS = Path(__file__).parent / "fixtures" / "photos"

@@ -68,7 +68,7 @@ def predict(source: str = typer.Argument(..., help="eval/ folder, info.csv, a CS
     from facet.serve.batch import (InputError, check_writable, details as details_frame,
                                    face_details, is_uri, predict_paths, read_inputs, submission,
                                    write_atomic)
-    from facet.serve.model_folder import default_variant, read_index
+    from facet.model_folder import default_variant, read_index
     from facet.serve.options import AnswerOptions, GpuOptions
     from facet.serve.predictor import Predictor
     errors_path = out.with_suffix(".errors.csv")
