@@ -5,7 +5,7 @@ resumable), exports the first 1, 3 and 5 folds of each as ensembles averaged ins
 predicts the eval set with each, and times the three model sets on the same images, interleaved.
 Writes benchmarks/results/folds.json.
 
-    FACET_WEIGHTS_DIR=../shared/weights python benchmarks/folds_bench.py \\
+    FACET_WEIGHTS_DIR=../shared/weights python -m benchmarks.folds_bench \\
         --data ../shared/data/maskfaces --set epochs=1 --set samples_per_epoch=1280
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 images decoded beforehand) and 18-class / per-attribute macro-F1 of each variant's answers.
 
     facet export runs/bench/mask runs/bench/gender runs/bench/age --out artifacts/bench --quantize
-    python benchmarks/int8_bench.py --eval ../shared/data/maskfaces/eval --models artifacts/bench
+    python -m benchmarks.int8_bench --eval ../shared/data/maskfaces/eval --models artifacts/bench
 """
 from __future__ import annotations
 

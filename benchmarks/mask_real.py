@@ -3,7 +3,7 @@ each scored on real street crops held out by photo (realmasks val), real faces w
 (maskon val) and the competition eval set (maskfaces eval). Trains each step with `facet train`
 (skipped when its run folder already has best.safetensors), then scores them all in one table.
 
-    FACET_WEIGHTS_DIR=../shared/weights python benchmarks/mask_real.py --shared ../shared/data
+    FACET_WEIGHTS_DIR=../shared/weights python -m benchmarks.mask_real --shared ../shared/data
 
 Writes benchmarks/results/mask_real.json, .md and .png.
 """

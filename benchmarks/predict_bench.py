@@ -2,7 +2,7 @@
 same three models (PyTorch eager, each model decoding its own images through an
 albumentations transform and a DataLoader), measured in one run, interleaved.
 
-    python benchmarks/predict_bench.py --eval ../shared/data/maskfaces/eval \
+    python -m benchmarks.predict_bench --eval ../shared/data/maskfaces/eval \
         --models artifacts/bench --runs runs/bench --repeats 3
 """
 from __future__ import annotations

@@ -4,7 +4,7 @@ answers: cluster, actor pool, model load, first batch) and its rate after it, an
 memory of each command's whole process tree (the driver, and Ray's own processes and workers),
 as the sum of PSS, which splits shared pages (Ray's object store) between the processes.
 
-    python benchmarks/ray_bench.py --eval ../shared/data/maskfaces/eval --repeats 3
+    python -m benchmarks.ray_bench --eval ../shared/data/maskfaces/eval --repeats 3
 """
 from __future__ import annotations
 
