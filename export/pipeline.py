@@ -210,8 +210,8 @@ def _compare(fp32: Path, other: Path, frame: pd.DataFrame, variant: str, batch: 
     preds: list[list[np.ndarray]] = [[], []]
     labels = []
     rows = frame.to_dict("records")
-    for start in progress_bar(range(0, len(rows), batch), desc=f"{variant} check {meta['attribute']}",
-                      leave=False):
+    for start in progress_bar(range(0, len(rows), batch),
+                              desc=f"{variant} check {meta['attribute']}", leave=False):
         chunk = rows[start:start + batch]
         images, kept = _readable([r["path"] for r in chunk], spec)
         labels += [chunk[i]["label"] for i in kept]

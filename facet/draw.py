@@ -60,7 +60,8 @@ def draw_results(paths: list[Path], result, out_dir: Path,
         per_row.setdefault(f.row, []).append((f.face, int(f.probs.argmax()),
                                               float(f.probs.max())))
     used, drawn = set(), 0
-    for i in progress_bar(np.flatnonzero(result.labels >= 0), unit="photo", desc="drawing", leave=False):
+    for i in progress_bar(np.flatnonzero(result.labels >= 0), unit="photo", desc="drawing",
+                          leave=False):
         answers = per_row.get(i) or [(result.primary[i], int(result.labels[i]),
                                       float(result.probs[i, result.labels[i]]))]
         try:

@@ -94,9 +94,10 @@ def build_cache(paths: list[str], spec: PreprocessSpec, cache_dir: str | Path,
         # The decoders (libjpeg-turbo, zlib, OpenCV) release the GIL, so threads scale.
         with ThreadPoolExecutor(workers) as pool:
             list(progress_bar(pool.map(lambda task: task(), tasks), total=len(tasks), unit="img",
-                      desc=f"caching {spec.height}x{spec.width}"
-                           + (" (finding faces)" if detector and len(tasks) > len(named) else ""),
-                      leave=False))
+                              desc=f"caching {spec.height}x{spec.width}"
+                                   + (" (finding faces)" if detector and len(tasks) > len(named)
+                                      else ""),
+                              leave=False))
         out.flush()
         out = None  # the memmap is closed before the rename
     bad_path.write_text(json.dumps(sorted(bad)))
@@ -124,7 +125,7 @@ def cached_landmarks(images: np.memmap, workers: int = 4) -> np.ndarray:
 
     with ThreadPoolExecutor(workers) as pool:
         list(progress_bar(pool.map(work, range(len(images))), total=len(images), unit="img",
-                  desc="finding landmarks", leave=False))
+                          desc="finding landmarks", leave=False))
     with atomic_file(path, "wb") as f:
         np.save(f, out)
     return out

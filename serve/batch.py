@@ -170,7 +170,8 @@ def predict_paths(predictor: Predictor, paths: list[Path], batch_size: int = 64,
                 collected.fail(i, str(exc))
         return stop - start, loaded
 
-    bar = progress_bar(total=n, unit="img", desc="predicting", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=n, unit="img", desc="predicting", disable=not progress,
+                       dynamic_ncols=True)
     with ThreadPoolExecutor(max(1, workers)) as pool:
         pending: deque = deque()
         starts = iter(range(0, n, batch_size))

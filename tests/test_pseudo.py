@@ -263,12 +263,12 @@ def test_training_scores_and_selects_on_labelled_sources_only(setup, tmp_path):
     trainer = Trainer(recipe.override(tiny), augment, table, tmp_path / "run",
                       tmp_path / "cache", device="cpu", workers=0)
     trainer._prepare()
-    assert trainer.val_sources == ["labelled"] and trainer.select_on == "mean"  # the recipe's
-    truth = trainer.val_set.labels
+    assert trainer.data.val_sources == ["labelled"] and trainer.data.select_on == "mean"  # the recipe's
+    truth = trainer.data.val_set.labels
     assert list(trainer._by_source(truth, truth)) == ["labelled"]  # the mean is of it alone
-    assert trainer.split["sources"]["pseudo"]["val_images"] == 0
-    assert trainer.split["sources"]["pseudo"]["train_images"] == trainer.split["pseudo_train_images"] > 0
-    val_paths = set(trainer.frame["path"].iloc[trainer.val_rows])
+    assert trainer.data.split["sources"]["pseudo"]["val_images"] == 0
+    assert trainer.data.split["sources"]["pseudo"]["train_images"] == trainer.data.split["pseudo_train_images"] > 0
+    val_paths = set(trainer.data.frame["path"].iloc[trainer.data.val_rows])
     assert not val_paths & set(table.frame.loc[table.frame["pseudo"], "path"])
     picky = Trainer(recipe.override([*tiny, "select_on=pseudo"]), augment, table,
                     tmp_path / "run2", tmp_path / "cache", device="cpu", workers=0)

@@ -44,7 +44,8 @@ def train(attribute: str = Attribute,
     from facet.manifest import DataError
     from facet.models.folds import fit_folds
     from facet.models.run_folder import CV_SUMMARY, RECIPE
-    from facet.models.train import ResumeError, Trainer
+    from facet.models.resume import ResumeError
+    from facet.models.train import Trainer
     if fold not in (None, "all") and not fold.isdigit():
         _fail(f"--fold must be a fold number or 'all', got {fold!r}")
     if from_study and resume:
