@@ -19,7 +19,8 @@ from facet.serve.batch import predict_paths, read_inputs
 
 ray = pytest.importorskip("ray")
 from facet.serve.options import AnswerOptions  # noqa: E402
-from facet.serve.ray_engine import Answering, Cluster, Job  # noqa: E402
+from facet.serve.ray_engine import Cluster, Job  # noqa: E402
+from facet.serve.ray_workers import Answering  # noqa: E402
 from facet.serve.predictor import Predictor  # noqa: E402
 
 pytestmark = pytest.mark.integration

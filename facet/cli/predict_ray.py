@@ -29,7 +29,8 @@ def _predict_ray(source: str, out: Path, details: Optional[Path], errors_path: P
     """`facet predict --engine ray`: the parts first (a re-run skips those written), then the
     same merged files as the local engine."""
     try:
-        from facet.serve.ray_engine import Answering, Cluster, Job
+        from facet.serve.ray_engine import Cluster, Job
+        from facet.serve.ray_workers import Answering
         from facet.serve.storage import Filesystems, read_source
     except ImportError as exc:
         _fail(f"--engine ray needs Ray Data and pyarrow ({exc.name} is missing): "
