@@ -21,7 +21,7 @@ from facet.progress import progress_bar
 from facet.model_folder import merged_file, model_file, write_index
 from facet.model_metadata import read_info
 
-from .ensemble import build_ensemble
+from .merged_graph import build_merged_graph
 from .onnx_export import export_attribute
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def export_all(runs: dict[str, Path | list[Path]], out_dir: Path,
              "three sessions (each image read once and resized per spec)")
     elif ensemble:
         import onnx
-        merged = build_ensemble({a: str(out_dir / f) for a, f in index["models"]["fp32"].items()})
+        merged = build_merged_graph({a: str(out_dir / f) for a, f in index["models"]["fp32"].items()})
         onnx.save(merged, str(out_dir / merged_file("fp32")))
         if fp16:
             _half(out_dir / merged_file("fp32"))

@@ -14,7 +14,7 @@ from facet.combine import ATTRIBUTES, LAYOUT, N_CLASSES, SHAPE
 from facet.model_metadata import read_metadata, set_metadata
 
 
-def build_ensemble(paths: dict[str, str]) -> onnx.ModelProto:
+def build_merged_graph(paths: dict[str, str]) -> onnx.ModelProto:
     """``paths``: attribute -> exported ONNX file. All must share one preprocessing spec."""
     graphs, infos, protos = [], {}, {}
     for attribute in ATTRIBUTES:
