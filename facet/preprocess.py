@@ -19,8 +19,8 @@ import numpy as np
 import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .faces import (FALLBACKS, Detector, Face, crop_box, cut, cut_square, default_detector,
-                    fallback_box, primary)
+from .faces import (FALLBACKS, PRIMARY_RULE, Detector, Face, crop_box, cut, cut_square,
+                    default_detector, fallback_box, primary)
 
 RESIZE_MODES = ("stretch", "letterbox")
 CROPS = ("none", "face")
@@ -191,7 +191,7 @@ class Photo:
 
 def decode_faces(source: bytes | str | Path, specs: list[PreprocessSpec],
                  rules: ImageRules = DEFAULT_RULES, detector: Detector | None = None,
-                 every: bool = False, primary_rule: str = "largest",
+                 every: bool = False, primary_rule: str = PRIMARY_RULE,
                  max_faces: int = MAX_FACES) -> Photo:
     """Decode once, detect once (when a spec crops faces), and cut each spec's input for the
     primary face, or for each of the ``max_faces`` largest faces when ``every``.

@@ -271,9 +271,11 @@ def face_details(inputs: Inputs, result: BatchResult) -> pd.DataFrame:
     probs = np.array([f.probs for f in answers], np.float32).reshape(len(answers), len(class_names()))
     attributes = {a: np.array([f.attributes[a] for f in answers], np.float32).reshape(len(answers), len(c))
                   for a, c in ATTRIBUTES.items()}
+    errors = [f.error for f in answers]  # a face the models answered NaN: no label
+    labels = np.where([bool(e) for e in errors], -1, np.nan_to_num(probs).argmax(1)).astype(int)
     out = pd.concat([out, _face_columns([f.face for f in answers], landmarks=True),
-                     _answers(probs.argmax(1), probs, attributes)], axis=1)
-    out["error"] = ""
+                     _answers(labels, probs, attributes)], axis=1)
+    out["error"] = errors
     failed = pd.DataFrame({"path": [p for _, p, _ in result.errors], "face": -1,
                            "error": [m for _, _, m in result.errors]})
     order = rows + [i for i, _, _ in result.errors]

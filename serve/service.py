@@ -36,7 +36,7 @@ from starlette.requests import ClientDisconnect, Request  # noqa: E402
 from starlette.responses import HTMLResponse, JSONResponse  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
-from facet.combine import ATTRIBUTES, combine_probs  # noqa: E402
+from facet.combine import ATTRIBUTES  # noqa: E402
 from facet.faces import YuNet  # noqa: E402
 from facet.preprocess import (ImageError, ImageTooLarge, Photo, PreprocessSpec,  # noqa: E402
                               pixel_count, read_bytes)
@@ -45,14 +45,15 @@ from .coalesce import Coalescer  # noqa: E402
 from .config import ServeConfig  # noqa: E402
 from .openapi import OPENAPI  # noqa: E402
 from .options import Decoder  # noqa: E402
-from .predictor import Prediction, Predictor, pack, unpack  # noqa: E402
+from .predictor import Predictor, pack, unpack  # noqa: E402
+from .results import Collector  # noqa: E402
 
 log = logging.getLogger(__name__)
 CONFIG = ServeConfig.load()
 OPTIONS = CONFIG.answer_options()
 RAW_TYPES = {"image/jpeg", "image/jpg", "image/png", "image/webp", "image/bmp", "image/x-ms-bmp",
              "application/octet-stream"}
-SIZES = [len(c) for c in ATTRIBUTES.values()]  # 3 + 2 + 3 probability columns
+SIZES = [len(c) for c in ATTRIBUTES.values()]  # 3 + 2 + 3 probability columns, then the 18
 TRAFFIC_TIMEOUT_S = 60
 # Lost model-service calls are sent again until this deadline, well inside the traffic timeout
 # (p99 under a 16-client load is ~0.3 s); an overloaded model service is not retried.
@@ -90,7 +91,7 @@ class FacetModel:
     """The three attribute models, loaded once per worker; CUDA when present, else CPU."""
 
     def __init__(self):
-        self.predictor = Predictor(CONFIG.model_dir, OPTIONS)
+        self.predictor = Predictor(CONFIG.model_dir, OPTIONS, decodes=False)  # the front decodes
         self.batches = self.images = 0
         self.busy_s = 0.0  # time spent running the models: busy_s / wall time is utilisation
 
@@ -98,12 +99,12 @@ class FacetModel:
                  max_latency_ms=CONFIG.max_latency_ms)
     def infer(self, images: np.ndarray) -> np.ndarray:
         """(N, L) uint8 images, resized to each model's spec and packed (``predictor.pack``)
-        -> (N, 8) probabilities: mask | gender | age."""
+        -> (N, 26) probabilities: mask | gender | age | the 18 classes."""
         start = time.perf_counter()
         out = self.predictor.predict(unpack(images, self.predictor.distinct_specs))
         self.busy_s += time.perf_counter() - start
         self.batches, self.images = self.batches + 1, self.images + len(images)
-        return np.concatenate([out.attributes[a] for a in ATTRIBUTES], axis=1)
+        return np.concatenate([*(out.attributes[a] for a in ATTRIBUTES), out.probs], axis=1)
 
     @bentoml.api
     def info(self) -> dict:
@@ -225,19 +226,25 @@ async def _answer_many(service, files: list[tuple[str, bytes | HTTPError]]) -> d
             decoded.append(outcome)
             good.append(i)
             results.append({})
+    answered = 0
     if decoded:
         probs = await service.infer(np.concatenate([rows for _, rows in decoded]))
         ends = np.cumsum([len(rows) for _, rows in decoded])
         for i, (photo, _), part in zip(good, decoded, np.split(probs, ends[:-1])):
-            results[i] = {"file": files[i][0], **_photo_answer(photo, part, info)}
-    return {"results": results, "answered": len(good), "failed": len(files) - len(good)}
+            try:
+                results[i] = {"file": files[i][0], **_photo_answer(photo, part, info)}
+                answered += 1
+            except HTTPError as exc:
+                results[i] = {"file": files[i][0], "error": {"status": exc.status,
+                                                             "message": exc.message}}
+    return {"results": results, "answered": answered, "failed": len(files) - answered}
 
 
 def _photo_answer(photo: Photo, probs: np.ndarray, info: dict) -> dict:
     """The top-level answer is the primary face's (or the fallback region's when no face was
     found); ``faces`` lists every answered face. Models that take whole images answer as
-    before, without face fields."""
-    answers = _answer(probs, info)
+    before, without face fields. A face the models answered NaN fails the photo (500)."""
+    answers = _answer(photo, probs, info)
     if photo.face_found is None:
         return answers[0]
     faces = [{"index": k, **photo.faces[k].to_dict(),
@@ -285,16 +292,23 @@ async def _infer(model, images: np.ndarray) -> np.ndarray:
             raise HTTPError(500, "the model service failed on this request") from None
 
 
-def _answer(probs: np.ndarray, info: dict) -> list[dict]:
-    parts = np.split(np.asarray(probs, np.float32), np.cumsum(SIZES)[:-1], axis=1)
-    attributes = dict(zip(ATTRIBUTES, parts))
-    prediction = Prediction(attributes, combine_probs(*parts))
-    return [{**prediction.row(i), "model_versions": info["versions"]} for i in range(len(probs))]
+def _answer(photo: Photo, probs: np.ndarray, info: dict) -> list[dict]:
+    """Each answered face's answer, gathered as every front end gathers them (``Collector``)."""
+    *attributes, joint = np.split(np.asarray(probs, np.float32), np.cumsum(SIZES), axis=1)
+    collected = Collector(len(probs))
+    collected.put(np.arange(len(probs)), dict(zip(ATTRIBUTES, attributes)), joint)
+    result = collected.result(photo.answered)
+    if result.errors:
+        raise HTTPError(500, result.errors[0][2])
+    return [{**result.row(i), "model_versions": info["versions"]} for i in range(len(probs))]
 
 
 async def model_info(request: Request) -> JSONResponse:
-    # fresh (counters); its detector is built from the same settings as the front's
-    info = await _reachable(bentoml.get_current_service().model.to_async.info())
+    service = bentoml.get_current_service()
+    await service.model_info()  # the front's decoder and detector, made once
+    info = await _reachable(service.model.to_async.info())  # fresh: its counters
+    if service.detector is not None:  # the front finds the faces: its detector
+        info["detector"] = service.detector.describe()
     return JSONResponse({**info, "service": {"batching": CONFIG.batching,
                                              "max_batch_size": CONFIG.max_batch_size,
                                              "max_upload_bytes": CONFIG.max_upload_bytes,

@@ -181,6 +181,21 @@ def test_every_csv_flag_is_spelled_true_or_false(tmp_path):
     assert rows["face_found"].tolist() == ["true", "true"]
 
 
+def test_a_face_answered_nan_is_an_error_in_the_face_details_not_class_0():
+    uniform = {a: np.full(len(c), 1 / len(c), np.float32) for a, c in ATTRIBUTES.items()}
+    broken = {a: np.full(len(c), np.nan, np.float32) for a, c in ATTRIBUTES.items()}
+    probs = np.full(18, 1 / 18, np.float32)
+    faces = [FaceAnswer(0, 0, Face((0.0, 0.0, 20.0, 20.0), 0.9), True, uniform, probs),
+             FaceAnswer(0, 1, Face((30.0, 0.0, 20.0, 20.0), 0.8), False, broken,
+                        np.full(18, np.nan, np.float32))]
+    result = BatchResult(np.array([0]), {a: p[None] for a, p in uniform.items()}, probs[None],
+                         face_found=[True], primary=[faces[0].face], faces=faces)
+    rows = face_details(Inputs(pd.DataFrame({"path": ["a.jpg"]}), [Path("a.jpg")]), result)
+    assert rows["label"].tolist() == [0, -1] and rows["class"].tolist() == ["wear/male/<30", ""]
+    assert rows["error"].tolist() == ["", "the models answered NaN (try the fp32 variant)"]
+    assert rows["mask"].tolist() == ["wear", ""]
+
+
 def test_report_says_which_score_the_group_gap_is_of(tmp_path):
     from test_report import synthetic
     details, answers = synthetic()

@@ -28,7 +28,7 @@ class FlakyModel:
         self.calls += 1
         if self.calls <= self.failures:
             raise self.error
-        return np.zeros((len(images), 8), np.float32)
+        return np.zeros((len(images), 26), np.float32)
 
 
 def test_an_unexpected_exception_is_a_json_500_on_a_usable_connection():
@@ -59,7 +59,7 @@ def test_overloaded_model_service_is_a_503_with_retry_after_and_is_not_retried()
 def test_lost_calls_are_sent_again_within_the_deadline(monkeypatch):
     lost = FlakyModel(aiohttp.ServerDisconnectedError(), failures=2)
     out = asyncio.run(service._infer(lost, np.zeros((3, 8, 8, 3), np.uint8)))
-    assert out.shape == (3, 8) and lost.calls == 3
+    assert out.shape == (3, 26) and lost.calls == 3
     monkeypatch.setattr(service, "INFER_DEADLINE_S", 0.3)
     never = FlakyModel(aiohttp.ClientOSError(), failures=10**6)
     with pytest.raises(service.HTTPError) as caught:
@@ -118,3 +118,40 @@ def test_a_client_that_disconnects_mid_upload_is_logged_as_such_not_as_a_500(cap
     assert [r.levelname for r in records] == ["INFO"], [r.getMessage() for r in records]
     assert "client disconnected" in records[0].getMessage()
     assert "1,008 bytes received" in records[0].getMessage() and records[0].exc_info is None
+
+
+class NaNModels:
+    """A front's view of a model service whose models answer NaN for the photo named nan.png."""
+
+    decoder = Decoder((PreprocessSpec(32, 32),))
+    detector = None
+
+    async def model_info(self):
+        return {"versions": {"mask": "m", "gender": "g", "age": "a"}}
+
+    async def infer(self, images):
+        out = np.concatenate([np.full((len(images), k), 1 / k, np.float32)
+                              for k in (3, 2, 3, 18)], axis=1)
+        out[images[:, 0] == 7] = np.nan  # nan.png's pixels start at 7
+        return out
+
+
+def _png(value: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (value, value, value)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_a_nan_answer_is_an_error_with_a_message_not_a_generic_500():
+    """The service gathers its answers as `facet predict` does (one Collector): NaN is that
+    photo's error, named, and the other photos of a batch are answered."""
+    with pytest.raises(service.HTTPError) as caught:
+        asyncio.run(service._answer_one(NaNModels(), "nan.png", _png(7)))
+    assert caught.value.status == 500 and "answered NaN" in caught.value.message
+    answer = asyncio.run(service._answer_many(NaNModels(), [("nan.png", _png(7)),
+                                                            ("fine.png", _png(9))]))
+    assert answer["answered"] == 1 and answer["failed"] == 1
+    assert answer["results"][0]["error"] == {"status": 500, "message": caught.value.message}
+    fine = answer["results"][1]
+    assert fine["file"] == "fine.png" and fine["class"] == "wear/male/<30"
+    assert fine["confidence"] == pytest.approx(1 / 18) and fine["model_versions"]["age"] == "a"
