@@ -4,6 +4,7 @@ No torch here: numpy, OpenCV/Pillow and onnxruntime only.
 """
 from __future__ import annotations
 
+import mimetypes
 import os
 import posixpath
 import re
@@ -65,14 +66,28 @@ def read_inputs(source: Path, images: Path | str | None = None, path_column: str
 
 
 def folder_inputs(source, entries: list, is_file: Callable[[Path | str], bool]) -> Inputs:
-    """A folder's images in name order; its other files are listed as skipped, not read.
-    ``entries``: the folder's paths (local or URIs); ``is_file(entry)`` says which are files."""
+    """A folder's images in name order. Images in a format the loader does not read (GIF, TIFF,
+    HEIC, ...) are rows with an error, as a manifest row naming them is; other files are listed
+    as skipped, not read. ``entries``: the folder's paths (local or URIs); ``is_file(entry)``
+    says which are files."""
     entries = sorted(e for e in entries if not _name(e).startswith("."))
-    files = [e for e in entries if _suffix(e) in SUFFIXES]
-    if not files:
+    images = [e for e in entries
+              if _suffix(e) in SUFFIXES or (_other_image(e) is not None and is_file(e))]
+    if not images:
         raise InputError(f"{source} holds no images ({', '.join(SUFFIXES)})")
-    skipped = [e for e in entries if _suffix(e) not in SUFFIXES and is_file(e)]
-    return Inputs(pd.DataFrame({"path": [str(f) for f in files]}), files, skipped=skipped)
+    refused = {i: f"{kind} is not read: convert it to JPEG, PNG, WebP or BMP"
+               for i, e in enumerate(images) if (kind := _other_image(e))}
+    skipped = [e for e in entries if e not in images and is_file(e)]
+    return Inputs(pd.DataFrame({"path": [str(f) for f in images]}), images, refused=refused,
+                  skipped=skipped)
+
+
+def _other_image(path) -> str | None:
+    """'a GIF image' for an image file (by its name) that the loader does not read; else None."""
+    if _suffix(path) in SUFFIXES:
+        return None
+    kind = mimetypes.guess_type(_name(path))[0] or ""
+    return f"a {_suffix(path)[1:].upper()} image" if kind.startswith("image/") else None
 
 
 def read_input_manifest(source, name: str | None = None) -> pd.DataFrame:

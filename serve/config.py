@@ -9,11 +9,15 @@ from pathlib import Path
 from facet import shipped
 from facet.preprocess import ImageRules
 
+from .access import Tokens
 from .options import AnswerOptions, GpuOptions
 
 _DEFAULT = AnswerOptions()  # the answering defaults, declared once (facet predict's flags too)
 
 # settings renamed to the name the rest of facet uses; deployments still set the old names
+# Lost model-service calls are sent again until this deadline (p99 under a 16-client load is
+# ~0.3 s); an overloaded model service is not retried.
+INFER_DEADLINE_S = 20.0
 RENAMED = {"min_image_side": "min_side", "primary_face": "primary_rule"}
 
 
@@ -51,11 +55,22 @@ class ServeConfig:
     max_aspect: float = _DEFAULT.rules.max_aspect  # longer strips cannot be a face: 422
     max_batch_files: int = 64
     body_timeout_s: float = 30.0  # an upload must arrive within this (else 408)
-    decode_threads: int = 2  # threads that decode large images, off the event loop
-    offload_pixels: int = 2_000_000  # images over this decode on those threads (a 35 MP PNG
-    #                                  takes ~1 s: on the event loop it stalls every request)
+    request_timeout_s: float = 60.0  # a request is answered within this, or ends with an error
+    decode_threads: int = 2  # threads that decode uploads, off the event loop
+    offload_pixels: int = 0  # uploads over this many pixels decode on those threads (0: all; a
+    #                          36 MP PNG takes ~1.5 s: on the event loop it stalls every request)
+    large_pixels: int = 4_000_000  # uploads over this decode on as many threads of their own at
+    #                                a lower CPU priority: small requests go first
     access_log: bool = True  # one log line per request (model-service calls are never logged)
     ui: bool = True  # the try-it page at /ui (off for API-only deployments)
+    # access and transport (README, Deploying)
+    api_tokens: str = ""  # bearer tokens a client must send, comma-separated ("" and no file:
+    #                       anyone who reaches the port gets answers)
+    api_tokens_file: str = ""  # a file of tokens, one per line (one per client), read again
+    #                            when it changes: rotation without a restart
+    open_metrics: bool = True  # /metrics without a token (the probes are always open)
+    tls_certfile: str = ""  # PEM certificate (chain): serve HTTPS
+    tls_keyfile: str = ""  # its PEM private key
     # faces (models exported with crop=face)
     detector: str = ""  # a YuNet ONNX file ("": the one shipped with facet)
     face_score: float = _DEFAULT.face_score  # detector score a face needs
@@ -90,16 +105,32 @@ class ServeConfig:
         low = [f"{k}={getattr(self, k)}" for k in positive if getattr(self, k) < 1]
         if low:
             raise ValueError(f"{', '.join(low)}: must be at least 1")
-        if self.max_aspect < 1 or self.offload_pixels < 0 or self.calls_in_flight < 0:
-            raise ValueError("max_aspect must be >= 1, offload_pixels and calls_in_flight >= 0")
+        if (self.max_aspect < 1 or self.offload_pixels < 0 or self.large_pixels < 0
+                or self.calls_in_flight < 0):
+            raise ValueError("max_aspect must be >= 1, offload_pixels, large_pixels and "
+                             "calls_in_flight >= 0")
         self.answer_options()  # checks the answering settings
-        if not 0 < self.body_timeout_s <= 35:  # with the model's 20 s, inside the 60 s timeout
-            raise ValueError(f"body_timeout_s={self.body_timeout_s}: must be in (0, 35]")
+        if bool(self.tls_certfile) != bool(self.tls_keyfile):
+            raise ValueError("tls_certfile and tls_keyfile go together: give both, or neither")
+        # the upload, then the model call's deadline, must fit inside the request's time
+        longest = self.request_timeout_s - INFER_DEADLINE_S - 5
+        if not 0 < self.body_timeout_s <= longest:
+            raise ValueError(f"body_timeout_s={self.body_timeout_s}: must be in (0, {longest:g}] "
+                             f"(request_timeout_s {self.request_timeout_s:g} less the model "
+                             f"call's {INFER_DEADLINE_S:g} s and 5 s to answer)")
 
     @property
     def model_dir(self) -> Path:
         """The models to serve: ``models``, or the set shipped with facet."""
         return shipped.resolve(self.models)[0]
+
+    def tokens(self) -> Tokens:
+        """The accepted bearer tokens (``enabled`` is false when none are configured)."""
+        return Tokens(self.api_tokens, self.api_tokens_file)
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_certfile)
 
     def answer_options(self) -> AnswerOptions:
         """How the service answers: the same options, and defaults, as `facet predict`; the

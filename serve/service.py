@@ -10,7 +10,9 @@ Routes (under /v1): POST /predict (one image: multipart or raw body), POST /pred
 ``classify`` and ``classify_batch`` for BentoML's clients; GET /ui, a page to try it. With models exported with
 ``crop: face``, every face of a photo is answered (``faces``) and the top-level fields are the
 primary face's, so a client written for one face per image keeps working. BentoML's /healthz,
-/livez, /readyz and /metrics stay on. Every error under /v1 is JSON, 5xx included, and no exception
+/livez, /readyz and /metrics stay on. With tokens configured, every route but those and the
+pages needs a bearer token (``access.py``); ``/`` is BentoML's Swagger page without what it
+loads from other hosts (``docs_page.py``). Every error under /v1 is JSON, 5xx included, and no exception
 escapes a handler: uvicorn closes a keep-alive connection on one.
 """
 from __future__ import annotations
@@ -21,6 +23,8 @@ privacy.apply_defaults()  # before bentoml is imported: it reports usage otherwi
 
 import asyncio  # noqa: E402
 import logging  # noqa: E402
+import os  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from http import HTTPStatus  # noqa: E402
@@ -32,6 +36,7 @@ import numpy as np  # noqa: E402
 from bentoml.exceptions import BentoMLException, InvalidArgument, ServiceUnavailable  # noqa: E402
 from starlette.applications import Starlette  # noqa: E402
 from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
+from starlette.formparsers import MultiPartParser  # noqa: E402
 from starlette.requests import ClientDisconnect, Request  # noqa: E402
 from starlette.responses import HTMLResponse, JSONResponse  # noqa: E402
 from starlette.routing import Route  # noqa: E402
@@ -41,8 +46,10 @@ from facet.faces import YuNet  # noqa: E402
 from facet.preprocess import (ImageError, ImageTooLarge, Photo, PreprocessSpec,  # noqa: E402
                               pixel_count, read_bytes)
 
+from .access import BearerAuth  # noqa: E402
 from .coalesce import Coalescer  # noqa: E402
-from .config import ServeConfig  # noqa: E402
+from .config import INFER_DEADLINE_S, ServeConfig  # noqa: E402
+from .docs_page import LocalDocsPage  # noqa: E402
 from .openapi import OPENAPI  # noqa: E402
 from .options import Decoder  # noqa: E402
 from .predictor import Predictor, pack, unpack  # noqa: E402
@@ -54,13 +61,29 @@ OPTIONS = CONFIG.answer_options()
 RAW_TYPES = {"image/jpeg", "image/jpg", "image/png", "image/webp", "image/bmp", "image/x-ms-bmp",
              "application/octet-stream"}
 SIZES = [len(c) for c in ATTRIBUTES.values()]  # 3 + 2 + 3 probability columns, then the 18
-TRAFFIC_TIMEOUT_S = 60
-# Lost model-service calls are sent again until this deadline, well inside the traffic timeout
-# (p99 under a 16-client load is ~0.3 s); an overloaded model service is not retried.
-INFER_DEADLINE_S = 20.0  # + body_timeout_s (<= 35) stays inside the traffic timeout
 RETRY_AFTER_S = 1
 CLIENT_CLOSED = 499  # nginx's 'client closed request': logged, but nobody reads the answer
 DECODE_POOL = ThreadPoolExecutor(CONFIG.decode_threads, thread_name_prefix="facet-decode")
+LARGE_NICE = 10  # added to the process's nice value
+
+
+def _lower_priority() -> None:
+    """A large photo's decoding takes only the CPU that the other requests leave (Linux: a
+    thread has its own nice value)."""
+    try:
+        thread = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, thread,
+                       min(19, os.getpriority(os.PRIO_PROCESS, thread) + LARGE_NICE))
+    except (AttributeError, OSError):  # elsewhere: the same threads at normal priority
+        pass
+
+
+LARGE_POOL = ThreadPoolExecutor(CONFIG.decode_threads, thread_name_prefix="facet-decode-large",
+                                initializer=_lower_priority)
+TOKENS = CONFIG.tokens()
+# A multipart file part over Starlette's 1 MB spool goes to a temporary file: keep every upload
+# (at most max_upload_bytes, already read into memory) in memory, so no photo touches the disk.
+MultiPartParser.spool_max_size = CONFIG.max_upload_bytes
 
 
 class HTTPError(Exception):
@@ -80,7 +103,7 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 
 
 @bentoml.service(name="facet-model", workers=CONFIG.model_workers,
-                 traffic={"timeout": TRAFFIC_TIMEOUT_S, "concurrency": 256},
+                 traffic={"timeout": CONFIG.request_timeout_s, "concurrency": 256},
                  # internal calls: the front's access log already has one line per request
                  logging={"access": {"enabled": False}},
                  # The front's client to this service closes its session every max_requests
@@ -169,10 +192,12 @@ async def _decode(name: str, data: bytes, decoder: Decoder,
     ``max_faces`` largest; ``Decoder.decode``, as `facet predict --faces all`)."""
     if not data:
         raise HTTPError(400, f"{name}: empty file")
-    if detector is not None or pixel_count(data) > CONFIG.offload_pixels:  # off the event loop
-        return await asyncio.get_running_loop().run_in_executor(
-            DECODE_POOL, _decode_now, name, data, decoder, detector)
-    return _decode_now(name, data, decoder, detector)
+    pixels = pixel_count(data)
+    if detector is None and pixels <= CONFIG.offload_pixels:
+        return _decode_now(name, data, decoder, detector)
+    pool = LARGE_POOL if pixels > CONFIG.large_pixels else DECODE_POOL  # off the event loop
+    return await asyncio.get_running_loop().run_in_executor(
+        pool, _decode_now, name, data, decoder, detector)
 
 
 def _decode_now(name: str, data: bytes, decoder: Decoder,
@@ -324,13 +349,16 @@ async def openapi(request: Request) -> JSONResponse:
 
 
 def _read_upload(path: Path) -> bytes:
-    """An upload BentoML saved to a file, within the upload limit (413 over it)."""
+    """An upload BentoML saved to a file, within the upload limit (413 over it). The file is
+    deleted once read: BentoML would only empty its request folder after the answer."""
     try:
         return read_bytes(path, CONFIG.max_upload_bytes)
     except ImageTooLarge as exc:
         raise HTTPError(413, f"{path.name}: {exc}") from None
     except ImageError as exc:
         raise HTTPError(422, f"{path.name}: {exc}") from None
+    finally:
+        path.unlink(missing_ok=True)
 
 
 async def _typed(call) -> dict:
@@ -404,7 +432,7 @@ UI_HTML = UI_PAGE.read_text() if CONFIG.ui else ""
 
 
 @bentoml.service(name="facet", workers=CONFIG.workers,
-                  traffic={"timeout": TRAFFIC_TIMEOUT_S, "concurrency": 256},
+                  traffic={"timeout": CONFIG.request_timeout_s, "concurrency": 256},
                   logging={"access": {"enabled": CONFIG.access_log}})
 @_with_ui
 @bentoml.asgi_app(api, path="/v1")
@@ -466,3 +494,11 @@ class Facet:
                 self.detector = OPTIONS.face_detector()
             self._info = info
         return self._info
+
+
+# Outermost first: the docs page at / loads nothing from elsewhere; then the token check.
+Facet.add_asgi_middleware(LocalDocsPage, bearer=TOKENS.enabled)
+if TOKENS.enabled:
+    Facet.add_asgi_middleware(BearerAuth, tokens=TOKENS, open_metrics=CONFIG.open_metrics)
+    log.info("access: a bearer token is needed on all but the probes and the pages (%d "
+             "token(s))", len(TOKENS))

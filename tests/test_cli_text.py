@@ -2,7 +2,10 @@
 `facet report` and `facet export` (predict runs on hand-made ONNX models, no training)."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -242,3 +245,71 @@ def test_progress_in_a_log_is_a_line_every_few_seconds_not_one_per_update(monkey
     else:
         assert 2 <= len(lines) <= 100 / LOG_INTERVAL + 2
         assert "100/100" in lines[-1]
+
+
+def test_the_photo_peek_reads_headers_of_allowed_rows_only(photos, tmp_path, monkeypatch):
+    """Before predicting, whole-image models look at the inputs' sizes: a CSV row leading
+    outside the images folder is refused without being opened, and the others are read only
+    as far as their header."""
+    import facet.preprocess as preprocess
+    outside = tmp_path / "outside.jpg"
+    shutil.copy(PHOTOS / "group3.jpg", outside)
+    csv = photos / "rows.csv"
+    csv.write_text("path\ngroup3.jpg\n../outside.jpg\nsingle.jpg\n")
+    opened, peeked = [], []
+    regular_file = preprocess._regular_file
+
+    @contextlib.contextmanager
+    def recording(path):
+        opened.append(Path(path).resolve())
+        with regular_file(path) as (f, size):
+            yield f, size
+
+    def header_size(path):
+        peeked.append(Path(path).resolve())
+        return original_header_size(path)
+
+    original_header_size = preprocess.header_size
+    monkeypatch.setattr(preprocess, "_regular_file", recording)
+    monkeypatch.setattr(preprocess, "header_size", header_size)
+    result = _predict(_models(tmp_path / "whole", "none"), csv, tmp_path)
+    assert result.exit_code == 3, result.output  # the outside row has no answer
+    assert "leads outside the images folder" in result.output
+    assert "2 of the first 2 images" in result.output
+    assert peeked == [(photos / n).resolve() for n in ("group3.jpg", "single.jpg")]
+    assert outside.resolve() not in opened
+
+
+def test_header_size_reads_the_header_alone(tmp_path, monkeypatch):
+    import facet.preprocess as preprocess
+    from facet.preprocess import HEADER_BYTES, header_size
+    large = tmp_path / "large.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (600, 500, 3), dtype=np.uint8)).save(large)
+    assert large.stat().st_size > 10 * HEADER_BYTES
+    read = []
+    regular_file = preprocess._regular_file
+
+    class Counting:
+        def __init__(self, f):
+            self.f, self.bytes = f, 0
+
+        def read(self, size=-1):
+            data = self.f.read(size)
+            self.bytes += len(data)
+            return data
+
+    @contextlib.contextmanager
+    def counting(path):
+        with regular_file(path) as (f, size):
+            yield (counted := Counting(f)), size
+            read.append(counted.bytes)
+
+    monkeypatch.setattr(preprocess, "_regular_file", counting)
+    assert header_size(large) == (500, 600)
+    assert read == [HEADER_BYTES]
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    assert header_size(fifo) is None and header_size(tmp_path) is None  # refused, not read
+    (tmp_path / "text.jpg").write_text("not an image")
+    assert header_size(tmp_path / "text.jpg") is None

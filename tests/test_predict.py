@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import encode
+from conftest import encode, png_header_bomb
 from facet.cli import app
 from facet.serve.batch import predict_paths, read_inputs
 from facet.serve.predictor import Predictor
@@ -242,10 +242,19 @@ def test_folder_names_what_it_skips(exported, dataset, tmp_path):
     shutil.copy(sorted((dataset / "eval" / "images").glob("*.jpg"))[0], folder / "a.jpg")
     Image.new("RGB", (40, 40)).save(folder / "b.gif")
     Image.new("RGB", (40, 40)).save(folder / "c.tiff")
-    result = runner.invoke(app, ["predict", str(folder), "--models", str(exported),
-                                 "-o", str(tmp_path / "o.csv")])
-    assert result.exit_code == 0, result.output
-    assert "skipped 2 file(s)" in result.output and "b.gif" in result.output and "c.tiff" in result.output
+    (folder / "bomb.png").write_bytes(png_header_bomb())
+    (folder / "notes.txt").write_text("not a photo")
+    out = tmp_path / "o.csv"
+    result = runner.invoke(app, ["predict", str(folder), "--models", str(exported), "-o", str(out)])
+    assert result.exit_code == 3, result.output  # every image is a row: three have no answer
+    assert "skipped 1 file(s) that are not images: notes.txt" in result.output
+    answers = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert [Path(p).name for p in answers["path"]] == ["a.jpg", "b.gif", "bomb.png", "c.tiff"]
+    assert answers["ans"].tolist()[0] != "" and (answers["ans"].iloc[1:] == "").all()
+    errors = pd.read_csv(tmp_path / "o.errors.csv")
+    assert [Path(p).name for p in errors["path"]] == ["b.gif", "bomb.png", "c.tiff"]
+    assert "a GIF image is not read" in errors["error"][0] and "pixel limit" in errors["error"][1]
+    assert "a TIFF image is not read" in errors["error"][2]
 
 
 @pytest.mark.parametrize("target", ["folder", "parent_is_file", "unwritable"])

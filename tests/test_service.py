@@ -45,15 +45,19 @@ def server_and_log(exported, tmp_path_factory):
     proc.wait(30)
 
 
-def start_server(models, port: int, env: dict, log) -> tuple[subprocess.Popen, str]:
+def start_server(models, port: int, env: dict, log, args=(), cwd=None,
+                 verify=True) -> tuple[subprocess.Popen, str]:
+    """`facet serve` on loopback, once /readyz answers; ``verify``: the CA file of an HTTPS
+    server (``args`` with --tls-certfile/--tls-keyfile)."""
     proc = subprocess.Popen([sys.executable, "-m", "facet.cli", "serve", "--models", str(models),
-                             "--port", str(port)], env={**os.environ, **env}, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+                             "--port", str(port), *args], env={**os.environ, **env}, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd)
+    scheme = "https" if "--tls-certfile" in args else "http"
+    url = f"{scheme}://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
         try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{url}/readyz", timeout=2, verify=verify).status_code == 200:
                 return proc, url
         except httpx.TransportError:
             pass

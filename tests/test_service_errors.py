@@ -1,7 +1,9 @@
 """The service's error handling, without a server: unexpected exceptions, an overloaded or
 unreachable model service, and large images decoded off the event loop."""
 import asyncio
+import dataclasses
 import io
+import os
 import threading
 
 import aiohttp
@@ -67,12 +69,16 @@ def test_lost_calls_are_sent_again_within_the_deadline(monkeypatch):
     assert caught.value.status == 503 and 1 < never.calls < 50
 
 
-def test_large_images_decode_on_the_pool_and_small_ones_inline(monkeypatch):
+def test_uploads_decode_on_the_pool_and_below_a_threshold_inline(monkeypatch):
+    """Every upload decodes off the event loop by default, those over ``large_pixels`` on
+    threads of lower priority; with ``offload_pixels`` set, those under it decode inline."""
     threads: list[str] = []
+    nice: list[int] = []
     real = service._decode_now
 
     def record(*args):
         threads.append(threading.current_thread().name)
+        nice.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
         return real(*args)
 
     monkeypatch.setattr(service, "_decode_now", record)
@@ -88,9 +94,18 @@ def test_large_images_decode_on_the_pool_and_small_ones_inline(monkeypatch):
         small = await service._decode("small", png(64, 64), decoder, None)
         return big[1], small[1]
 
+    assert service.CONFIG.offload_pixels == 0
     big, small = asyncio.run(both())
     assert big.shape == small.shape == (1, 32 * 32 * 3,)
-    assert threads[0].startswith("facet-decode") and threads[1] == "MainThread"
+    assert len(threads) == 2 and all(t.startswith("facet-decode") for t in threads)
+    assert nice[0] == nice[1] == os.getpriority(os.PRIO_PROCESS, 0)
+    threads.clear()
+    nice.clear()
+    monkeypatch.setattr(service, "CONFIG", dataclasses.replace(
+        service.CONFIG, offload_pixels=10_000, large_pixels=1_000_000))
+    asyncio.run(both())
+    assert threads[0].startswith("facet-decode-large") and threads[1] == "MainThread"
+    assert nice[0] == min(19, nice[1] + service.LARGE_NICE)
 
 
 def test_a_client_that_disconnects_mid_upload_is_logged_as_such_not_as_a_500(caplog):
