@@ -26,7 +26,8 @@ from facet.combine import ATTRIBUTES
 from facet.faces import Face
 from facet.model_folder import INDEX, read_index
 
-from .batch import InputError, Inputs, details, submission
+from .inputs import InputError, Inputs
+from .tables import details, submission
 from .predictor import Predictor
 from .ray_workers import Answerer, Answering, decode_batch, digest
 from .results import BatchResult, Collector
@@ -167,7 +168,7 @@ class Job:
         """Rows ``start:stop`` as the local engine writes them: the submission (the manifest's
         columns with ``ans`` filled) and the --details columns but the path."""
         rows = Inputs(self.inputs.frame.iloc[start:stop].reset_index(drop=True),
-                      self.inputs.paths[start:stop], self.inputs.answer_column)
+                      self.inputs.paths[start:stop])
         result = part.result(rows.paths)
         return (submission(rows, result),
                 details(rows, result, faces=self.crops_faces).drop(columns="path"))

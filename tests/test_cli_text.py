@@ -25,7 +25,9 @@ from facet.combine import ATTRIBUTES, class_names
 from facet.draw import WHOLE_IMAGE, draw_results
 from facet.faces import Face
 from facet.preprocess import PreprocessSpec
-from facet.serve.batch import Inputs, face_details, write_atomic
+from facet.atomic import write_csv
+from facet.serve.inputs import Inputs
+from facet.serve.tables import face_details
 from facet.serve.results import BatchResult, FaceAnswer
 from facet.model_metadata import METADATA_KEY
 
@@ -178,7 +180,7 @@ def test_every_csv_flag_is_spelled_true_or_false(tmp_path):
     result = BatchResult(np.array([0]), {a: p[None] for a, p in uniform.items()}, probs[None],
                          face_found=[True], primary=[faces[0].face], faces=faces)
     inputs = Inputs(pd.DataFrame({"ImageID": ["a.jpg"]}), [Path("a.jpg")])
-    write_atomic(face_details(inputs, result), tmp_path / "faces.csv")
+    write_csv(tmp_path / "faces.csv", face_details(inputs, result))
     rows = pd.read_csv(tmp_path / "faces.csv", dtype=str)
     assert rows["primary"].tolist() == ["true", "false"]
     assert rows["face_found"].tolist() == ["true", "true"]
@@ -226,8 +228,6 @@ def test_export_keeps_the_exporters_progress_for_verbose(runs, tmp_path):
 def test_progress_in_a_log_is_a_line_every_few_seconds_not_one_per_update(monkeypatch, terminal):
     """100 updates, each a second or more apart: a terminal redraws its bar for each; a log
     (CI, nohup) gets a line every LOG_INTERVAL seconds and the last one."""
-    import io
-
     import tqdm.std
 
     from facet.progress import LOG_INTERVAL, progress_bar

@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from PIL import Image
 
 from conftest import encode
-from facet.serve.batch import predict_paths, read_inputs
+from facet.serve.batch import predict_paths
+from facet.serve.inputs import read_inputs
 from facet.serve.predictor import Predictor
 
 pytestmark = pytest.mark.integration  # a real server on loopback
