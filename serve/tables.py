@@ -40,7 +40,7 @@ def details(inputs: Inputs, result: BatchResult, faces: bool | None = None) -> p
 
 def face_details(inputs: Inputs, result: BatchResult) -> pd.DataFrame:
     """One line per answered face (``face`` -1: no face found, the fallback region answered),
-    and one per failed row with its error."""
+    and one per failed row with its error (``face`` empty: it has none)."""
     answers = sorted(result.faces, key=lambda f: (f.row, f.index))
     rows = [f.row for f in answers]
     out = pd.DataFrame({"path": [str(inputs.paths[i]) for i in rows],
@@ -55,7 +55,7 @@ def face_details(inputs: Inputs, result: BatchResult) -> pd.DataFrame:
     out = pd.concat([out, _face_columns([f.face for f in answers], landmarks=True),
                      _answers(labels, probs, attributes)], axis=1)
     out["error"] = errors
-    failed = pd.DataFrame({"path": [p for _, p, _ in result.errors], "face": -1,
+    failed = pd.DataFrame({"path": [p for _, p, _ in result.errors], "face": "",  # no face
                            "error": [m for _, _, m in result.errors]})
     order = rows + [i for i, _, _ in result.errors]
     merged = pd.concat([out, failed], ignore_index=True) if len(failed) else out
