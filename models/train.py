@@ -40,6 +40,7 @@ from .training_data import loaders, prepare
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class RunResult:
     run_dir: Path

@@ -18,6 +18,7 @@ import pandas as pd
 from facet.csvfile import read_csv
 from facet.preprocess import SUFFIXES
 
+
 class InputError(ValueError):
     """The inputs cannot be read at all (as opposed to one bad image)."""
 

@@ -44,7 +44,7 @@ async def infer(model, images: np.ndarray, deadline_s: float = INFER_DEADLINE_S)
             await asyncio.sleep(min(0.05 * attempt, 0.5))
         except TimeoutError:
             raise unavailable(f"no answer from the model service within {deadline_s:g} s"
-                               ) from None
+                              ) from None
         except BentoMLException as exc:
             log.error("model service error: %s", exc)
             raise HTTPError(500, "the model service failed on this request") from None

@@ -153,7 +153,7 @@ class Job:
         self.parts = max(1, -(-len(inputs.paths) // part_size))  # an empty input: one empty part
         self.keys = {"facet.manifest": _manifest_key(inputs, part_size),
                      "facet.answers": digest(json.dumps(answering.key()).encode(),
-                                              *[d for _, d in sorted(self.files.items())])}
+                                             *[d for _, d in sorted(self.files.items())])}
         given, answers = self._tables(0, 0, _Part(0, 0))
         self.submission_columns, self.answer_columns = list(given.columns), list(answers.columns)
         # a manifest column that shares a name with an answer column is kept as input_<name>
@@ -313,5 +313,5 @@ def _manifest_key(inputs: Inputs, part_size: int) -> str:
     frame = inputs.frame
     paths = pd.Series([str(p) for p in inputs.paths], dtype=object)
     return digest(json.dumps([list(map(str, frame.columns)), part_size]).encode(),
-                   pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes(),
-                   pd.util.hash_pandas_object(paths, index=False).to_numpy().tobytes())
+                  pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes(),
+                  pd.util.hash_pandas_object(paths, index=False).to_numpy().tobytes())

@@ -114,7 +114,7 @@ class Decoding:
 
 
 def decode_now(name: str, data: bytes, decoder: Decoder,
-                detector: YuNet | None) -> tuple[Photo, np.ndarray]:
+               detector: YuNet | None) -> tuple[Photo, np.ndarray]:
     try:
         photo = decoder.decode(data, detector, every=True)
     except ImageTooLarge as exc:
