@@ -3,7 +3,7 @@ of persons' gender, 5 % of persons' age moved across a group boundary, 2 % of pe
 incorrect_mask and normal images swapped), a `--fold all` cross-validation of each attribute on
 it, the audit, and the precision and recall of its ranked suspects against the flips.
 
-    FACET_WEIGHTS_DIR=../shared/weights python benchmarks/audit_bench.py --shared ../shared/data
+    FACET_WEIGHTS_DIR=../shared/weights python -m benchmarks.audit_bench --shared ../shared/data
 
 Writes benchmarks/results/audit.json, audit.md and audit.png (precision and recall against the
 number of suspects taken from the top), and each attribute's audit under runs/audit_bench.

@@ -1,9 +1,9 @@
 """`facet audit` on real labels (gender), and the score change after the suspects a person
 confirmed by eye are fixed, on maskfaces/train or on aaf's training split.
 
-    FACET_WEIGHTS_DIR=../shared/weights python benchmarks/audit_fixes.py --shared ../shared/data \\
+    FACET_WEIGHTS_DIR=../shared/weights python -m benchmarks.audit_fixes --shared ../shared/data \\
         --collection maskfaces --confirmed 1,2,3,5,9,31
-    FACET_WEIGHTS_DIR=../shared/weights python benchmarks/audit_fixes.py --shared ../shared/data \\
+    FACET_WEIGHTS_DIR=../shared/weights python -m benchmarks.audit_fixes --shared ../shared/data \\
         --collection aaf --confirmed ...
 
 maskfaces: the 3-fold cross-validation that benchmarks/pseudo_bench.py trains (its teacher, the
@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).parent))
-from pseudo_bench import BUDGET, LABELLED, aaf_split, facet, gender_f1, maskfaces_eval  # noqa: E402
+from benchmarks.pseudo_bench import BUDGET, LABELLED, aaf_split, facet, gender_f1, maskfaces_eval
 
 FILLER = ["--set", "epochs=1", "--set", "samples_per_epoch=256"]
 

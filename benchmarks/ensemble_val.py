@@ -4,7 +4,7 @@ with and without horizontal-flip TTA: what the field's last two tricks give on a
 The runs must share a val split (same data, fold and seed); each is scored at its own
 preprocessing spec, on the PyTorch checkpoint.
 
-    python benchmarks/ensemble_val.py runs/bench/gender runs/gld/gender runs/g160/gender \
+    python -m benchmarks.ensemble_val runs/bench/gender runs/gld/gender runs/g160/gender \
         --out benchmarks/results/gender_ensemble.csv
 """
 from __future__ import annotations

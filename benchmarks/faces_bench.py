@@ -1,7 +1,7 @@
 """Photos to faces on real street photos: detection, photo -> mask state against the
 annotated-box oracle, the mask model with real crops in the mix, and speed against crop: none.
 
-    FACET_WEIGHTS_DIR=../shared/weights python benchmarks/faces_bench.py --shared ../shared/data
+    FACET_WEIGHTS_DIR=../shared/weights python -m benchmarks.faces_bench --shared ../shared/data
 
 Trains what is missing with `facet train --set crop=face` (runs/faces/{mask,gender,age}; the
 mask model on maskfaces + maskon + realmasks grouped by photo, as benchmarks/mask_real.py's
@@ -34,19 +34,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).parent))
-from mask_real import eval_sets, source_args  # noqa: E402
-
-from facet.combine import ATTRIBUTES  # noqa: E402
-from facet.faces import FACE_SCORE, Face, YuNet  # noqa: E402
-from facet.metrics import scores  # noqa: E402
-from facet.preprocess import cut_face, read_image  # noqa: E402
-from facet.serve.batch import predict_paths  # noqa: E402
-from facet.serve.predictor import Predictor  # noqa: E402
+from benchmarks.mask_real import eval_sets, source_args
+from facet.combine import ATTRIBUTES
+from facet.faces import FACE_SCORE, Face, YuNet
+from facet.metrics import scores
+from facet.preprocess import cut_face, read_image
+from facet.score import match_faces, score_photo_faces
+from facet.serve.batch import predict_paths
+from facet.serve.predictor import Predictor
 
 MASKS = ATTRIBUTES["mask"]
 MIN_SIDE = 24
-IOU = 0.4
 QUICK = ["--set", "epochs=1", "--set", "samples_per_epoch=1280"]
 
 
@@ -67,30 +65,11 @@ def train_and_export(shared: Path, runs: Path, models: Path) -> None:
         facet("export", *(runs / a for a in plans), "--out", models)
 
 
-def iou(a: tuple, b: tuple) -> float:
-    """Boxes as (x, y, w, h)."""
-    w = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    return w * h / (a[2] * a[3] + b[2] * b[3] - w * h)
-
-
-def match(truth: list[tuple], found: list[tuple]) -> list[int]:
-    """For each found box (best score first), the index of the annotated box it matches
-    (greedy, IoU >= 0.4, each annotated box once), or -1."""
-    taken, out = set(), []
-    for box in found:
-        best = max(((iou(t, box), k) for k, t in enumerate(truth) if k not in taken), default=(0, -1))
-        out.append(best[1] if best[0] >= IOU else -1)
-        if best[0] >= IOU:
-            taken.add(best[1])
-    return out
-
-
 def load_boxes(shared: Path) -> pd.DataFrame:
     boxes = pd.read_csv(shared / "realphotos/boxes.csv")
     boxes["box"] = [(r.xmin, r.ymin, r.xmax - r.xmin, r.ymax - r.ymin) for r in boxes.itertuples()]
     boxes["big"] = [min(b[2], b[3]) >= MIN_SIDE for b in boxes["box"]]
-    boxes["label"] = [MASKS.index(m) for m in boxes["mask"]]
+    boxes["label"] = boxes["mask"] = [MASKS.index(m) for m in boxes["mask"]]  # codes
     boxes["path"] = [str((shared / "realphotos" / f).resolve()) for f in boxes["file"]]
     return boxes
 
@@ -105,7 +84,7 @@ def detection(boxes: pd.DataFrame, upscale: float = 1.0,
         faces = detector.detect(rgb)
         ms.append((time.perf_counter() - start) * 1000)
         truth = list(group["box"])
-        for face, k in zip(faces, match(truth, [f.box for f in faces])):
+        for face, k in zip(faces, match_faces(truth, [f.box for f in faces])):
             big = k >= 0 and bool(group["big"].iloc[k])
             records.append({"score": face.score, "tp": big, "ignored": k >= 0 and not big})
             if big:
@@ -165,18 +144,11 @@ def photo_to_mask(boxes: pd.DataFrame, models: Path, work: Path, conv: dict) -> 
           "--faces", "all", "--details", work / "faces.csv")
     found = pd.read_csv(work / "faces.csv")
     found = found[found["face"] >= 0]
-    detected_pred = []
-    for path, group in held.groupby("path", sort=False):
-        mine = found[found["path"] == path]
-        boxes_found = [tuple(r) for r in mine[["face_x", "face_y", "face_w", "face_h"]].to_numpy()]
-        # every annotated box of the photo competes, so a detection of a small face is not
-        # taken for a large one
-        everyone = boxes[boxes["path"] == path]
-        owner = match(list(everyone["box"]), boxes_found)
-        by_truth = {everyone.index[k]: int(mine["label"].iloc[j]) // 6
-                    for j, k in enumerate(owner) if k >= 0}
-        detected_pred += [by_truth.get(i, -1) for i in group.index]
-    detected_pred = np.array(detected_pred)
+    detections = {path: [(tuple(r[:4]), int(r[4]) // 6) for r in group[
+                      ["face_x", "face_y", "face_w", "face_h", "label"]].to_numpy()]
+                  for path, group in found.groupby("path", sort=False)}
+    competing = boxes[boxes["path"].isin(held["path"])]
+    detected = score_photo_faces(competing, detections, scored=competing.index.isin(held.index))
     truth = np.concatenate([g["label"].to_numpy() for _, g in held.groupby("path", sort=False)])
 
     predictor = Predictor(models)
@@ -186,8 +158,7 @@ def photo_to_mask(boxes: pd.DataFrame, models: Path, work: Path, conv: dict) -> 
         inputs = [{s: cut_face(rgb, as_detected(box, conv), s) for s in predictor.distinct_specs}
                   for box in group["box"]]
         oracle += list(predictor.predict(Predictor.stack(inputs)).attributes["mask"].argmax(1))
-    return {"photos": len(photos), "detected": f1_row(truth, detected_pred),
-            "oracle": f1_row(truth, oracle)}
+    return {"photos": len(photos), "detected": detected, "oracle": f1_row(truth, oracle)}
 
 
 def mask_model_table(shared: Path, models: Path, runs: Path) -> list[dict]:

@@ -6,7 +6,7 @@ fixed, seeded version of the training augmentation), gender also by band of real
 each step with `facet train` (skipped when its run folder has best.safetensors), every step
 with the same budget (--epochs, --samples), then scores them all in one table.
 
-    FACET_WEIGHTS_DIR=../shared/weights python benchmarks/gender_age_real.py --shared ../shared/data
+    FACET_WEIGHTS_DIR=../shared/weights python -m benchmarks.gender_age_real --shared ../shared/data
 
 Writes benchmarks/results/gender_age_real.json, .md and .png.
 """
@@ -26,10 +26,10 @@ import pandas as pd
 from facet.combine import ATTRIBUTES
 from facet.faces import default_detector, primary
 from facet.metrics import by_age_band, scores
-from facet.models.data import read_manifest
+from facet.manifest import read_manifest
 from facet.models.occlusion import occlude
 from facet.models.split import split_by_source
-from mask_real import predict
+from benchmarks.mask_real import predict
 
 OLD_AUGS = "aug_groups=flip,crop,colour"  # exactly the pipeline the recipes had before
 STREET = "aug_groups=flip,crop,colour,lowres,blur,jpeg,noise"

@@ -7,11 +7,11 @@ provider really runs, and measures, in one run: the three models alone (fp32, fp
 CPU), the JPEG decode rate alone, `facet predict` end to end, and the HTTP service with adaptive
 batching on and off. Writes ``gpu_check.json`` and ``gpu_check.md`` (a table with the targets).
 
-    python benchmarks/gpu_check.py --data ../shared/data/maskfaces --wheels wheels/
-    python benchmarks/gpu_check.py --dry-run --out /tmp/check   # CPU only: all but the GPU parts
+    python -m benchmarks.gpu_check --data ../shared/data/maskfaces --wheels wheels/
+    python -m benchmarks.gpu_check --dry-run --out /tmp/check   # CPU only: all but the GPU parts
 
 Exit status 1 when a GPU part fails (no CUDA in torch or onnxruntime, a provider that fell back
-to the CPU); the dry run checks the rest on any machine, and runs in the test suite.
+to the CPU); the dry run checks the rest on any machine.
 """
 from __future__ import annotations
 
@@ -186,12 +186,12 @@ def predict(models: Path, paths: list[Path], device: str, variant: str) -> float
 
 
 def http(models: Path, images: Path, out: Path, device: str, variant: str, seconds: float) -> dict:
-    """benchmarks/load_test.py: 16 clients, batching on then off, on this device."""
+    """benchmarks.load_test: 16 clients, batching on then off, on this device."""
     env = {**os.environ, "FACET_DEVICE": device, "FACET_VARIANT": variant}
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "load_test.py"), "--models",
+    subprocess.run([sys.executable, "-m", "benchmarks.load_test", "--models",
                     str(models), "--images", str(images), "--clients", "16", "--seconds",
                     str(seconds), "--out", str(out / "load.json")], check=True, env=env,
-                   stdout=subprocess.DEVNULL)
+                   stdout=subprocess.DEVNULL, cwd=ROOT)
     load = json.loads((out / "load.json").read_text())
     return {"batching_on_rps": load["batching_on"]["throughput_rps"],
             "batching_off_rps": load["batching_off"]["throughput_rps"],
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     data = dataset(None if dry else args.data, args.out, dry)
     runs, result["training"] = train(data, args.out, "cuda" if gpu else "cpu", dry)
     from facet.export.pipeline import export_all
-    from facet.serve.batch import read_inputs
+    from facet.serve.inputs import read_inputs
     models = args.out / "models"
     index = export_all(runs, models, fp16=True, eval_limit=500 if dry else 2000)
     result["fp16_eval"] = index["fp16_eval"]

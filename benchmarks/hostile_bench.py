@@ -5,7 +5,7 @@ Counts crashes, made-up labels (an answer for a file that holds no usable face i
 failed good requests, and the latency of good requests with and without the hostile share and
 while large photos are being uploaded. Writes benchmarks/results/hostile.json and hostile.png.
 
-    python benchmarks/hostile_bench.py --models artifacts/quick --images ../shared/data/maskfaces/eval/images
+    python -m benchmarks.hostile_bench --models artifacts/quick --images ../shared/data/maskfaces/eval/images
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from load_test import start_server
+from benchmarks.load_test import start_server
 
 # ---- the corpus ---------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 images decoded beforehand) and 18-class / per-attribute macro-F1 of each variant's answers.
 
     facet export runs/bench/mask runs/bench/gender runs/bench/age --out artifacts/bench --quantize
-    python benchmarks/int8_bench.py --eval ../shared/data/maskfaces/eval --models artifacts/bench
+    python -m benchmarks.int8_bench --eval ../shared/data/maskfaces/eval --models artifacts/bench
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pandas as pd
 
 from facet.combine import ATTRIBUTES, split_labels
 from facet.metrics import scores
-from facet.serve.batch import read_inputs
+from facet.serve.inputs import read_inputs
 from facet.serve.predictor import Predictor
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -3,11 +3,11 @@ from runs of the same recipe that differ only in ``train_fraction`` (same split,
 Writes a CSV (one row per run and epoch) and a plot.
 
     for f in 0.25 0.5 1.0; do
-        FACET_WEIGHTS_DIR=../shared/weights python benchmarks/train_bench.py \\
+        FACET_WEIGHTS_DIR=../shared/weights python -m benchmarks.train_bench \\
             --data ../shared/data/maskfaces/train --out runs/lc$f --attributes gender \\
             --set train_fraction=$f
     done
-    python benchmarks/learning_curve.py runs/lc0.25/gender runs/lc0.5/gender runs/lc1.0/gender \\
+    python -m benchmarks.learning_curve runs/lc0.25/gender runs/lc0.5/gender runs/lc1.0/gender \\
         --out benchmarks/results/gender_learning_curve
 """
 from __future__ import annotations

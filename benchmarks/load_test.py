@@ -4,7 +4,7 @@ then off (alternating for --rounds pairs; medians reported). First it times the 
 by batch size, to set what batching gains in the model against what it gains in the service.
 Writes benchmarks/results/load.json and load.png.
 
-    python benchmarks/load_test.py --models artifacts/bench --images ../shared/data/maskfaces/eval/images
+    python -m benchmarks.load_test --models artifacts/bench --images ../shared/data/maskfaces/eval/images
 """
 from __future__ import annotations
 

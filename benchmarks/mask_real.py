@@ -3,7 +3,7 @@ each scored on real street crops held out by photo (realmasks val), real faces w
 (maskon val) and the competition eval set (maskfaces eval). Trains each step with `facet train`
 (skipped when its run folder already has best.safetensors), then scores them all in one table.
 
-    FACET_WEIGHTS_DIR=../shared/weights python benchmarks/mask_real.py --shared ../shared/data
+    FACET_WEIGHTS_DIR=../shared/weights python -m benchmarks.mask_real --shared ../shared/data
 
 Writes benchmarks/results/mask_real.json, .md and .png.
 """
@@ -23,7 +23,7 @@ import torch
 from facet.combine import ATTRIBUTES
 from facet.metrics import scores
 from facet.models.checkpoint import load_model
-from facet.models.data import read_manifest
+from facet.manifest import read_manifest
 from facet.models.split import split_by_source
 from facet.preprocess import PreprocessSpec, load, normalize
 

@@ -8,7 +8,7 @@ makes it; the box-cut source is written without them): the detector finds the fa
 annotated face >= 24 px is matched at IoU >= 0.4, the model answers the matched face's crop,
 and a missed face counts wrong.
 
-    FACET_WEIGHTS_DIR=../shared/weights python benchmarks/photo_crops.py --shared ../shared/data
+    FACET_WEIGHTS_DIR=../shared/weights python -m benchmarks.photo_crops --shared ../shared/data
 
 Writes benchmarks/results/photo_crops.json and .md.
 """
@@ -23,15 +23,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).parent))
-from faces_bench import f1_row, load_boxes, match  # noqa: E402
-from mask_real import classify, load_run, source_args  # noqa: E402
-
-from facet.faces import YUNET, YUNET_S, YuNet  # noqa: E402
-from facet.models.data import read_manifest  # noqa: E402
-from facet.models.recipe import load_recipe  # noqa: E402
-from facet.models.split import split_by_source  # noqa: E402
-from facet.preprocess import DEFAULT_RULES, cut_face, read_image  # noqa: E402
+from benchmarks.faces_bench import load_boxes
+from benchmarks.mask_real import classify, load_run, source_args
+from facet.faces import YUNET, YUNET_S, YuNet
+from facet.manifest import read_manifest
+from facet.models.recipe import load_recipe
+from facet.models.split import split_by_source
+from facet.preprocess import DEFAULT_RULES, cut_face, read_image
+from facet.score import score_photo_faces
 
 BOXED = {"source_weights": "maskfaces=1,maskon=1,realphotos=2", "select_on": "realphotos,all"}
 # (step, street source, crop margin), in the order they are trained
@@ -84,18 +83,14 @@ def detect_all(photos: list[str], detector_file: Path, threshold: float) -> dict
 def photo_to_mask(run: Path, held: pd.DataFrame, boxes: pd.DataFrame, found: dict) -> dict:
     """Mask-state F1 over the held-out annotated faces >= 24 px; a missed face counts wrong."""
     model, spec = load_run(run)
-    truth, pred = [], []
-    for path, group in held.groupby("path", sort=True):
-        faces = found[path]
-        everyone = boxes[boxes["path"] == path]  # every annotated face competes for a detection
-        owner = match(list(everyone["box"]), [f.box for f in faces])
+    answers = {}
+    for path in held["path"].unique():
         rgb = read_image(path)
-        crops = {everyone.index[k]: cut_face(rgb, faces[j], spec)
-                 for j, k in enumerate(owner) if k >= 0}
-        answers = dict(zip(crops, classify(model, spec, list(crops.values()))))
-        truth += group["label"].tolist()
-        pred += [int(answers.get(i, -1)) for i in group.index]
-    return f1_row(truth, pred)
+        crops = [cut_face(rgb, face, spec) for face in found[path]]
+        answers[path] = [(face.box, int(a)) for face, a in
+                         zip(found[path], classify(model, spec, crops) if crops else [])]
+    competing = boxes[boxes["path"].isin(held["path"])]
+    return score_photo_faces(competing, answers, scored=competing.index.isin(held.index))
 
 
 def main() -> None:

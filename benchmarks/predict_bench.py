@@ -2,7 +2,7 @@
 same three models (PyTorch eager, each model decoding its own images through an
 albumentations transform and a DataLoader), measured in one run, interleaved.
 
-    python benchmarks/predict_bench.py --eval ../shared/data/maskfaces/eval \
+    python -m benchmarks.predict_bench --eval ../shared/data/maskfaces/eval \
         --models artifacts/bench --runs runs/bench --repeats 3
 """
 from __future__ import annotations
@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from facet.score import score_files
-from facet.serve.batch import predict_paths, read_inputs
+from facet.serve.batch import predict_paths
+from facet.serve.inputs import read_inputs
 from facet.serve.predictor import Predictor
 
 

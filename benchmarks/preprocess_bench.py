@@ -2,7 +2,7 @@
 plain formula it replaced (convert to float, scale, then transpose the float array), by batch
 size. Medians of interleaved rounds, one thread. Writes benchmarks/results/preprocess.json.
 
-    python benchmarks/preprocess_bench.py --images ../shared/data/maskfaces/eval/images
+    python -m benchmarks.preprocess_bench --images ../shared/data/maskfaces/eval/images
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ graph), today's single model and a student (one model: the competition layout + 
 pseudo-labels cut per class and per source, strong noise, twice the epochs: the best student
 of benchmarks/pseudo_bench.py), each at pseudo_bench.py's budget.
 
-    FACET_WEIGHTS_DIR=../shared/weights python benchmarks/pseudo_18class.py --shared ../shared/data
+    FACET_WEIGHTS_DIR=../shared/weights python -m benchmarks.pseudo_18class --shared ../shared/data
 
 Unlabelled (labels never read): maskfaces eval's images and aaf's training split, one
 `facet pseudo-label --by source` pass of the teacher for all three attributes. Scored:
@@ -16,19 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).parent))
-from pseudo_bench import BUDGET, LABELLED, LONGER, aaf_split, facet, maskfaces_eval  # noqa: E402
+from benchmarks.pseudo_bench import BUDGET, LABELLED, LONGER, aaf_split, facet, maskfaces_eval
 
-from facet.combine import ATTRIBUTES  # noqa: E402
-from facet.metrics import scores  # noqa: E402
-from facet.serve.batch import predict_paths  # noqa: E402
-from facet.serve.predictor import Predictor  # noqa: E402
+from facet.combine import ATTRIBUTES
+from facet.metrics import scores
+from facet.serve.batch import predict_paths
+from facet.serve.predictor import Predictor
 
 
 def f1(truth: np.ndarray, predicted: np.ndarray, classes: int) -> float:

@@ -8,7 +8,7 @@ per source as well as per class (`--by source`). Teacher, students and the singl
 model of the same budget are scored on the same sets, and the pseudo-labels against the hidden
 true labels.
 
-    FACET_WEIGHTS_DIR=../shared/weights python benchmarks/pseudo_bench.py --shared ../shared/data
+    FACET_WEIGHTS_DIR=../shared/weights python -m benchmarks.pseudo_bench --shared ../shared/data
 
 Unlabelled (labels never read): maskfaces eval's images, and aaf's training split (the split
 every gender run makes of aaf, by file serial). Scored: maskfaces eval (pseudo-labelled, so the
@@ -29,7 +29,7 @@ import pandas as pd
 
 from facet.combine import ATTRIBUTES
 from facet.metrics import scores
-from facet.models.data import read_manifest
+from facet.manifest import read_manifest
 from facet.models.recipe import load_recipe
 from facet.models.split import split_by_source
 from facet.serve.batch import predict_paths

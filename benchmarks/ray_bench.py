@@ -4,7 +4,7 @@ answers: cluster, actor pool, model load, first batch) and its rate after it, an
 memory of each command's whole process tree (the driver, and Ray's own processes and workers),
 as the sum of PSS, which splits shared pages (Ray's object store) between the processes.
 
-    python benchmarks/ray_bench.py --eval ../shared/data/maskfaces/eval --repeats 3
+    python -m benchmarks.ray_bench --eval ../shared/data/maskfaces/eval --repeats 3
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 
-from facet.serve.batch import read_inputs
+from facet.serve.inputs import read_inputs
 
 # what each engine prints: the local engine's predicting time (models loaded), the Ray engine's
 # time from ray.init to the last part written and the start-up share of it

@@ -10,7 +10,7 @@
    on the same threads as the small ones, then on threads of their own at lower priority.
 Writes benchmarks/results/security.json.
 
-    python benchmarks/security_bench.py --photo tests/fixtures/photos/single.jpg
+    python -m benchmarks.security_bench --photo tests/fixtures/photos/single.jpg
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
+from benchmarks.load_test import start_server
 from facet.serve.access import Tokens
-from load_test import start_server
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -1,7 +1,7 @@
 """Train all three attribute models on a competition-layout dataset and report val macro-F1
 and training speed per attribute.
 
-    FACET_WEIGHTS_DIR=../shared/weights python benchmarks/train_bench.py \
+    FACET_WEIGHTS_DIR=../shared/weights python -m benchmarks.train_bench \
         --data ../shared/data/maskfaces/train --out runs/bench
 """
 from __future__ import annotations

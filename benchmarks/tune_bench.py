@@ -6,7 +6,7 @@ budget (exactly `facet train gender --set ...` with the same overrides). The bes
 chosen on the val split, which flatters it; both checkpoints are therefore also scored on the
 held-out eval set (persons that no trial saw).
 
-    FACET_WEIGHTS_DIR=../shared/weights python benchmarks/tune_bench.py \
+    FACET_WEIGHTS_DIR=../shared/weights python -m benchmarks.tune_bench \
         --data ../shared/data/maskfaces/train --eval ../shared/data/maskfaces/eval \
         --study-dir runs/tune_bench/gender --timeout 1020
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
-from ensemble_val import val_probs
+from benchmarks.ensemble_val import val_probs
 from facet.metrics import scores
 
 BUDGET = ["epochs=2", "samples_per_epoch=1500"]  # about 2.5 minutes a trial on 2 CPU cores

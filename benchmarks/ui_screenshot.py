@@ -1,7 +1,7 @@
 """The README's screenshot of the try-it page: starts `facet serve` on loopback, uploads a photo
 in headless Chromium (system package) through Playwright, and saves the page.
 
-    python benchmarks/ui_screenshot.py --models artifacts/faces \
+    python -m benchmarks.ui_screenshot --models artifacts/faces \
         --photo ../shared/data/realphotos/images/maksssksksss586.jpg --out docs/ui.png
 """
 from __future__ import annotations

@@ -13,7 +13,11 @@ AGE = ("<30", "30-59", ">=60")
 #: attribute name -> class names, in code order.
 ATTRIBUTES: dict[str, tuple[str, ...]] = {"mask": MASK, "gender": GENDER, "age": AGE}
 
-N_CLASSES = len(MASK) * len(GENDER) * len(AGE)  # 18
+#: The 18-class layout, spelled once: a class is the (mask, gender, age) codes read as one
+#: number, attributes in this order (row-major), so class = 6*mask + 3*gender + age.
+LAYOUT = tuple(ATTRIBUTES)
+SHAPE = tuple(len(ATTRIBUTES[a]) for a in LAYOUT)  # (3, 2, 3)
+N_CLASSES = len(MASK) * len(GENDER) * len(AGE)  # 18: the product of SHAPE
 
 #: competition file stem -> mask code
 MASK_BY_STEM = {
@@ -31,23 +35,18 @@ _ALIASES = {
 
 
 def encode(mask: int, gender: int, age: int) -> int:
-    """class = 6*mask + 3*gender + age."""
-    for name, value in (("mask", mask), ("gender", gender), ("age", age)):
+    """An image's class: its codes as one number, digits in :data:`LAYOUT` order (row-major:
+    class = 6*mask + 3*gender + age)."""
+    code = 0
+    for name, value in zip(LAYOUT, (mask, gender, age)):
         if not 0 <= int(value) < len(ATTRIBUTES[name]):
             raise ValueError(f"{name} code {value!r} is outside 0..{len(ATTRIBUTES[name]) - 1}")
-    return 6 * int(mask) + 3 * int(gender) + int(age)
-
-
-def decode(label: int) -> tuple[int, int, int]:
-    """Inverse of :func:`encode`: class -> (mask, gender, age)."""
-    label = int(label)
-    if not 0 <= label < N_CLASSES:
-        raise ValueError(f"class {label} is outside 0..{N_CLASSES - 1}")
-    return label // 6, (label % 6) // 3, label % 3
+        code = code * len(ATTRIBUTES[name]) + int(value)
+    return code
 
 
 def class_names() -> list[str]:
-    return [f"{m}/{g}/{a}" for m in MASK for g in GENDER for a in AGE]
+    return [f"{m}/{g}/{a}" for m in MASK for g in GENDER for a in AGE]  # LAYOUT's order
 
 
 def parse_code(attribute: str, value) -> int:
@@ -55,9 +54,9 @@ def parse_code(attribute: str, value) -> int:
     classes = ATTRIBUTES[attribute]
     text = str(value).strip().lower()
     if text.lstrip("-").isdigit() or text.replace(".", "", 1).isdigit():
-        code = int(float(text))
-        if 0 <= code < len(classes):
-            return code
+        number = float(text)  # "1.0" (a column pandas wrote as floats) is 1; "1.5" is no class
+        if number.is_integer() and 0 <= number < len(classes):
+            return int(number)
     elif text in _ALIASES.get(attribute, {}):
         return _ALIASES[attribute][text]
     elif text in classes:

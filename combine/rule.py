@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .labels import AGE, GENDER, MASK, N_CLASSES
+from .labels import ATTRIBUTES, LAYOUT, N_CLASSES, SHAPE
 
 
 def combine_labels(mask, gender, age) -> np.ndarray:
-    """Vectorised class = 6*mask + 3*gender + age."""
-    mask, gender, age = (np.asarray(x, dtype=np.int64) for x in (mask, gender, age))
-    return 6 * mask + 3 * gender + age
+    """Vectorised :func:`~facet.combine.labels.encode` (the codes must be in range)."""
+    return np.ravel_multi_index([np.asarray(x, dtype=np.int64) for x in (mask, gender, age)],
+                                SHAPE).astype(np.int64)
 
 
 def split_labels(labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -17,7 +17,7 @@ def split_labels(labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     labels = np.asarray(labels, dtype=np.int64)
     if labels.size and (labels.min() < 0 or labels.max() >= N_CLASSES):
         raise ValueError(f"class labels must lie in 0..{N_CLASSES - 1}")
-    return labels // 6, (labels % 6) // 3, labels % 3
+    return tuple(np.asarray(c, np.int64) for c in np.unravel_index(labels, SHAPE))
 
 
 def combine_probs(p_mask, p_gender, p_age) -> np.ndarray:
@@ -27,9 +27,9 @@ def combine_probs(p_mask, p_gender, p_age) -> np.ndarray:
     imply; its argmax equals the combined argmaxes, and rows sum to 1 when each input does.
     """
     p_mask, p_gender, p_age = (np.asarray(p, dtype=np.float32) for p in (p_mask, p_gender, p_age))
-    for name, p, k in (("mask", p_mask, len(MASK)), ("gender", p_gender, len(GENDER)),
-                       ("age", p_age, len(AGE))):
+    for name, p in zip(LAYOUT, (p_mask, p_gender, p_age)):
+        k = len(ATTRIBUTES[name])
         if p.ndim != 2 or p.shape[1] != k:
             raise ValueError(f"{name} probabilities must have shape (N, {k}), got {p.shape}")
-    joint = np.einsum("nm,ng,na->nmga", p_mask, p_gender, p_age)
+    joint = np.einsum("nm,ng,na->nmga", p_mask, p_gender, p_age)  # LAYOUT's order
     return joint.reshape(len(p_mask), N_CLASSES)

@@ -16,7 +16,7 @@ from facet.atomic import atomic_path
 from facet.models import run_folder
 from facet.models.checkpoint import file_sha256, find_checkpoint, load_model
 from facet.preprocess import PreprocessSpec, load, normalize
-from facet.serve.metadata import set_metadata
+from facet.model_metadata import set_metadata
 
 OPSET = 18
 PARITY_ATOL = 1e-4

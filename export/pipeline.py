@@ -11,17 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from facet.calibration import ece, fit_temperature, scale
 from facet.combine import ATTRIBUTES
 from facet.metrics import scores
 from facet.models import run_folder
 from facet.preprocess import ImageError, PreprocessSpec, load, normalize
-from facet.serve.metadata import read_info
-from facet.serve.model_folder import merged_file, model_file, write_index
+from facet.progress import progress_bar
+from facet.model_folder import merged_file, model_file, write_index
+from facet.model_metadata import read_info
 
-from .ensemble import build_ensemble
+from .merged_graph import build_merged_graph
 from .onnx_export import export_attribute
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def export_all(runs: dict[str, Path | list[Path]], out_dir: Path,
              "three sessions (each image read once and resized per spec)")
     elif ensemble:
         import onnx
-        merged = build_ensemble({a: str(out_dir / f) for a, f in index["models"]["fp32"].items()})
+        merged = build_merged_graph({a: str(out_dir / f) for a, f in index["models"]["fp32"].items()})
         onnx.save(merged, str(out_dir / merged_file("fp32")))
         if fp16:
             _half(out_dir / merged_file("fp32"))
@@ -210,8 +210,8 @@ def _compare(fp32: Path, other: Path, frame: pd.DataFrame, variant: str, batch: 
     preds: list[list[np.ndarray]] = [[], []]
     labels = []
     rows = frame.to_dict("records")
-    for start in tqdm(range(0, len(rows), batch), desc=f"{variant} check {meta['attribute']}",
-                      leave=False):
+    for start in progress_bar(range(0, len(rows), batch),
+                              desc=f"{variant} check {meta['attribute']}", leave=False):
         chunk = rows[start:start + batch]
         images, kept = _readable([r["path"] for r in chunk], spec)
         labels += [chunk[i]["label"] for i in kept]

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from facet.combine import class_names
 from facet.faces import Face
 from facet.preprocess import DEFAULT_RULES, ImageError, ImageRules, read_image
+from facet.progress import progress_bar
 
 LOW_CONFIDENCE = 0.5
 WHOLE_IMAGE = "whole image, no face search: "
@@ -60,7 +60,8 @@ def draw_results(paths: list[Path], result, out_dir: Path,
         per_row.setdefault(f.row, []).append((f.face, int(f.probs.argmax()),
                                               float(f.probs.max())))
     used, drawn = set(), 0
-    for i in tqdm(np.flatnonzero(result.labels >= 0), unit="photo", desc="drawing", leave=False):
+    for i in progress_bar(np.flatnonzero(result.labels >= 0), unit="photo", desc="drawing",
+                          leave=False):
         answers = per_row.get(i) or [(result.primary[i], int(result.labels[i]),
                                       float(result.probs[i, result.labels[i]]))]
         try:

@@ -5,43 +5,58 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
 
 def scores(y_true, y_pred, n_classes: int) -> dict:
     """Macro-F1 as the competition scored it (over classes present in truth or prediction);
     per-class F1 and the confusion matrix over all ``n_classes``. A prediction < 0 is no answer:
     wrong, a miss for its true class, but no class of its own (it leaves the confusion matrix)."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    present = np.union1d(y_true, y_pred[y_pred >= 0])
-    labels = list(range(n_classes))
+    y_true, y_pred = np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)
+    answered = y_pred >= 0
+    confusion = np.bincount(y_true[answered] * n_classes + y_pred[answered],
+                            minlength=n_classes ** 2).reshape(n_classes, n_classes)
+    tallies = _tallies(y_true, y_pred, n_classes)
     return {
-        "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro",
-                                   zero_division=0)),
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "per_class_f1": [float(x) for x in f1_score(y_true, y_pred, labels=labels, average=None,
-                                                     zero_division=0)],
-        "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "macro_f1": _macro_f1(*tallies),
+        "accuracy": float(np.mean(y_true == y_pred)) if len(y_true) else 0.0,
+        "per_class_f1": _f1(*tallies)[0].tolist(),
+        "confusion": confusion.tolist(),
     }
 
 
 def macro_f1_from_confusion(confusion) -> float:
-    """The macro-F1 of :func:`scores` from a confusion matrix (rows true, columns predicted)."""
-    cm = np.asarray(confusion, dtype=np.float64)
-    support = cm.sum(0) + cm.sum(1)
-    present = support > 0
-    return float((2 * np.diag(cm)[present] / support[present]).mean()) if present.any() else 0.0
+    """The macro-F1 of :func:`scores` from a confusion matrix (rows true, columns predicted;
+    every image answered)."""
+    cm = np.asarray(confusion, dtype=np.int64)
+    return _macro_f1(np.diag(cm), cm.sum(1), cm.sum(0))
 
 
 def macro_f1_counts(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
-    """The macro-F1 of :func:`scores` from counts alone (F1 = 2 TP / (true + predicted) per
-    class present in truth or answers; an answer < 0 is a miss): fast enough to bootstrap."""
+    """The macro-F1 of :func:`scores` without its other scores: fast enough to bootstrap."""
+    return _macro_f1(*_tallies(np.asarray(y_true), np.asarray(y_pred), n_classes))
+
+
+def _tallies(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int):
+    """Per class: true positives, true images, answers (an answer < 0 is a miss)."""
     answered = y_pred >= 0
-    tp = np.bincount(y_true[answered & (y_true == y_pred)], minlength=n_classes)
-    support = np.bincount(y_true, minlength=n_classes) + np.bincount(y_pred[answered],
-                                                                     minlength=n_classes)
+    return (np.bincount(y_true[answered & (y_true == y_pred)], minlength=n_classes),
+            np.bincount(y_true, minlength=n_classes),
+            np.bincount(y_pred[answered], minlength=n_classes))
+
+
+def _f1(tp, n_true, n_pred) -> tuple[np.ndarray, np.ndarray]:
+    """(per-class F1 = 2 TP / (true + predicted), 0 for a class in neither; which classes are
+    present in truth or answers). The one F1 of facet: every score above comes from it."""
+    support = (np.asarray(n_true) + np.asarray(n_pred)).astype(np.float64)
     present = support > 0
-    return float((2 * tp[present] / support[present]).mean()) if present.any() else 0.0
+    f1 = np.zeros(len(support))
+    f1[present] = 2 * np.asarray(tp)[present] / support[present]
+    return f1, present
+
+
+def _macro_f1(tp, n_true, n_pred) -> float:
+    f1, present = _f1(tp, n_true, n_pred)
+    return float(f1[present].mean()) if present.any() else 0.0
 
 
 AGE_BANDS = (0, 13, 20, 30, 45, 60, 200)  # years; [lo, hi) per band

@@ -20,8 +20,8 @@ import numpy as np
 import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .faces import (FALLBACKS, Detector, Face, crop_box, cut, cut_square, default_detector,
-                    fallback_box, primary)
+from .faces import (FALLBACKS, PRIMARY_RULE, Detector, Face, crop_box, cut, cut_square,
+                    default_detector, fallback_box, primary)
 
 RESIZE_MODES = ("stretch", "letterbox")
 CROPS = ("none", "face")
@@ -74,6 +74,9 @@ class ImageRules:
 
 
 DEFAULT_RULES = ImageRules()
+#: The crop rule's square, in face-box sides: 2.0 gave the best photo -> mask F1 of 1.4, 1.6
+#: and 2.0 (BENCHMARKS.md); the recipes' ``crop_margin`` defaults to it.
+CROP_MARGIN = 2.0
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ class PreprocessSpec:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     crop: str = "none"
-    margin: float = 1.6
+    margin: float = CROP_MARGIN
     fallback: str = "whole"
 
     def __post_init__(self):
@@ -114,7 +117,7 @@ class PreprocessSpec:
         """Models exported before faces were cropped have no crop fields: they take crops."""
         return cls(int(d["height"]), int(d["width"]), str(d["resize_mode"]),
                    tuple(float(x) for x in d["mean"]), tuple(float(x) for x in d["std"]),
-                   str(d.get("crop", "none")), float(d.get("margin", 1.6)),
+                   str(d.get("crop", "none")), float(d.get("margin", CROP_MARGIN)),
                    str(d.get("fallback", "whole")))
 
 
@@ -126,14 +129,21 @@ def read_bytes(path: str | Path, max_bytes: int = DEFAULT_RULES.max_bytes) -> by
 
 
 def header_size(path: str | Path) -> tuple[int, int] | None:
-    """An image file's (width, height) from the first ``HEADER_BYTES`` alone, under the same
-    file rules as ``read_bytes``; None when that is not a readable header."""
+    """An image file's (width, height) as :func:`read_image` gives it (EXIF orientation
+    applied), from the first ``HEADER_BYTES`` alone, under the same file rules as
+    ``read_bytes``; None when that is not a readable header."""
     try:
         with _regular_file(path) as (f, _):
             head = f.read(HEADER_BYTES)
-        return Image.open(io.BytesIO(head)).size
+        image = Image.open(io.BytesIO(head))
     except Exception:  # noqa: BLE001 - unreadable: decoding it names why
         return None
+    try:  # a JPEG's EXIF is in its header; another format may keep it after the pixels
+        turned = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except Exception:  # noqa: BLE001
+        turned = False
+    width, height = image.size
+    return (height, width) if turned else (width, height)
 
 
 @contextlib.contextmanager
@@ -208,7 +218,7 @@ class Photo:
 
 def decode_faces(source: bytes | str | Path, specs: list[PreprocessSpec],
                  rules: ImageRules = DEFAULT_RULES, detector: Detector | None = None,
-                 every: bool = False, primary_rule: str = "largest",
+                 every: bool = False, primary_rule: str = PRIMARY_RULE,
                  max_faces: int = MAX_FACES) -> Photo:
     """Decode once, detect once (when a spec crops faces), and cut each spec's input for the
     primary face, or for each of the ``max_faces`` largest faces when ``every``.

@@ -1,4 +1,5 @@
-"""`facet score`: a submission against the answers, overall and per attribute."""
+"""Scoring answers: a submission against the answers, overall and per attribute (`facet
+score`), and a photo's detected faces against its annotated ones (:func:`score_photo_faces`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,6 +10,9 @@ import pandas as pd
 from facet.combine import ATTRIBUTES, N_CLASSES, class_names, split_labels
 from facet.csvfile import read_csv
 from facet.metrics import plot_confusion, scores
+
+
+IOU = 0.4  # how much a detection must overlap an annotated face to answer for it
 
 
 class ScoreError(ValueError):
@@ -49,6 +53,51 @@ def _read(path: Path, key: str, answers: bool) -> pd.DataFrame:
         raise ScoreError(f"{path}: ans {str(first['ans'])!r} for {first[key]} is not a class "
                          f"0..{N_CLASSES - 1}")
     return frame
+
+
+def iou(a: tuple, b: tuple) -> float:
+    """Intersection over union of two boxes (x, y, w, h)."""
+    w = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    return w * h / (a[2] * a[3] + b[2] * b[3] - w * h)
+
+
+def match_faces(truth: list[tuple], found: list[tuple]) -> list[int]:
+    """For each found box (best score first), the index of the annotated box it matches
+    (greedy, IoU >= :data:`IOU`, each annotated box once), or -1."""
+    taken, out = set(), []
+    for box in found:
+        best = max(((iou(t, box), k) for k, t in enumerate(truth) if k not in taken),
+                   default=(0, -1))
+        out.append(best[1] if best[0] >= IOU else -1)
+        if best[0] >= IOU:
+            taken.add(best[1])
+    return out
+
+
+def score_photo_faces(annotated: pd.DataFrame, found: dict[str, list[tuple[tuple, int]]],
+                      attribute: str = "mask", scored=None) -> dict:
+    """Photo -> faces -> answers against the annotated faces: ``annotated`` has a row per face
+    (``path``, ``box`` (x, y, w, h), the ``attribute``'s code); ``found`` maps a photo to its
+    detections (box, answer code), best score first. Every annotated face of a photo competes
+    for its detections (so a detection of a small face is not taken for a large one); the
+    ``scored`` rows (a boolean mask; default all) are scored, a face no detection matched as a
+    miss. Returns macro-F1, faces, missed and per-class F1 (rounded to 4 places)."""
+    pred = np.full(len(annotated), -1)
+    position = {index: k for k, index in enumerate(annotated.index)}
+    for path, faces in annotated.groupby("path", sort=False):
+        detections = found.get(path, [])
+        owner = match_faces(list(faces["box"]), [box for box, _ in detections])
+        for (_, answer), k in zip(detections, owner):
+            if k >= 0:
+                pred[position[faces.index[k]]] = answer
+    rows = np.ones(len(annotated), bool) if scored is None else np.asarray(scored, bool)
+    truth, pred = annotated[attribute].to_numpy()[rows], pred[rows]
+    classes = ATTRIBUTES[attribute]
+    s = scores(truth, pred, len(classes))
+    return {"macro_f1": round(s["macro_f1"], 4), "faces": int(rows.sum()),
+            "missed": int((pred < 0).sum()),
+            "per_class_f1": {c: round(f, 4) for c, f in zip(classes, s["per_class_f1"])}}
 
 
 def plot(result: dict, path: Path) -> None:

@@ -156,8 +156,8 @@ class MlflowTracker(Tracker):
             self.mlflow.log_artifact(str(path))
 
     def log_export(self, out_dir, index):
-        from facet.serve.metadata import read_info
-        from facet.serve.model_folder import INDEX, merged_file
+        from facet.model_folder import INDEX, merged_file
+        from facet.model_metadata import read_info
         infos = {attribute: read_info(out_dir / name)
                  for attribute, name in index["models"]["fp32"].items()}
         params = {f"{a}.{key}": info.get(key) for a, info in infos.items()

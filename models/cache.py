@@ -16,11 +16,11 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from facet.atomic import atomic_file, atomic_path
 from facet.faces import Face, default_detector, primary
 from facet.preprocess import ImageError, PreprocessSpec, cut_face, decode_faces, read_image
+from facet.progress import progress_bar
 
 
 def _key(paths: list[str], spec: PreprocessSpec, boxes: list | None) -> str:
@@ -93,10 +93,11 @@ def build_cache(paths: list[str], spec: PreprocessSpec, cache_dir: str | Path,
             partial(work, i) for i in range(len(paths)) if boxes is None or boxes[i] is None]
         # The decoders (libjpeg-turbo, zlib, OpenCV) release the GIL, so threads scale.
         with ThreadPoolExecutor(workers) as pool:
-            list(tqdm(pool.map(lambda task: task(), tasks), total=len(tasks), unit="img",
-                      desc=f"caching {spec.height}x{spec.width}"
-                           + (" (finding faces)" if detector and len(tasks) > len(named) else ""),
-                      leave=False))
+            list(progress_bar(pool.map(lambda task: task(), tasks), total=len(tasks), unit="img",
+                              desc=f"caching {spec.height}x{spec.width}"
+                                   + (" (finding faces)" if detector and len(tasks) > len(named)
+                                      else ""),
+                              leave=False))
         out.flush()
         out = None  # the memmap is closed before the rename
     bad_path.write_text(json.dumps(sorted(bad)))
@@ -123,8 +124,8 @@ def cached_landmarks(images: np.memmap, workers: int = 4) -> np.ndarray:
             out[i] = faces[primary(faces, image.shape[1], image.shape[0])].landmarks
 
     with ThreadPoolExecutor(workers) as pool:
-        list(tqdm(pool.map(work, range(len(images))), total=len(images), unit="img",
-                  desc="finding landmarks", leave=False))
+        list(progress_bar(pool.map(work, range(len(images))), total=len(images), unit="img",
+                          desc="finding landmarks", leave=False))
     with atomic_file(path, "wb") as f:
         np.save(f, out)
     return out

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import timm
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from facet.atomic import atomic_path
+from facet.atomic import atomic_path, write_json
 
 from .run_folder import BEST
 
@@ -103,11 +104,20 @@ def recalibrate_batchnorm(model: torch.nn.Module, images: torch.Tensor) -> int:
 
 
 def save_weights(model: torch.nn.Module, meta: dict, path: Path) -> None:
-    """Weights as safetensors (the metadata rides inside too) plus a readable JSON twin."""
+    """Weights as safetensors with their metadata inside (one atomic file: what export reads),
+    plus a readable JSON twin, written atomically after it."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={"facet": json.dumps(meta)})
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+    write_json(path.with_suffix(".json"), meta)
+
+
+def read_meta(path: str | Path) -> dict:
+    """A checkpoint's metadata, from inside its safetensors file: always the weights' own (the
+    JSON twin may lag behind them after a crash)."""
+    ckpt = find_checkpoint(path)
+    with safe_open(str(ckpt), framework="numpy") as f:
+        return json.loads(f.metadata()["facet"])
 
 
 def file_sha256(path: str | Path) -> str:
@@ -130,7 +140,7 @@ def find_checkpoint(path: str | Path) -> Path:
 def load_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
     """Rebuild the trained model from a checkpoint; returns (model in eval mode, metadata)."""
     ckpt = find_checkpoint(path)
-    meta = json.loads(ckpt.with_suffix(".json").read_text())
+    meta = read_meta(ckpt)
     model, _ = create_model(meta["recipe"]["backbone"], len(meta["classes"]))
     model.load_state_dict(load_file(str(ckpt)))
     return model.eval(), meta

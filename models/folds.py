@@ -20,7 +20,8 @@ from facet.metrics import scores
 
 from . import run_folder
 from .recipe import Recipe
-from .train import ResumeError, RunResult
+from .resume import ResumeError
+from .train import RunResult
 
 log = logging.getLogger(__name__)
 

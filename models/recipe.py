@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 from typing import Any, get_type_hints
 
 from facet.combine import ATTRIBUTES, AgeRule
-from facet.preprocess import PreprocessSpec
+from facet.preprocess import CROP_MARGIN, PreprocessSpec
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,8 @@ class Recipe:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     crop: str = "none"  # none: the images are face crops | face: detect, crop the largest face
-    crop_margin: float = 2.0  # the crop is a square this many times the face box's longer side
-    #                           (the best photo -> mask F1 of 1.4, 1.6 and 2.0: BENCHMARKS.md)
+    crop_margin: float = CROP_MARGIN  # the crop is a square this many times the face box's
+    #                                   longer side
     crop_fallback: str = "whole"  # no face found: the whole image | center (its centred square)
     # optimisation
     optimizer: str = "adamw"  # any timm.optim name

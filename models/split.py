@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from .data import DataError
+from facet.manifest import DataError
 
 
 def split_by_person(frame: pd.DataFrame, stratify: pd.Series, folds: int = 5, fold: int = 0,

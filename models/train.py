@@ -1,7 +1,6 @@
 """Training one attribute model: the machinery every recipe shares."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -21,60 +20,25 @@ from timm.data import Mixup
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
-from torch.utils.data import (DataLoader, Dataset, RandomSampler, WeightedRandomSampler,
-                              get_worker_info)
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from facet.atomic import atomic_path
-from facet.combine import ATTRIBUTES, TRUE_AGE_RULE, combine_labels
-from facet.metrics import (AGE_BANDS, by_age_band, macro_f1_from_confusion, plot_by_age_band,
-                           plot_confusion, plot_curves, scores)
+from facet.combine import ATTRIBUTES, TRUE_AGE_RULE
 from facet.faces import default_detector
-from facet.preprocess import PreprocessSpec, normalize
+from facet.manifest import Table
+from facet.metrics import (by_age_band, macro_f1_from_confusion, plot_by_age_band, plot_confusion,
+                           plot_curves, scores)
+from facet.progress import progress_bar
 
 from . import run_folder
-from .augment import uses_landmarks
-from .cache import build_cache, cached_landmarks
 from .checkpoint import create_model, recalibrate_batchnorm, resolve_pretrained, save_weights
-from .data import DataError, Table, training_labels
 from .losses import build_loss, class_weights
 from .recipe import Recipe
-from .split import split_by_source
+from .resume import resumable
+from .training_data import loaders, prepare
 
 log = logging.getLogger(__name__)
-
-#: Recipe fields a resumed run may change: neither alters what was trained nor the schedule.
-RESUME_MAY_CHANGE = ("patience",)
-CHILD_AGE = AGE_BANDS[1]  # child_weight applies under this real age: the reports' first band
-
-
-class ResumeError(ValueError):
-    """A run cannot be resumed: no last.pt, or a recipe that differs from the saved one."""
-
-
-class CachedImages(Dataset):
-    """Rows of the decoded-image cache -> (normalised CHW tensor, label). The transform also
-    gets each row's face ``landmarks`` (NaN: unknown) and whether it is ``maskable`` (no mask
-    is known to be worn), for augmentations placed on the face."""
-
-    def __init__(self, images: np.ndarray, rows: np.ndarray, labels: np.ndarray,
-                 spec: PreprocessSpec, transform: A.Compose | None = None,
-                 landmarks: np.ndarray | None = None, maskable: np.ndarray | None = None):
-        self.images, self.rows, self.labels = images, rows, labels
-        self.spec, self.transform = spec, transform
-        self.landmarks, self.maskable = landmarks, maskable
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int):
-        row = self.rows[i]
-        image = np.asarray(self.images[row])
-        if self.transform is not None:
-            face = {} if self.landmarks is None else {"landmarks": self.landmarks[row],
-                                                      "maskable": bool(self.maskable[row])}
-            image = self.transform(image=image, **face)["image"]
-        return torch.from_numpy(normalize(image, self.spec)), int(self.labels[i])
 
 
 @dataclass
@@ -83,35 +47,6 @@ class RunResult:
     best_epoch: int
     best_f1: float
     history: pd.DataFrame
-
-
-def _sampler(labels: np.ndarray, kind: str, num_samples: int, sources: np.ndarray,
-             shares: dict[str, float] | None = None, boost: np.ndarray | None = None):
-    """Draws an epoch's samples: each source gets its share (``shares``, else by size), and
-    within a source ``kind`` balances the classes (balanced), half-way (sqrt), or not (none);
-    ``boost`` multiplies some images' weight within their source (children)."""
-    generator = torch.Generator()  # seeded at the start of every epoch
-    power = {"none": 0.0, "balanced": 1.0, "sqrt": 0.5}.get(kind)
-    if power is None:
-        raise ValueError(f"unknown sampler {kind!r}: none, balanced or sqrt")
-    if kind == "none" and (shares is None or len(shares) == 1) and boost is None:
-        return RandomSampler(range(len(labels)), num_samples=num_samples, generator=generator)
-    weights = np.zeros(len(labels))
-    for name in np.unique(sources):
-        rows = sources == name
-        counts = np.bincount(labels[rows])
-        within = 1.0 / np.power(counts[labels[rows]].astype(np.float64), power)
-        if boost is not None:
-            within = within * boost[rows]
-        share = shares[name] if shares is not None else rows.mean()
-        weights[rows] = share * within / within.sum()
-    return WeightedRandomSampler(weights, num_samples, replacement=True, generator=generator)
-
-
-def _seed_worker(worker_id: int) -> None:
-    """A DataLoader worker's augmentations follow its own torch seed (the loader's base seed +
-    worker id): every worker augments differently, the same way in every run."""
-    get_worker_info().dataset.transform.set_random_seed(torch.initial_seed() % 2**32)
 
 
 class Trainer:
@@ -130,99 +65,8 @@ class Trainer:
 
     # ---- data -------------------------------------------------------------------------
     def _prepare(self):
-        r, frame = self.recipe, self.table.frame
-        unlabelled = set(frame["source"]) - set(frame.loc[frame[r.attribute] >= 0, "source"])
-        if unlabelled or frame.empty:
-            raise DataError(f"no {r.attribute} labels in {sorted(unlabelled) or 'the data'}")
-        frame = frame[frame[r.attribute] >= 0].reset_index(drop=True)
-        if r.stratify == "class18":
-            known = (frame[["mask", "gender", "age"]] >= 0).all(axis=1)
-            if not known.all():
-                raise ValueError("stratify=class18 needs mask, gender and age on every image")
-            strat = pd.Series(combine_labels(frame["mask"], frame["gender"], frame["age"]))
-        elif r.stratify == "attribute":
-            strat = frame[r.attribute]
-        else:
-            raise ValueError(f"unknown stratify {r.stratify!r}: attribute or class18")
-        train_rows, val_rows = split_by_source(frame, strat, r)
-        named = frame["box"].notna()  # faces a manifest's boxes name: cut, not detected
-        images, bad, faces = build_cache(frame["path"].tolist(), r.preprocess, self.cache_dir,
-                                         workers=max(2, self.workers * 2),
-                                         boxes=frame["box"].tolist() if named.any() else None)
-        self.problems += [msg for _, msg in bad]
-        bad_rows = {i for i, _ in bad}
-        train_labels = training_labels(frame, r.attribute, r.age_rule).to_numpy()
-        train_rows = np.array([i for i in train_rows if i not in bad_rows and train_labels[i] >= 0])
-        val_rows = np.array([i for i in val_rows if i not in bad_rows])
-        if r.train_fraction < 1:
-            persons = frame["person"].iloc[train_rows]
-            kept = np.random.default_rng(r.seed).choice(
-                persons.unique(), max(1, round(persons.nunique() * r.train_fraction)), replace=False)
-            train_rows = train_rows[persons.isin(kept).to_numpy()]
-        self.split = {
-            "train_images": len(train_rows), "val_images": len(val_rows),
-            "sources": {name: {"train_images": int((frame["source"].iloc[train_rows] == name).sum()),
-                               "val_images": int((frame["source"].iloc[val_rows] == name).sum())}
-                        for name in frame["source"].unique()},
-            "train_persons": int(frame["person"].iloc[train_rows].nunique()),
-            "val_persons": int(frame["person"].iloc[val_rows].nunique()),
-            "dropped_boundary_ages": int((training_labels(frame, r.attribute, r.age_rule) < 0).sum()),
-        }
-        if named.any():
-            self.split["named_faces"] = int(named.sum())
-        pseudo = (frame["pseudo"].eq(True) if "pseudo" in frame.columns
-                  else pd.Series(False, index=frame.index))
-        if pseudo.any():  # trained on only: never in val, so in no val score nor select_on
-            self.split["pseudo_train_images"] = int(pseudo.iloc[train_rows].sum())
-        if r.crop == "face":  # the images the crop rule could not apply to (fallback region)
-            readable = len(frame) - len(bad_rows)
-            self.split["no_face_found"] = readable - sum(f is not None for f in faces)
-            log.info("crop=face: no face found in %d of %d images (their %s region is used)",
-                     self.split["no_face_found"], readable, r.crop_fallback)
-        self.frame = frame
-        self.val_rows = val_rows
-        self.sources = list(frame["source"].unique())
-        labelled = set(frame.loc[~pseudo, "source"])
-        self.val_sources = [s for s in self.sources if s in labelled]
-        try:
-            self.select_on = r.selection(self.val_sources)
-        except ValueError as exc:
-            raise DataError(str(exc)) from None
-        true_labels = frame[r.attribute].to_numpy()
-        face = {}
-        if uses_landmarks(self.augment):  # found once, on the cached pixels
-            landmarks = cached_landmarks(images, workers=max(2, self.workers * 2))
-            found = np.isfinite(landmarks[train_rows]).all(axis=(1, 2))
-            self.split["landmarks_found_share"] = round(float(found.mean()), 4)
-            face = {"landmarks": landmarks, "maskable": ~frame["mask"].isin([0, 1]).to_numpy()}
-        self.train_set = CachedImages(images, train_rows, train_labels[train_rows], r.preprocess,
-                                      self.augment, **face)
-        self.val_set = CachedImages(images, val_rows, true_labels[val_rows], r.preprocess)
-
-    def _loaders(self):
-        r = self.recipe
-        labels = self.train_set.labels
-        n = r.samples_per_epoch or len(labels)
-        common = dict(num_workers=self.workers, pin_memory=self.device.type == "cuda")
-        # Training workers start afresh every epoch (not persistent), so their seeds come from
-        # that epoch's seeded generator; drop_last keeps batches even, as Mixup needs.
-        sources = self.frame["source"].to_numpy()[self.train_set.rows]
-        sizes = {name: int((sources == name).sum()) for name in self.sources}
-        shares, absent = r.source_shares(sizes) if r.source_weights else (None, [])
-        unweighted = sorted(set(self.sources) - set(r.source_weights_names))
-        if absent and unweighted:  # a misspelt name leaves a source at weight 1
-            log.warning("source_weights names %s, which are not among the sources, and not %s "
-                        "(weight 1)", absent, unweighted)
-        years = self.frame["age_years"].to_numpy()[self.train_set.rows]
-        boost = (np.where((years >= 0) & (years < CHILD_AGE), r.child_weight, 1.0)
-                 if r.child_weight != 1 else None)
-        train = DataLoader(self.train_set, batch_size=r.batch_size, drop_last=True,
-                           sampler=_sampler(labels, r.sampler, n, sources, shares, boost),
-                           worker_init_fn=_seed_worker,
-                           generator=torch.Generator(), **common)
-        val = DataLoader(self.val_set, batch_size=r.batch_size * 2, shuffle=False,
-                         persistent_workers=self.workers > 0, **common)
-        return train, val
+        self.data = prepare(self.recipe, self.table, self.augment, self.cache_dir, self.workers)
+        self.problems += self.data.problems
 
     def _seed_epoch(self, loader: DataLoader, epoch: int) -> None:
         """Every random draw of an epoch follows from (seed, epoch) alone, so a resumed run
@@ -232,7 +76,7 @@ class Trainer:
             np.random.SeedSequence([self.recipe.seed, epoch]).generate_state(4).tolist())
         loader.sampler.generator.manual_seed(sampler)
         loader.generator.manual_seed(workers)
-        self.train_set.transform.set_random_seed(transform)  # used when there are no workers
+        self.data.train_set.transform.set_random_seed(transform)  # used when there are no workers
         random.seed(others)
         np.random.seed(others)
         torch.manual_seed(others)  # CUDA generators too
@@ -245,9 +89,9 @@ class Trainer:
         model, self.weights_origin = create_model(r.backbone, r.num_classes, self.pretrained_from,
                                                   r.drop_rate)
         if not self.weights_origin.startswith("none"):
-            n = min(r.bn_calibration_images, len(self.train_set))
-            rows = np.random.default_rng(r.seed).choice(len(self.train_set), n, replace=False)
-            sample = torch.stack([self.train_set[i][0] for i in rows])
+            n = min(r.bn_calibration_images, len(self.data.train_set))
+            rows = np.random.default_rng(r.seed).choice(len(self.data.train_set), n, replace=False)
+            sample = torch.stack([self.data.train_set[i][0] for i in rows])
             if recalibrate_batchnorm(model, sample):
                 self.weights_origin += (f" (folded BatchNorm re-calibrated on {len(sample)} "
                                         "training images)")
@@ -267,7 +111,8 @@ class Trainer:
                            cutmix_alpha=r.cutmix_alpha if r.cutmix else 0.0, prob=mixed,
                            switch_prob=r.cutmix / mixed, label_smoothing=0.0,
                            num_classes=r.num_classes) if mixed else None
-        counts = torch.bincount(torch.as_tensor(self.train_set.labels), minlength=r.num_classes)
+        counts = torch.bincount(torch.as_tensor(self.data.train_set.labels),
+                                minlength=r.num_classes)
         weight = class_weights(r.class_weights, counts)
         self.criterion = build_loss(r.loss, r.num_classes,
                                     weight.to(self.device) if weight is not None else None,
@@ -288,8 +133,8 @@ class Trainer:
         self.model.train()
         cm = torch.zeros(r.num_classes, r.num_classes, dtype=torch.long)
         total, seen, start = 0.0, 0, time.perf_counter()
-        bar = tqdm(loader, desc=f"{r.attribute} epoch {epoch}/{r.epochs}", unit="batch",
-                   leave=False, dynamic_ncols=True)
+        bar = progress_bar(loader, desc=f"{r.attribute} epoch {epoch}/{r.epochs}", unit="batch",
+                           leave=False, dynamic_ncols=True)
         for x, y in bar:
             x = x.to(self.device, non_blocking=True, memory_format=torch.channels_last)
             y = y.to(self.device, non_blocking=True)
@@ -319,7 +164,8 @@ class Trainer:
         """(mean CE loss, probabilities, true labels) of the validated model on the val set."""
         model = self.validated_model.eval()
         probs, labels, total = [], [], 0.0
-        for x, y in tqdm(loader, desc="validating", unit="batch", leave=False, dynamic_ncols=True):
+        for x, y in progress_bar(loader, desc="validating", unit="batch", leave=False,
+                                 dynamic_ncols=True):
             x = x.to(self.device, memory_format=torch.channels_last)
             with self.autocast:
                 logits = model(x).float()
@@ -339,7 +185,7 @@ class Trainer:
             "attribute": r.attribute, "classes": self.classes, "epoch": epoch,
             "val_macro_f1": metrics["macro_f1"], "val_accuracy": metrics["accuracy"],
             "val_per_class_f1": metrics["per_class_f1"], "val_confusion": metrics["confusion"],
-            "val_selected": {"on": self.select_on, "macro_f1": metrics["selected"]},
+            "val_selected": {"on": self.data.select_on, "macro_f1": metrics["selected"]},
             "val_by_source": {name: {"macro_f1": b["macro_f1"], "per_class_f1": b["per_class_f1"],
                                      "images": int(np.sum(b["confusion"]))}
                               for name, b in metrics["by_source"].items()},
@@ -353,7 +199,7 @@ class Trainer:
         return {
             "recipe": self.recipe.to_dict(), "augmentations": A.to_dict(self.augment),
             "data": {"source": self.source, "group": self.table.group,
-                     "summary": self.table.summary(), **self.split,
+                     "summary": self.table.summary(), **self.data.split,
                      "problems": len(self.problems)},
             "pretrained": self.weights_origin, "device": str(self.device),
             "precision": self.precision,
@@ -368,15 +214,15 @@ class Trainer:
         raises ends the run there, with the best checkpoint so far kept)."""
         r = self.recipe
         last = self.run_dir / run_folder.LAST
-        state = self._resumable(last) if resume else None
+        state = resumable(last, r, self.run_dir) if resume else None
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._prepare()
-        train_loader, val_loader = self._loaders()
+        train_loader, val_loader = loaders(self.data, r, self.device, self.workers)
         self._build(len(train_loader))
         tqdm.write(f"{r.attribute}: {r.backbone}, initial weights: {self.weights_origin}")
-        val = self.frame.iloc[self.val_rows]
+        val = self.data.frame.iloc[self.data.val_rows]
         pd.DataFrame({"path": val["path"], "person": val["person"], "age_years": val["age_years"],
-                      "source": val["source"], "label": self.val_set.labels}).to_csv(
+                      "source": val["source"], "label": self.data.val_set.labels}).to_csv(
             self.run_dir / run_folder.VAL, index=False)
         if self.problems:
             (self.run_dir / run_folder.PROBLEMS).write_text("\n".join(self.problems) + "\n")
@@ -406,9 +252,10 @@ class Trainer:
             val_loss, probs, y_true = self.evaluate(val_loader)
             m = scores(y_true, probs.argmax(1), r.num_classes)
             by_source = self._by_source(y_true, probs.argmax(1))
-            m["selected"] = (m["macro_f1"] if self.select_on == "all" else
+            on = self.data.select_on
+            m["selected"] = (m["macro_f1"] if on == "all" else
                              float(np.mean([b["macro_f1"] for b in by_source.values()]))
-                             if self.select_on == "mean" else by_source[self.select_on]["macro_f1"])
+                             if on == "mean" else by_source[on]["macro_f1"])
             m["by_source"] = by_source
             history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                             "val_macro_f1": m["macro_f1"], "val_accuracy": m["accuracy"],
@@ -442,36 +289,9 @@ class Trainer:
         return self._finish(pd.DataFrame(history))
 
     def _by_source(self, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, dict]:
-        sources = self.frame["source"].to_numpy()[self.val_rows]
+        sources = self.data.frame["source"].to_numpy()[self.data.val_rows]
         return {name: scores(y_true[sources == name], y_pred[sources == name],
-                             self.recipe.num_classes) for name in self.val_sources}
-
-    def _resumable(self, last: Path) -> dict:
-        if not last.exists():
-            raise ResumeError(f"cannot resume: {last} does not exist (no epoch of this run was "
-                              "saved); train without --resume to start over")
-        try:
-            state = torch.load(last, map_location="cpu", weights_only=True)
-            saved = json.loads(state["recipe"])
-            state["history"]
-        except Exception as exc:  # noqa: BLE001 - unreadable, or written by an older facet
-            raise ResumeError(f"cannot resume from {last}: not a readable checkpoint of this "
-                              f"version of facet ({type(exc).__name__}: {exc}); train a new "
-                              "run") from None
-        now = json.loads(json.dumps(self.recipe.to_dict()))
-        # a field added to Recipe after the run was saved counts at its default
-        defaults = json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(Recipe)
-                                          if f.default is not dataclasses.MISSING}))
-        saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
-        changed = [f"{k} {saved.get(k)!r} -> {now.get(k)!r}"
-                   for k in sorted(saved.keys() | now.keys())
-                   if k not in RESUME_MAY_CHANGE and saved.get(k) != now.get(k)]
-        if changed:
-            raise ResumeError(f"cannot resume {self.run_dir}: the recipe changed "
-                              f"({'; '.join(changed)}). A resumed run keeps its recipe; only "
-                              f"{', '.join(RESUME_MAY_CHANGE)} may change. Train a new run for a "
-                              "new recipe")
-        return state
+                             self.recipe.num_classes) for name in self.data.val_sources}
 
     def _write_metrics(self, history: list[dict]) -> None:
         pd.DataFrame(history).to_csv(self.run_dir / run_folder.METRICS, index=False)
@@ -499,9 +319,9 @@ class Trainer:
         plot_confusion(meta["val_confusion"], self.classes, self.run_dir / run_folder.CONFUSION,
                        f"{r.attribute}: val confusion, epoch {meta['epoch']} "
                        f"(macro-F1 {meta['val_macro_f1']:.3f})")
-        bands = by_age_band(self.val_set.labels,
+        bands = by_age_band(self.data.val_set.labels,
                             np.load(self.run_dir / run_folder.VAL_PROBS).argmax(1),
-                            self.frame["age_years"].iloc[self.val_rows])
+                            self.data.frame["age_years"].iloc[self.data.val_rows])
         if len(bands):  # needs real ages: the competition layout has them, a manifest may not
             bands.to_csv(self.run_dir / run_folder.VAL_BY_AGE, index=False)
             plot_by_age_band(bands, self.run_dir / run_folder.VAL_BY_AGE_PLOT,

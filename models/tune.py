@@ -24,9 +24,9 @@ from typing import Callable, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from facet.manifest import Table
 from facet.tracking import Tracker
 
-from .data import Table
 from .recipe import Recipe, field_name, load_recipe
 from .train import Trainer
 

@@ -13,13 +13,12 @@ import numpy as np
 import pandas as pd
 
 from facet.combine import ATTRIBUTES
+from facet.faces import Face
+from facet.manifest import BOX_COLUMNS, LABELS, PSEUDO
+from facet.preprocess import header_size
 
 from .results import BatchResult
 
-#: attribute -> the manifest column its label goes to (what training's manifest reader,
-#: ``facet.models.data.read_manifest``, reads)
-LABEL_COLUMNS = {"mask": "mask", "gender": "gender", "age": "age_group"}
-BOX = ("x0", "y0", "x1", "y1")
 DECIMALS = 6  # probabilities are rounded before the rule runs: it decides on what is written
 
 
@@ -78,11 +77,9 @@ def pseudo_manifest(paths: list, result: BatchResult, attributes: list[str],
     path = [os.path.abspath(str(p)) for p in paths]
     out = pd.DataFrame({"path": path, "group": path})
     if boxes:
-        # corners in photo pixels; a box reaching past the top or left border starts at 0
-        corners = [(max(0.0, f.box[0]), max(0.0, f.box[1]), f.box[0] + f.box[2],
-                    f.box[1] + f.box[3]) if f is not None else None
-                   for f in (result.primary or [None] * n)]
-        for k, name in enumerate(BOX):
+        corners = [_inside(f, header_size(p)) if f is not None else None
+                   for p, f in zip(paths, result.primary or [None] * n)]
+        for k, name in enumerate(BOX_COLUMNS[0]):
             out[name] = [round(float(c[k]), 2) if c else "" for c in corners]
     probs = {a: np.round(result.attributes[a].astype(np.float64), DECIMALS) for a in ATTRIBUTES}
     summary, any_kept = {}, np.zeros(n, bool)
@@ -95,9 +92,19 @@ def pseudo_manifest(paths: list, result: BatchResult, attributes: list[str],
             summary[a] = Kept({c: int((pred == k).sum()) for k, c in enumerate(classes)},
                               {c: int((kept & (pred == k)).sum()) for k, c in enumerate(classes)},
                               {classes[k]: v for k, v in cut.items()})
-        out[LABEL_COLUMNS[a]] = column
+        out[LABELS[a]] = column
     for a, classes in ATTRIBUTES.items():
         for k, c in enumerate(classes):
             out[f"p_{a}_{c}"] = probs[a][:, k]
-    out["pseudo"] = 1
+    out[PSEUDO] = 1
     return out[any_kept].reset_index(drop=True), summary
+
+
+def _inside(face: Face, size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """The face box's corners in photo pixels, clipped at both ends to the photo: where the
+    detector's box reaches past an edge, the manifest names the face's visible part (a
+    manifest's box lies in its image). The crop rule's square keeps its centre within half
+    the overhang, and its side unless the clipped side was the box's longer one."""
+    x, y, w, h = face.box
+    width, height = size
+    return max(0.0, x), max(0.0, y), min(float(width), x + w), min(float(height), y + h)

@@ -1,5 +1,6 @@
 """`facet predict --engine ray`: batch inference on Ray Data, over the CPUs and GPUs of a cluster,
-written as numbered Parquet parts that a re-run skips.
+written as numbered Parquet parts that a re-run skips. This is the driver; what runs on the
+workers (decode tasks, answering actors) is ``ray_workers``.
 
 Decoding (the local engine's decoder: its loader, rules and face detection) runs in
 Ray tasks, so it scales with the cluster's CPUs; the models run in a pool of actors, each with
@@ -10,11 +11,8 @@ merges the parts into the local engine's CSV files. No torch here.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,13 +23,13 @@ import pandas as pd
 
 from facet import privacy
 from facet.combine import ATTRIBUTES
-from facet.faces import Face, YuNet
-from facet.preprocess import ImageError
+from facet.faces import Face
+from facet.model_folder import INDEX, read_index
 
-from .batch import InputError, Inputs, details, is_uri, submission
-from .model_folder import INDEX, read_index
-from .options import AnswerOptions, Decoder
-from .predictor import Predictor, pack, unpack
+from .inputs import InputError, Inputs
+from .tables import details, submission
+from .predictor import Predictor
+from .ray_workers import Answerer, Answering, decode_batch, digest
 from .results import BatchResult, Collector
 from .storage import Filesystems, PartStore
 
@@ -42,47 +40,6 @@ import ray.data  # noqa: E402
 # A decode worker process itself (Python, numpy, OpenCV, onnxruntime for the face detector):
 # Ray Data measured about 125 MiB.
 DECODE_WORKER_BYTES = 160 * 2**20
-
-
-@dataclass(frozen=True)
-class Answering:
-    """A job's answering options as they travel to the decode tasks and the actors, with the
-    bytes of another detector file (the nodes share no filesystem). The driver (which checks
-    the models before any work) and every actor build the same Predictor from it."""
-
-    options: AnswerOptions
-    detector_file: tuple[str, bytes] | None = None  # another YuNet file: (name, bytes)
-
-    def __post_init__(self):
-        if self.options.detector and self.detector_file is None:  # read once, on the driver
-            path = Path(self.options.detector)
-            object.__setattr__(self, "detector_file", (path.name, path.read_bytes()))
-
-    def detector(self) -> YuNet:
-        """One detector per process (the decode tasks of a worker process share it)."""
-        with _LOCK:
-            if self not in _DETECTORS:
-                path = None
-                if self.detector_file:  # written out under its own name, for its messages;
-                    name, data = self.detector_file  # kept: OpenCV's YuNet reads it per thread
-                    path = Path(tempfile.mkdtemp(prefix="facet-yunet-")) / name
-                    path.write_bytes(data)
-                _DETECTORS[self] = self.options.face_detector(path)
-            return _DETECTORS[self]
-
-    def predictor(self, model_dir: str | Path, device: str) -> Predictor:
-        # no spinning: the actors share the nodes' cores with the decode tasks
-        return Predictor(model_dir, self.options, device=device, spinning=False,
-                         face_detector=self.detector())
-
-    def key(self) -> dict:
-        """What changes answers, with the detector file's digest."""
-        detector = self.detector_file[1] if self.detector_file else b""
-        return self.options.answers_key() | {"detector_file": _digest(detector)}
-
-
-_LOCK = threading.Lock()
-_DETECTORS: dict[Answering, YuNet] = {}
 
 
 @dataclass(frozen=True)
@@ -148,57 +105,6 @@ def _no_room(cluster: Cluster) -> str | None:
             if short else None)
 
 
-def decode_batch(batch: dict, decoder: Decoder, answering: Answering,
-                 filesystems: Filesystems) -> dict:
-    """Ray task: each row's packed model inputs, or its error (a refused row keeps its reason),
-    with the local engine's decoder and messages; rows that fail are zeros the actors never
-    read."""
-    n = len(batch["row"])
-    errors = batch["refused"].astype(object)
-    pixels = np.zeros((n, decoder.width), np.uint8)
-    detector = answering.detector() if decoder.crops_faces else None
-    found = np.full(n, -1, np.int8)  # -1: no detection ran
-    face = np.full((n, 5), np.nan)  # the primary face's box and score
-    for i, path in enumerate(batch["path"]):
-        if errors[i]:
-            continue
-        try:
-            photo = decoder.decode(filesystems.read_image(path, decoder.rules.max_bytes)
-                                   if is_uri(path) else path, detector)
-        except (ImageError, OSError) as exc:
-            errors[i] = str(exc)
-            continue
-        pixels[i] = pack(photo.inputs[0])
-        if photo.face_found is not None:
-            found[i] = photo.face_found
-        if (primary := photo.face(photo.primary)) is not None:
-            face[i] = [*primary.box, primary.score]
-    return {"row": batch["row"], "error": errors, "found": found, "face": face,
-            "pixels": pixels}
-
-
-class Answerer:
-    """Ray actor: one Predictor, built once from the model files in the object store."""
-
-    def __init__(self, files: ray.ObjectRef, answering: Answering, device: str):
-        with tempfile.TemporaryDirectory(prefix="facet-models-") as folder:
-            for name, data in ray.get(files).items():
-                (Path(folder) / name).write_bytes(data)
-            # onnxruntime holds the models in memory: the folder is not needed afterwards
-            self.predictor = answering.predictor(folder, device)
-        self.node = ray.get_runtime_context().get_node_id()
-
-    def __call__(self, batch: dict) -> dict:
-        ok = batch["error"] == ""
-        answered = Collector(len(ok))
-        if ok.any():
-            out = self.predictor.predict(unpack(batch["pixels"][ok], self.predictor.distinct_specs))
-            answered.put(np.flatnonzero(ok), out.attributes, out.probs)
-        return {"row": batch["row"], "error": batch["error"], "found": batch["found"],
-                "face": batch["face"], "probs": answered.probs, "node": np.full(len(ok), self.node),
-                **{f"p_{a}": p for a, p in answered.attributes.items()}}
-
-
 class _Part:
     """The answers of one part's rows as they come back, in any order; a row that comes back
     twice (from a retried task) counts once."""
@@ -246,8 +152,8 @@ class Job:
         self.store = PartStore(parts_dir, self.filesystems)
         self.parts = max(1, -(-len(inputs.paths) // part_size))  # an empty input: one empty part
         self.keys = {"facet.manifest": _manifest_key(inputs, part_size),
-                     "facet.answers": _digest(json.dumps(answering.key()).encode(),
-                                              *[d for _, d in sorted(self.files.items())])}
+                     "facet.answers": digest(json.dumps(answering.key()).encode(),
+                                             *[d for _, d in sorted(self.files.items())])}
         given, answers = self._tables(0, 0, _Part(0, 0))
         self.submission_columns, self.answer_columns = list(given.columns), list(answers.columns)
         # a manifest column that shares a name with an answer column is kept as input_<name>
@@ -262,7 +168,7 @@ class Job:
         """Rows ``start:stop`` as the local engine writes them: the submission (the manifest's
         columns with ``ans`` filled) and the --details columns but the path."""
         rows = Inputs(self.inputs.frame.iloc[start:stop].reset_index(drop=True),
-                      self.inputs.paths[start:stop], self.inputs.answer_column)
+                      self.inputs.paths[start:stop])
         result = part.result(rows.paths)
         return (submission(rows, result),
                 details(rows, result, faces=self.crops_faces).drop(columns="path"))
@@ -406,13 +312,6 @@ def _reason(exc: Exception) -> str:
 def _manifest_key(inputs: Inputs, part_size: int) -> str:
     frame = inputs.frame
     paths = pd.Series([str(p) for p in inputs.paths], dtype=object)
-    return _digest(json.dumps([list(map(str, frame.columns)), part_size]).encode(),
-                   pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes(),
-                   pd.util.hash_pandas_object(paths, index=False).to_numpy().tobytes())
-
-
-def _digest(*chunks: bytes) -> str:
-    h = hashlib.sha256()
-    for chunk in chunks:
-        h.update(hashlib.sha256(chunk).digest())
-    return h.hexdigest()
+    return digest(json.dumps([list(map(str, frame.columns)), part_size]).encode(),
+                  pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes(),
+                  pd.util.hash_pandas_object(paths, index=False).to_numpy().tobytes())

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from facet.cli import app
 from facet.combine import ATTRIBUTES
 from facet.models.audit import audit
-from facet.models.data import Table, apply_fixes, combine, read_competition, read_manifest
+from facet.manifest import Table, read_manifest
+from facet.models.data import apply_fixes, combine, read_competition
 
 pytest.importorskip("cleanlab")
 runner = CliRunner()

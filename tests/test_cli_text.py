@@ -25,9 +25,11 @@ from facet.combine import ATTRIBUTES, class_names
 from facet.draw import WHOLE_IMAGE, draw_results
 from facet.faces import Face
 from facet.preprocess import PreprocessSpec
-from facet.serve.batch import Inputs, face_details, write_atomic
+from facet.atomic import write_csv
+from facet.serve.inputs import Inputs
+from facet.serve.tables import face_details
 from facet.serve.results import BatchResult, FaceAnswer
-from facet.serve.metadata import METADATA_KEY
+from facet.model_metadata import METADATA_KEY
 
 PHOTOS = Path(__file__).parent / "fixtures" / "photos"
 runner = CliRunner()
@@ -178,10 +180,25 @@ def test_every_csv_flag_is_spelled_true_or_false(tmp_path):
     result = BatchResult(np.array([0]), {a: p[None] for a, p in uniform.items()}, probs[None],
                          face_found=[True], primary=[faces[0].face], faces=faces)
     inputs = Inputs(pd.DataFrame({"ImageID": ["a.jpg"]}), [Path("a.jpg")])
-    write_atomic(face_details(inputs, result), tmp_path / "faces.csv")
+    write_csv(tmp_path / "faces.csv", face_details(inputs, result))
     rows = pd.read_csv(tmp_path / "faces.csv", dtype=str)
     assert rows["primary"].tolist() == ["true", "false"]
     assert rows["face_found"].tolist() == ["true", "true"]
+
+
+def test_a_face_answered_nan_is_an_error_in_the_face_details_not_class_0():
+    uniform = {a: np.full(len(c), 1 / len(c), np.float32) for a, c in ATTRIBUTES.items()}
+    broken = {a: np.full(len(c), np.nan, np.float32) for a, c in ATTRIBUTES.items()}
+    probs = np.full(18, 1 / 18, np.float32)
+    faces = [FaceAnswer(0, 0, Face((0.0, 0.0, 20.0, 20.0), 0.9), True, uniform, probs),
+             FaceAnswer(0, 1, Face((30.0, 0.0, 20.0, 20.0), 0.8), False, broken,
+                        np.full(18, np.nan, np.float32))]
+    result = BatchResult(np.array([0]), {a: p[None] for a, p in uniform.items()}, probs[None],
+                         face_found=[True], primary=[faces[0].face], faces=faces)
+    rows = face_details(Inputs(pd.DataFrame({"path": ["a.jpg"]}), [Path("a.jpg")]), result)
+    assert rows["label"].tolist() == [0, -1] and rows["class"].tolist() == ["wear/male/<30", ""]
+    assert rows["error"].tolist() == ["", "the models answered NaN (try the fp32 variant)"]
+    assert rows["mask"].tolist() == ["wear", ""]
 
 
 def test_report_says_which_score_the_group_gap_is_of(tmp_path):
@@ -205,6 +222,29 @@ def test_export_keeps_the_exporters_progress_for_verbose(runs, tmp_path):
     loud = runner.invoke(app, ["--verbose", *args, "--out", str(tmp_path / "loud")])
     assert loud.exit_code == 0, loud.output
     assert loud.output.count("[torch.onnx] Translate the graph into ONNX... ✅") == 3
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_progress_in_a_log_is_a_line_every_few_seconds_not_one_per_update(monkeypatch, terminal):
+    """100 updates, each a second or more apart: a terminal redraws its bar for each; a log
+    (CI, nohup) gets a line every LOG_INTERVAL seconds and the last one."""
+    import tqdm.std
+
+    from facet.progress import LOG_INTERVAL, progress_bar
+
+    clock = iter(range(10_000))
+    monkeypatch.setattr(tqdm.std, "time", lambda: float(next(clock)))
+    monkeypatch.setattr(tqdm.std.tqdm, "monitor_interval", 0)
+    stream = io.StringIO()
+    stream.isatty = lambda: terminal
+    for _ in progress_bar(range(100), file=stream, desc="predicting", leave=False):
+        pass
+    lines = [line for line in stream.getvalue().split("\r") if "predicting" in line]
+    if terminal:
+        assert len(lines) >= 100
+    else:
+        assert 2 <= len(lines) <= 100 / LOG_INTERVAL + 2
+        assert "100/100" in lines[-1]
 
 
 def test_the_photo_peek_reads_headers_of_allowed_rows_only(photos, tmp_path, monkeypatch):

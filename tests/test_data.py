@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 
 from facet.combine import AgeRule
-from facet.models.data import (DataError, apply_fixes, combine, read_competition, read_manifest,
-                               training_labels)
+from facet.manifest import DataError, read_manifest
+from facet.models.data import apply_fixes, combine, read_competition, training_labels
 
 
 @pytest.fixture
@@ -141,8 +141,36 @@ def test_manifest_without_its_group_column_is_refused_unless_group_none(dataset,
                                         r"'persn'\]\).*--group none"):
         read_manifest(csv)  # a misspelled column never silently becomes one group per image
     assert read_manifest(csv, group="persn").frame["person"].tolist() == ["a", "a", "b"]
-    with caplog.at_level("WARNING", logger="facet.models.data"):
+    with caplog.at_level("WARNING", logger="facet.manifest"):
         table = read_manifest(csv, group="none")
     assert table.frame["person"].nunique() == 3 and table.group == "none"
     assert "val scores will be optimistic" in caplog.text
     assert "each its own group" in table.summary()
+
+
+def test_a_face_box_past_the_images_edge_is_a_bad_row(tmp_path):
+    """Boxes are checked against the image's size (EXIF orientation applied), like every other
+    label: a box past the right or bottom edge is named and skipped, not cut as a black crop
+    (or a crash of the image cache)."""
+    from PIL import Image
+    Image.new("RGB", (100, 80)).save(tmp_path / "wide.jpg")
+    turned = Image.new("RGB", (100, 80))  # stored 100x80, shown 80x100 (EXIF: rotate 90)
+    exif = turned.getexif()
+    exif[0x0112] = 6
+    turned.save(tmp_path / "turned.jpg", exif=exif.tobytes())
+    rows = [("wide.jpg", 10, 10, 100, 80),  # up to the edge: fine
+            ("wide.jpg", 10, 10, 101, 50),  # past the right edge
+            ("wide.jpg", 150, 10, 160, 50),  # wholly past it
+            ("wide.jpg", 10, 10, 50, 81),  # past the bottom
+            ("turned.jpg", 10, 10, 80, 100),  # fits the turned image
+            ("turned.jpg", 10, 10, 90, 50)]  # fits the stored one only
+    pd.DataFrame([{"path": p, "person": f"p{i}", "mask": 0, "x0": a, "y0": b, "x1": c, "y1": d}
+                  for i, (p, a, b, c, d) in enumerate(rows)]).to_csv(tmp_path / "m.csv", index=False)
+    table = read_manifest(tmp_path / "m.csv")
+    assert table.frame["person"].tolist() == ["p0", "p4"]
+    assert len(table.problems) == 4
+    assert all("past the edge" in p for p in table.problems)
+    assert "m.csv:3 (wide.jpg)" in table.problems[0] and "100x80 image" in table.problems[0]
+    assert "80x100 image" in table.problems[3]
+    with pytest.raises(DataError, match="m.csv:3.*past the edge"):
+        read_manifest(tmp_path / "m.csv", strict=True)

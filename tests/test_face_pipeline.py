@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from facet.faces import YuNet
-from facet.serve.metadata import read_metadata
+from facet.model_metadata import read_metadata
 
 PHOTOS = Path(__file__).parent / "fixtures" / "photos"
 pytestmark = pytest.mark.slow
@@ -149,4 +149,5 @@ def test_faces_all_with_no_readable_photo_writes_the_errors(face_exported, tmp_p
                  "--faces", "all", "--details", details)
     assert run.returncode == 3, run.stderr
     rows = pd.read_csv(details)
-    assert list(rows["face"]) == [-1] and rows["error"].iloc[0] == "file not found"
+    assert rows["face"].isna().all() and rows["error"].iloc[0] == "file not found"  # no face
+    assert rows["face_found"].isna().all()

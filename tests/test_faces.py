@@ -203,7 +203,7 @@ def test_a_manifest_with_face_boxes_trains_on_crops_cut_from_the_photo(tmp_path,
     real context, no detector run; the photo is decoded once for all its faces."""
     from conftest import TINY
     from facet.models.cache import build_cache
-    from facet.models.data import read_manifest
+    from facet.manifest import read_manifest
     from facet.models.recipe import load_recipe
     from facet.models.train import Trainer
     from facet.preprocess import cut_face, read_image

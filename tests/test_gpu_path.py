@@ -1,10 +1,6 @@
 """The GPU path as far as a CPU can check it: the fp16 export and its agreement, provider
-selection and its errors, the provider options, io binding, mixed-precision settings, and the
-GPU check script's dry run."""
+selection and its errors, the provider options, io binding and mixed-precision settings."""
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -13,12 +9,11 @@ from typer.testing import CliRunner
 
 from facet.cli import app
 from facet.serve import predictor as predictor_module
-from facet.serve.batch import read_inputs
+from facet.serve.inputs import read_inputs
 from facet.serve.config import ServeConfig
 from facet.serve.options import AnswerOptions, GpuOptions
 from facet.serve.predictor import Predictor, providers
 
-ROOT = Path(__file__).resolve().parent.parent
 CUDA, CPU, TRT = "CUDAExecutionProvider", "CPUExecutionProvider", "TensorrtExecutionProvider"
 
 
@@ -136,25 +131,3 @@ def test_recipe_booleans_parse_strictly():
     assert recipe.compile is False and recipe.override(["compile=true"]).compile is True
     with pytest.raises(ValueError, match="compile"):
         recipe.override(["compile=maybe"])
-
-
-@pytest.mark.integration
-def test_gpu_check_dry_run(tmp_path):
-    """The GPU check script, everything but its GPU steps, on generated data."""
-    out = tmp_path / "check"
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--dry-run",
-                           "--out", str(out)], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    result = json.loads((out / "gpu_check.json").read_text())
-    assert result["dry_run"] is True and result["providers"] == "skipped: dry run"
-    assert result["packages"]["torch"]["version"] and result["host"]["cpus"] >= 1
-    assert {a: s["precision"] for a, s in result["training"].items()} == {
-        "mask": "fp32", "gender": "fp32", "age": "fp32"}
-    assert set(result["fp16_eval"]) == {"mask", "gender", "age"}
-    m = result["measured"]
-    assert m["models"]["cpu_fp32"] > 0 and m["predict"]["cpu_fp32"] > 0 and m["decode_img_s"] > 0
-    assert m["http"]["batching_on_rps"] > 0 and m["http"]["batching_off_rps"] > 0
-    assert (out / "models" / "ensemble.fp16.onnx").exists()
-    table = (out / "gpu_check.md").read_text()
-    assert table.startswith("| measured | value | target | met |")
-    assert "| `facet predict` fp16 GPU | - | 5000 |  |" in table  # not run: no value, no verdict

@@ -8,7 +8,7 @@ import pytest
 from facet.models.augment import uses_landmarks
 from facet.models.occlusion import FACE_FRAME, MaskOcclusion, occlude
 from facet.models.recipe import load_recipe
-from facet.models.train import CHILD_AGE, CachedImages, _sampler
+from facet.models.training_data import CHILD_AGE, CachedImages, epoch_sampler
 from facet.preprocess import PreprocessSpec, load
 
 PHOTO = Path(__file__).parent / "fixtures" / "photos" / "single.jpg"  # one unmasked face
@@ -119,8 +119,8 @@ def test_child_weight_draws_children_more_often_within_their_source():
     years = np.where(np.arange(100) % 5 == 0, CHILD_AGE - 5, 40)
     boost = np.where(years < CHILD_AGE, 3.0, 1.0)
     shares = {"a": 0.5, "b": 0.5}
-    plain = _sampler(labels, "none", 20000, sources, shares)
-    boosted = _sampler(labels, "none", 20000, sources, shares, boost)
+    plain = epoch_sampler(labels, "none", 20000, sources, shares)
+    boosted = epoch_sampler(labels, "none", 20000, sources, shares, boost)
     for sampler in (plain, boosted):
         sampler.generator.manual_seed(0)
     drawn_plain, drawn = np.array(list(plain)), np.array(list(boosted))

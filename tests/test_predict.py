@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from conftest import encode, png_header_bomb
 from facet.cli import app
-from facet.serve.batch import predict_paths, read_inputs
+from facet.serve.batch import predict_paths
+from facet.serve.inputs import read_inputs
 from facet.serve.predictor import Predictor
 
 runner = CliRunner()
@@ -173,12 +174,15 @@ def test_score_reports_overall_and_per_attribute(exported, dataset, tmp_path):
 def test_inference_path_never_imports_torch(exported, dataset, tmp_path):
     code = f"""
 import sys
-from facet.serve.batch import predict_paths, read_inputs, submission, write_atomic
+from facet.atomic import write_csv
+from facet.serve.batch import predict_paths
+from facet.serve.inputs import read_inputs
+from facet.serve.tables import submission
 from facet.serve.predictor import Predictor
 from facet.cli import app
 inputs = read_inputs({str(dataset / 'eval')!r})
 result = predict_paths(Predictor({str(exported)!r}), inputs.paths, progress=False)
-write_atomic(submission(inputs, result), __import__('pathlib').Path({str(tmp_path / 's.csv')!r}))
+write_csv(__import__('pathlib').Path({str(tmp_path / 's.csv')!r}), submission(inputs, result))
 heavy = [m for m in ('torch', 'timm', 'albumentations', 'torchvision', 'sklearn',
                       'matplotlib') if m in sys.modules]
 print('HEAVY', heavy)
@@ -189,7 +193,7 @@ assert (result.labels >= 0).all()
 
 
 def test_swapped_model_files_are_refused(exported, tmp_path):
-    from facet.serve.metadata import ModelFileError
+    from facet.model_metadata import ModelFileError
     models = shutil.copytree(exported, tmp_path / "models")
     manifest = json.loads((models / "facet.json").read_text())
     fp32 = manifest["models"]["fp32"]
@@ -292,12 +296,13 @@ def unreplaceable(tmp_path):
 
 
 def test_check_writable_refuses_an_existing_file_that_cannot_be_replaced(unreplaceable):
-    from facet.serve.batch import InputError, check_writable, write_atomic
+    from facet.atomic import write_csv
+    from facet.serve.inputs import InputError, check_writable
     with pytest.raises(OSError):  # the write it stands for does fail (a read-only file is
         open(unreplaceable, "a").close()  # replaced by the rename, but refused on purpose)
     if os.geteuid() == 0:
         with pytest.raises(OSError):
-            write_atomic(pd.DataFrame({"ImageID": ["a.jpg"], "ans": [0]}), unreplaceable)
+            write_csv(unreplaceable, pd.DataFrame({"ImageID": ["a.jpg"], "ans": [0]}))
     with pytest.raises(InputError, match=f"cannot write {unreplaceable}: the file exists"):
         check_writable(unreplaceable)
     assert unreplaceable.read_text() == "ImageID,ans\nkeep.jpg,1\n"
@@ -305,7 +310,7 @@ def test_check_writable_refuses_an_existing_file_that_cannot_be_replaced(unrepla
 
 
 def test_check_writable_leaves_a_writable_file_as_it_is(tmp_path):
-    from facet.serve.batch import check_writable
+    from facet.serve.inputs import check_writable
     target = tmp_path / "sub.csv"
     target.write_text("ImageID,ans\nkeep.jpg,1\n")
     check_writable(target)  # opened for append: neither truncated nor touched

@@ -18,10 +18,11 @@ from typer.testing import CliRunner
 
 from facet.cli import app
 from facet.combine import ATTRIBUTES, parse_code
-from facet.models.data import combine, read_manifest
+from facet.manifest import read_manifest
+from facet.models.data import combine
 from facet.models.split import split_by_source
 from facet.preprocess import PreprocessSpec
-from facet.serve.metadata import METADATA_KEY
+from facet.model_metadata import METADATA_KEY
 
 PHOTOS = Path(__file__).parent / "fixtures" / "photos"
 runner = CliRunner()
@@ -249,7 +250,7 @@ def test_pseudo_rows_all_go_to_train_and_leave_the_labelled_split_alone(setup, t
 def test_training_scores_and_selects_on_labelled_sources_only(setup, tmp_path):
     """The trainer's val scores and select_on never name a pseudo source (its data step only:
     nothing is trained)."""
-    from facet.models.data import DataError
+    from facet.manifest import DataError
     from facet.models.recipe import load_recipe
     from facet.models.train import Trainer
     models, images = setup
@@ -262,12 +263,12 @@ def test_training_scores_and_selects_on_labelled_sources_only(setup, tmp_path):
     trainer = Trainer(recipe.override(tiny), augment, table, tmp_path / "run",
                       tmp_path / "cache", device="cpu", workers=0)
     trainer._prepare()
-    assert trainer.val_sources == ["labelled"] and trainer.select_on == "mean"  # the recipe's
-    truth = trainer.val_set.labels
+    assert trainer.data.val_sources == ["labelled"] and trainer.data.select_on == "mean"  # the recipe's
+    truth = trainer.data.val_set.labels
     assert list(trainer._by_source(truth, truth)) == ["labelled"]  # the mean is of it alone
-    assert trainer.split["sources"]["pseudo"]["val_images"] == 0
-    assert trainer.split["sources"]["pseudo"]["train_images"] == trainer.split["pseudo_train_images"] > 0
-    val_paths = set(trainer.frame["path"].iloc[trainer.val_rows])
+    assert trainer.data.split["sources"]["pseudo"]["val_images"] == 0
+    assert trainer.data.split["sources"]["pseudo"]["train_images"] == trainer.data.split["pseudo_train_images"] > 0
+    val_paths = set(trainer.data.frame["path"].iloc[trainer.data.val_rows])
     assert not val_paths & set(table.frame.loc[table.frame["pseudo"], "path"])
     picky = Trainer(recipe.override([*tiny, "select_on=pseudo"]), augment, table,
                     tmp_path / "run2", tmp_path / "cache", device="cpu", workers=0)
@@ -288,3 +289,21 @@ def test_bad_input_is_one_clear_line(setup, tmp_path):
     assert "Traceback" not in missing.output and not (tmp_path / "x.csv").exists()
     no_models = _run(tmp_path / "no-models", images, tmp_path / "x.csv")
     assert no_models.exit_code == 2 and "Traceback" not in no_models.output
+
+
+def test_an_edge_faces_box_is_clipped_at_both_ends_and_read_back(tmp_path):
+    """The detector's box of a face at a photo's edge reaches past it: the manifest names the
+    visible part (both ends clipped, not only the top and left), which training reads back."""
+    from facet.faces import Face
+    from facet.serve.pseudo import pseudo_manifest
+    from facet.serve.results import Collector
+    Image.new("RGB", (100, 80)).save(tmp_path / "edge.jpg")
+    collected = Collector(1)
+    collected.put([0], {a: np.eye(len(c), dtype=np.float32)[:1] for a, c in ATTRIBUTES.items()},
+                  np.eye(18, dtype=np.float32)[:1], [True], [Face((-10.0, 50.0, 40.0, 40.0), 0.9)])
+    frame, _ = pseudo_manifest([tmp_path / "edge.jpg"], collected.result([tmp_path / "edge.jpg"]),
+                               ["mask"], threshold=0.0, boxes=True)
+    assert frame.loc[0, ["x0", "y0", "x1", "y1"]].tolist() == [0.0, 50.0, 30.0, 80.0]
+    frame.to_csv(tmp_path / "pseudo.csv", index=False)
+    table = read_manifest(tmp_path / "pseudo.csv", group="group")
+    assert table.problems == [] and table.frame["box"].tolist() == [(0.0, 50.0, 30.0, 30.0)]

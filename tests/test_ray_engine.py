@@ -15,11 +15,13 @@ from typer.testing import CliRunner
 import facet
 from conftest import encode, png_header_bomb
 from facet.cli import app
-from facet.serve.batch import predict_paths, read_inputs
+from facet.serve.batch import predict_paths
+from facet.serve.inputs import read_inputs
 
 ray = pytest.importorskip("ray")
 from facet.serve.options import AnswerOptions  # noqa: E402
-from facet.serve.ray_engine import Answering, Cluster, Job  # noqa: E402
+from facet.serve.ray_engine import Cluster, Job  # noqa: E402
+from facet.serve.ray_workers import Answering  # noqa: E402
 from facet.serve.predictor import Predictor  # noqa: E402
 
 pytestmark = pytest.mark.integration

@@ -45,3 +45,40 @@ def test_bad_submissions_and_answers_name_the_file(tmp_path, pred, answers, mess
     (tmp_path / "answers.csv").write_text(answers)
     with pytest.raises(ScoreError, match=message):
         score_files(tmp_path / "pred.csv", tmp_path / "answers.csv")
+
+
+def test_scores_are_sklearns_to_the_bit():
+    """One F1 in facet (``metrics._f1``): it gives what scikit-learn gives, misses included,
+    bit for bit, so a training run's metrics.csv does not move with the implementation."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        k = int(rng.integers(2, 19))
+        used = rng.choice(k, int(rng.integers(1, k + 1)), replace=False)
+        y_true = rng.choice(used, 60)
+        y_pred = np.where(rng.random(60) < 0.1, -1, rng.choice(used, 60))  # some unanswered
+        s = scores(y_true, y_pred, k)
+        present = np.union1d(y_true, y_pred[y_pred >= 0])
+        assert s["macro_f1"] == float(f1_score(y_true, y_pred, labels=present, average="macro",
+                                               zero_division=0))
+        assert s["per_class_f1"] == [float(x) for x in f1_score(
+            y_true, y_pred, labels=list(range(k)), average=None, zero_division=0)]
+        assert s["accuracy"] == float(accuracy_score(y_true, y_pred))
+        assert s["confusion"] == confusion_matrix(y_true, y_pred, labels=list(range(k))).tolist()
+
+
+def test_photo_faces_take_the_detection_that_overlaps_them_and_a_miss_is_wrong():
+    from facet.score import score_photo_faces
+    annotated = pd.DataFrame({"path": ["a", "a", "a", "b"],
+                              "box": [(0, 0, 40, 40), (100, 0, 40, 40), (42, 0, 10, 10),
+                                      (0, 0, 30, 30)],
+                              "mask": [0, 2, 1, 1]})
+    found = {"a": [((102, 2, 40, 40), 2),  # the second face, right
+                   ((41, 0, 10, 10), 0),  # the small face takes it, not the large one beside it
+                   ((5, 5, 40, 40), 1)],  # the first face, wrong
+             "b": [((200, 200, 30, 30), 1)]}  # nobody's: b's face is missed
+    row = score_photo_faces(annotated, found, scored=[True, True, False, True])
+    assert row["faces"] == 3 and row["missed"] == 1
+    # truth wear, not_wear, incorrect; answered incorrect, not_wear, (missed)
+    assert row["per_class_f1"] == {"wear": 0.0, "incorrect": 0.0, "not_wear": 1.0}
+    assert row["macro_f1"] == pytest.approx(1 / 3, abs=1e-4)

@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from PIL import Image
 
 from conftest import encode
-from facet.serve.batch import predict_paths, read_inputs
+from facet.serve.batch import predict_paths
+from facet.serve.inputs import read_inputs
 from facet.serve.predictor import Predictor
 
 pytestmark = pytest.mark.integration  # a real server on loopback
@@ -157,7 +158,9 @@ def test_batch_reports_bad_files_alongside_good_ones(server, dataset):
     assert only_bad.status_code == 422
 
 
-def test_concurrent_requests_are_batched(server, dataset):
+def test_concurrent_requests_are_answered_alike_and_counted(server, dataset):
+    """16 clients at once get the same answer, and the model worker counts every image once
+    and the batches it ran (how calls coalesce: test_coalesce.py, without timing)."""
     before = httpx.get(f"{server}/v1/info").json()["served"]
     data = read_inputs(dataset / "eval").paths[1].read_bytes()
 
@@ -171,7 +174,7 @@ def test_concurrent_requests_are_batched(server, dataset):
     assert len({r.json()["label"] for r in responses}) == 1
     after = httpx.get(f"{server}/v1/info").json()["served"]
     images, batches = after["images"] - before["images"], after["batches"] - before["batches"]
-    assert images == 48 and batches < 48  # several requests shared a model run
+    assert images == 48 and 1 <= batches <= 48
     assert after["busy_s"] > before["busy_s"]  # the model worker counts its running time
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from facet.serve.batch import read_inputs
+from facet.serve.inputs import read_inputs
 from test_service import _free_port, start_server
 from test_ui import PHOTOS, browser_tools  # noqa: F401 - the browser fixture
 

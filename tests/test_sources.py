@@ -9,9 +9,11 @@ from typer.testing import CliRunner
 
 from conftest import TINY
 from facet.cli import app
-from facet.models.data import DataError, combine, read_competition, read_manifest
+from facet.manifest import DataError, read_manifest
+from facet.models.data import combine, read_competition
 from facet.models.recipe import load_recipe
-from facet.models.train import Trainer, _sampler
+from facet.models.train import Trainer
+from facet.models.training_data import epoch_sampler
 
 runner = CliRunner()
 
@@ -47,21 +49,21 @@ def _trainer(sources, tmp_path, extra=()) -> Trainer:
 def test_each_source_is_split_by_its_own_groups(sources, tmp_path):
     trainer = _trainer(sources, tmp_path)
     trainer._prepare()
-    frame = trainer.frame
+    frame = trainer.data.frame
     assert set(frame["source"]) == {"street", "studio"}
     for name in ("street", "studio"):
         rows = frame["source"] == name
-        train = set(frame["person"][rows].iloc[np.isin(np.flatnonzero(rows), trainer.train_set.rows)])
-        val = set(frame["person"][rows].iloc[np.isin(np.flatnonzero(rows), trainer.val_set.rows)])
+        train = set(frame["person"][rows].iloc[np.isin(np.flatnonzero(rows), trainer.data.train_set.rows)])
+        val = set(frame["person"][rows].iloc[np.isin(np.flatnonzero(rows), trainer.data.val_set.rows)])
         assert train and val and not train & val
-        assert trainer.split["sources"][name]["val_images"] == len(
-            np.intersect1d(np.flatnonzero(rows), trainer.val_set.rows))
+        assert trainer.data.split["sources"][name]["val_images"] == len(
+            np.intersect1d(np.flatnonzero(rows), trainer.data.val_set.rows))
     alone = Trainer(trainer.recipe, load_recipe("mask")[1],
                     read_manifest(sources / "street.csv", "/", "photo"), tmp_path / "r2",
                     tmp_path / "cache", device="cpu", workers=0)
     alone._prepare()  # a source's split does not depend on the other sources
-    assert set(alone.frame["path"].iloc[alone.val_set.rows]) == set(
-        frame["path"].iloc[trainer.val_set.rows][frame["source"].iloc[trainer.val_set.rows] == "street"])
+    assert set(alone.data.frame["path"].iloc[alone.data.val_set.rows]) == set(
+        frame["path"].iloc[trainer.data.val_set.rows][frame["source"].iloc[trainer.data.val_set.rows] == "street"])
 
 
 @pytest.mark.slow
@@ -86,11 +88,11 @@ def test_source_weights_set_each_sources_share_of_an_epoch():
     recipe = load_recipe("mask")[0].override(["source_weights=small=3"])
     shares, absent = recipe.source_shares({"big": 90, "small": 10})
     assert shares == {"big": 0.25, "small": 0.75} and absent == []
-    sampler = _sampler(labels, "balanced", 8000, sources, shares)
-    sampler.generator.manual_seed(0)
-    drawn = sources[list(sampler)]
+    weighted = epoch_sampler(labels, "balanced", 8000, sources, shares)
+    weighted.generator.manual_seed(0)
+    drawn = sources[list(weighted)]
     assert (drawn == "small").mean() == pytest.approx(0.75, abs=0.02)
-    by_size = _sampler(labels, "none", 8000, sources)
+    by_size = epoch_sampler(labels, "none", 8000, sources)
     by_size.generator.manual_seed(0)
     assert (sources[list(by_size)] == "small").mean() == pytest.approx(0.10, abs=0.02)
     # a recipe may weight sources a run does not have (the mask recipe names its real sources)

@@ -11,10 +11,13 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from facet.models.checkpoint import load_model, recalibrate_batchnorm
+from facet.models import checkpoint, run_folder
+from facet.models.checkpoint import load_model, read_meta, recalibrate_batchnorm, save_weights
 from facet.models.data import read_competition
 from facet.models.recipe import load_recipe
-from facet.models.train import ResumeError, Trainer
+from facet.models.resume import ResumeError
+from facet.models.train import Trainer
+from facet.models.training_data import loaders
 
 from conftest import TINY
 
@@ -72,6 +75,23 @@ def test_checkpoints_load_safely(runs):
     assert meta["attribute"] == "gender" and not model.training
 
 
+def test_a_crash_after_the_weights_never_exports_stale_metadata(tmp_path, monkeypatch):
+    """Export reads a checkpoint's metadata from inside its weights file (one atomic write):
+    a crash before the JSON twin is written leaves the twin behind, never the export."""
+    model = torch.nn.Linear(2, 2)
+    save_weights(model, {"epoch": 1}, tmp_path / run_folder.BEST)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint, "write_json", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_weights(model, {"epoch": 2}, tmp_path / run_folder.BEST)
+    assert read_meta(tmp_path)["epoch"] == 2
+    assert json.loads((tmp_path / run_folder.BEST_META).read_text()) == {"epoch": 1}  # whole
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
+
+
 def _prepared(attribute: str, dataset, tmp_path, overrides: list[str]) -> Trainer:
     """A trainer for the synthetic data with its split, cache and datasets made (no model)."""
     recipe, augment = load_recipe(attribute)
@@ -83,12 +103,12 @@ def _prepared(attribute: str, dataset, tmp_path, overrides: list[str]) -> Traine
 
 def test_validation_is_person_level_and_unaugmented(dataset, tmp_path):
     trainer = _prepared("gender", dataset, tmp_path, ["image_size=32"])
-    assert trainer.train_set.transform is not None and trainer.val_set.transform is None
-    frame = trainer.frame
-    train_persons = set(frame["person"].iloc[trainer.train_set.rows])
-    val_persons = set(frame["person"].iloc[trainer.val_set.rows])
+    assert trainer.data.train_set.transform is not None and trainer.data.val_set.transform is None
+    frame = trainer.data.frame
+    train_persons = set(frame["person"].iloc[trainer.data.train_set.rows])
+    val_persons = set(frame["person"].iloc[trainer.data.val_set.rows])
     assert train_persons and val_persons and not train_persons & val_persons
-    a, b = trainer.val_set[0][0], trainer.val_set[0][0]
+    a, b = trainer.data.val_set[0][0], trainer.data.val_set[0][0]
     assert torch.equal(a, b)  # deterministic preprocessing only
 
 
@@ -108,12 +128,12 @@ def test_layer_decay_gives_lower_layers_smaller_steps(dataset, tmp_path):
 
 def test_age_drop_removes_boundary_ages_from_training_only(dataset, tmp_path):
     trainer = _prepared("age", dataset, tmp_path, ["image_size=32", "age_drop=30,45"])
-    years = trainer.frame["age_years"]
-    assert not years.iloc[trainer.train_set.rows].between(30, 45).any()
-    assert trainer.split["dropped_boundary_ages"] == int(years.between(30, 45).sum())
-    val_years = years.iloc[trainer.val_set.rows]
+    years = trainer.data.frame["age_years"]
+    assert not years.iloc[trainer.data.train_set.rows].between(30, 45).any()
+    assert trainer.data.split["dropped_boundary_ages"] == int(years.between(30, 45).sum())
+    val_years = years.iloc[trainer.data.val_set.rows]
     # validation keeps every age and scores the true groups
-    assert (trainer.val_set.labels == (val_years >= 30).astype(int) + (val_years >= 60)).all()
+    assert (trainer.data.val_set.labels == (val_years >= 30).astype(int) + (val_years >= 60)).all()
 
 
 def test_train_fraction_keeps_whole_persons_and_the_same_val_set(dataset, tmp_path):
@@ -121,14 +141,14 @@ def test_train_fraction_keeps_whole_persons_and_the_same_val_set(dataset, tmp_pa
         return _prepared("gender", dataset, tmp_path, ["image_size=32", f"train_fraction={fraction}"])
 
     full, half = prepared(1.0), prepared(0.5)
-    assert np.array_equal(full.val_set.rows, half.val_set.rows)  # scored on the same images
-    persons = full.frame["person"]
-    kept = set(persons.iloc[half.train_set.rows])
-    assert kept < set(persons.iloc[full.train_set.rows])
-    assert len(kept) == round(full.split["train_persons"] * 0.5) == half.split["train_persons"]
+    assert np.array_equal(full.data.val_set.rows, half.data.val_set.rows)  # scored on the same images
+    persons = full.data.frame["person"]
+    kept = set(persons.iloc[half.data.train_set.rows])
+    assert kept < set(persons.iloc[full.data.train_set.rows])
+    assert len(kept) == round(full.data.split["train_persons"] * 0.5) == half.data.split["train_persons"]
     # a kept person brings all of their images
-    assert len(half.train_set.rows) == persons.iloc[full.train_set.rows].isin(kept).sum()
-    assert np.array_equal(prepared(0.5).train_set.rows, half.train_set.rows)  # seeded
+    assert len(half.data.train_set.rows) == persons.iloc[full.data.train_set.rows].isin(kept).sum()
+    assert np.array_equal(prepared(0.5).data.train_set.rows, half.data.train_set.rows)  # seeded
 
 
 def test_resume_needs_last_pt_and_the_same_recipe(dataset, tmp_path, train_tiny):
@@ -193,11 +213,10 @@ def test_a_killed_run_resumes_to_the_metrics_of_an_unbroken_one(dataset, tmp_pat
 def test_training_workers_augment_differently_and_reproducibly(dataset, tmp_path):
     trainer = _prepared("gender", dataset, tmp_path,
                         ["image_size=32", "batch_size=4", "samples_per_epoch=8"])
-    trainer.workers = 2
-    trainer.train_set.rows[:] = trainer.train_set.rows[0]  # every sample: the same image
+    trainer.data.train_set.rows[:] = trainer.data.train_set.rows[0]  # every sample: the same image
 
     def epoch(n: int) -> list[torch.Tensor]:
-        loader, _ = trainer._loaders()
+        loader, _ = loaders(trainer.data, trainer.recipe, trainer.device, workers=2)
         trainer._seed_epoch(loader, n)
         return [x for x, _ in loader]  # batch 0 from worker 0, batch 1 from worker 1
 

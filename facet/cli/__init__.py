@@ -10,8 +10,8 @@ from facet import privacy
 
 privacy.apply_defaults()
 
-from facet.cli import (audit, demo, export, info, make_data, predict, pseudo_label,  # noqa: E402
-                       report, score, serve, train, tune)
+from facet.cli import (audit, build_set, demo, export, info, make_data, predict,  # noqa: E402
+                       pseudo_label, report, score, serve, train, tune)
 
 # Plain (click) help: rich markup would read the extras in "pip install 'facet[track]'" as tags.
 app = typer.Typer(help="Face photos -> 18 classes (mask x gender x age).", no_args_is_help=True,
@@ -31,6 +31,7 @@ app.command("make-data")(make_data.make_data)
 app.command()(train.train)
 app.command()(tune.tune)
 app.command()(export.export)
+app.command("build-set")(build_set.build_set)
 app.command()(predict.predict)
 app.command()(score.score)
 app.command()(report.report)

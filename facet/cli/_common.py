@@ -18,8 +18,8 @@ def _fail(message: str, code: int = 2) -> None:
 def _read_table(data: list[str], manifests: list[str], root: Optional[Path], group: str,
                 fixes: Optional[Path], strict: bool):
     """Every --data folder and --manifest CSV as one table, one source each."""
-    from facet.models.data import (DataError, apply_fixes, combine, read_competition,
-                                   read_manifest)
+    from facet.manifest import DataError, read_manifest
+    from facet.models.data import apply_fixes, combine, read_competition
     if not data and not manifests:
         _fail("give --data (competition train/ folder) and/or --manifest (CSV), each as often "
               "as there are sources")

@@ -1,7 +1,6 @@
 """`facet export`: the trained attribute models to ONNX."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -29,18 +28,19 @@ def export(runs: list[Path] = typer.Argument(..., help="Run folders (or best.saf
     """Export the trained attribute models to ONNX.
 
     Each file passes a PyTorch/ONNX parity check and carries its preprocessing and metadata."""
+    from facet.combine import ATTRIBUTES
     from facet.export.onnx_export import ParityError
     from facet.export.pipeline import export_all
-    from facet.models.checkpoint import find_checkpoint
+    from facet.models.checkpoint import read_meta
     from facet.models.folds import fold_runs
     by_attribute: dict[str, list[Path]] = {}
     for run in [fold for given in runs for fold in (fold_runs(given) or [given])]:
         try:
-            meta = json.loads(find_checkpoint(run).with_suffix(".json").read_text())
+            meta = read_meta(run)
         except FileNotFoundError as exc:
             _fail(str(exc))
         by_attribute.setdefault(meta["attribute"], []).append(Path(run))
-    missing = {"mask", "gender", "age"} - set(by_attribute)
+    missing = set(ATTRIBUTES) - set(by_attribute)
     if missing:
         _fail(f"no run for {sorted(missing)}: give one run folder per attribute")
     tracker = _tracker(track)

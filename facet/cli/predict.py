@@ -62,14 +62,16 @@ def predict(source: str = typer.Argument(..., help="eval/ folder, info.csv, a CS
     A row whose image cannot be read keeps `ans` empty, and the exit status is 3 (see the
     .errors.csv file). Models exported with crop=face find the faces first; the details
     say whether a face was found."""
+    from facet.atomic import write_csv
     from facet.faces import DetectorError
+    from facet.model_folder import default_variant, read_index
     from facet.preprocess import ImageRules
-    from facet.serve.batch import (InputError, check_writable, details as details_frame,
-                                   face_details, is_uri, predict_paths, read_inputs, submission,
-                                   write_atomic)
-    from facet.serve.model_folder import default_variant, read_index
+    from facet.serve.batch import predict_paths
+    from facet.serve.inputs import InputError, check_writable, is_uri, read_inputs
     from facet.serve.options import AnswerOptions, GpuOptions
     from facet.serve.predictor import Predictor
+    from facet.serve.tables import details as details_frame
+    from facet.serve.tables import face_details, submission
     errors_path = out.with_suffix(".errors.csv")
     models, default_set = shipped.resolve(models)
     if default_set:
@@ -125,9 +127,9 @@ def predict(source: str = typer.Argument(..., help="eval/ folder, info.csv, a CS
     result = predict_paths(predictor, inputs.paths, batch_size, workers, refused=inputs.refused,
                            every=faces == "all")
     elapsed = time.perf_counter() - t
-    write_atomic(submission(inputs, result), out)
+    write_csv(out, submission(inputs, result))
     if details:
-        write_atomic((face_details if faces == "all" else details_frame)(inputs, result), details)
+        write_csv(details, (face_details if faces == "all" else details_frame)(inputs, result))
     done = int((result.labels >= 0).sum())
     typer.echo(f"wrote {out}: {done:,} answered in {elapsed:.1f}s "
                f"({len(inputs.paths) / max(elapsed, 1e-9):.0f} img/s)", err=True)
@@ -176,9 +178,10 @@ def _warn_skipped(skipped: list) -> None:
 
 def _report_unreadable(errors: list[tuple[int, str, str]], errors_path: Path) -> None:
     """The rows without an answer into ``errors_path``, and exit status 3; nothing if none."""
-    from facet.serve.batch import errors_frame, write_atomic
+    from facet.atomic import write_csv
+    from facet.serve.tables import errors_frame
     if errors:
-        write_atomic(errors_frame(errors), errors_path)
+        write_csv(errors_path, errors_frame(errors))
         for _, path, message in errors[:5]:
             typer.secho(f"unreadable: {path}: {message}", fg="yellow", err=True)
         typer.secho(f"{len(errors)} image(s) could not be read and have no answer; "

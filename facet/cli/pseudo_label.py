@@ -35,8 +35,9 @@ def pseudo_label(source: str = typer.Argument(..., help="Unlabelled photos: a fo
     photos with no label kept, are left out."""
     from facet.combine import ATTRIBUTES
     from facet.faces import DetectorError
-    from facet.serve.batch import (InputError, check_writable, is_uri, predict_paths,
-                                   read_inputs, write_atomic)
+    from facet.manifest import write_manifest
+    from facet.serve.batch import predict_paths
+    from facet.serve.inputs import InputError, check_writable, is_uri, read_inputs
     from facet.serve.predictor import Predictor
     from facet.serve.pseudo import pseudo_manifest
     asked = [a.strip() for a in attributes.split(",") if a.strip()]
@@ -79,7 +80,7 @@ def pseudo_label(source: str = typer.Argument(..., help="Unlabelled photos: a fo
     # cut from photos: a crop=none model learns from the whole image
     boxes = all(predictor.specs[a].crop == "face" for a in asked)
     frame, kept = pseudo_manifest(inputs.paths, result, asked, boxes=boxes, groups=groups, **rule)
-    write_atomic(frame, out)
+    write_manifest(out, frame)
     for attribute, summary in kept.items():
         typer.echo(summary.line(attribute), err=True)
     if result.errors:

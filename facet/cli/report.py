@@ -25,7 +25,7 @@ def report(pred: Path = typer.Option(..., help="The --details CSV of `facet pred
     except ImportError as exc:
         _fail(f"facet report needs the eval extra ({exc.name} is missing): pip install 'facet[eval]'")
     from facet.csvfile import read_csv
-    from facet.serve.model_folder import read_index
+    from facet.model_folder import read_index
     try:
         temperatures = None
         if models:

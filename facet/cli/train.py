@@ -41,10 +41,11 @@ def train(attribute: str = Attribute,
 
     The recipe is models/<attribute>/recipe.py; --set overrides its fields."""
     from facet.models.recipe import Recipe, load_recipe
-    from facet.models.data import DataError
+    from facet.manifest import DataError
     from facet.models.folds import fit_folds
     from facet.models.run_folder import CV_SUMMARY, RECIPE
-    from facet.models.train import ResumeError, Trainer
+    from facet.models.resume import ResumeError
+    from facet.models.train import Trainer
     if fold not in (None, "all") and not fold.isdigit():
         _fail(f"--fold must be a fold number or 'all', got {fold!r}")
     if from_study and resume:

@@ -62,7 +62,7 @@ def tune(attribute: str = Attribute,
 
     The search space is in models/<attribute>/recipe.py: TPE sampling, trials pruned on their
     per-epoch val macro-F1, each trial a run folder."""
-    from facet.models.data import DataError
+    from facet.manifest import DataError
     from facet.models.recipe import load_recipe
     try:
         from facet.models.tune import StudyError, tune as run_study

@@ -10,11 +10,11 @@ import json
 import onnx
 from onnx import TensorProto, compose, helper
 
-from facet.combine import ATTRIBUTES, N_CLASSES
-from facet.serve.metadata import read_metadata, set_metadata
+from facet.combine import ATTRIBUTES, LAYOUT, N_CLASSES, SHAPE
+from facet.model_metadata import read_metadata, set_metadata
 
 
-def build_ensemble(paths: dict[str, str]) -> onnx.ModelProto:
+def build_merged_graph(paths: dict[str, str]) -> onnx.ModelProto:
     """``paths``: attribute -> exported ONNX file. All must share one preprocessing spec."""
     graphs, infos, protos = [], {}, {}
     for attribute in ATTRIBUTES:
@@ -38,9 +38,10 @@ def build_ensemble(paths: dict[str, str]) -> onnx.ModelProto:
                               for n in node.output]
             nodes.append(node)
         initializers.extend(graph.initializer)
-    # P(class) = P(mask) x P(gender) x P(age), laid out so class = 6*mask + 3*gender + age.
-    shapes = {"mask": [-1, 3, 1, 1], "gender": [-1, 1, 2, 1], "age": [-1, 1, 1, 3]}
-    for attribute, shape in shapes.items():
+    # P(class) = P(mask) x P(gender) x P(age) in the class layout: each attribute on its own
+    # axis of a (N, 3, 2, 3) product, flattened row-major (combine.LAYOUT).
+    for axis, attribute in enumerate(LAYOUT):
+        shape = [-1] + [k if i == axis else 1 for i, k in enumerate(SHAPE)]
         initializers.append(helper.make_tensor(f"shape_{attribute}", TensorProto.INT64, [4], shape))
         nodes.append(helper.make_node("Reshape", [f"{attribute}_probs", f"shape_{attribute}"],
                                       [f"{attribute}_4d"]))

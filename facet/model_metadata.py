@@ -2,7 +2,7 @@
 
 Written by `facet export` (:func:`set_metadata`), read by the server from a session's
 metadata map (:func:`parse`) and by export and `facet info` from the file (:func:`read_info`).
-The model folder's file names and index are in ``model_folder``. No torch; onnx is imported
+The model folder's file names and index are in ``facet.model_folder``. No torch; onnx is imported
 only by :func:`read_info`.
 """
 from __future__ import annotations
