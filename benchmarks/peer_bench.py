@@ -10,7 +10,7 @@ whole image taken as the face. Sets (none trained on by the shipped models):
 - maskfaces eval: the same 900 persons without a mask and with a drawn mask worn (mask1).
 Writes benchmarks/results/peer.json and peer.md.
 
-    python benchmarks/peer_bench.py --shared ../shared/data
+    python -m benchmarks.peer_bench --shared ../shared/data
 """
 from __future__ import annotations
 
