@@ -1,4 +1,5 @@
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -197,6 +198,7 @@ def test_a_killed_run_resumes_to_the_metrics_of_an_unbroken_one(dataset, tmp_pat
     # as if it had died after writing metrics.csv but before last.pt: a row last.pt lacks
     rows = pd.read_csv(metrics).iloc[:1]
     pd.concat([rows, rows.assign(epoch=2)]).to_csv(metrics, index=False)
+    shutil.rmtree(cache)  # a cold cache: the resumed run rebuilds it from the saved recipe
     resumed = subprocess.run([sys.executable, "-m", "facet.cli", "train", "gender", "--data",
                               str(dataset / "train"), "--run-dir", str(run), "--cache-dir",
                               str(cache), "--device", "cpu", "--workers", "0", "--resume"],

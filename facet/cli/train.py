@@ -60,7 +60,8 @@ def train(attribute: str = Attribute,
             if saved is None:
                 _fail("--resume needs --run-dir pointing at an earlier run")
             fields = json.loads(saved.read_text())["recipe"]
-            recipe = Recipe(**{**fields, "fold": 0 if fields["fold"] == "all" else fields["fold"]})
+            recipe = Recipe.from_dict({**fields,
+                                       "fold": 0 if fields["fold"] == "all" else fields["fold"]})
         recipe = recipe.override([*studied, *set_, *([f"folds={folds}"] if folds else []),
                                   *([f"fold={fold}"] if fold not in (None, "all") else [])])
     except ValueError as exc:
