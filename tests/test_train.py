@@ -279,3 +279,44 @@ def test_batchnorm_recalibration_keeps_the_function():
         model.train()
         torch.testing.assert_close(model(x), before, atol=1e-3, rtol=1e-3)  # batch stats agree
     assert recalibrate_batchnorm(model, x) == 0  # real statistics now: nothing to do
+
+
+def test_the_loop_reads_the_device_once_per_logging_interval(dataset, tmp_path, monkeypatch):
+    """The loss and confusion stay on the device between reads: a GPU is never waited on per
+    step. The epoch's numbers are the same as reading every step."""
+    from facet.models import train as train_module
+    trainer = _prepared("gender", dataset, tmp_path, [*TINY, "samples_per_epoch=256"])
+    loader, _ = loaders(trainer.data, trainer.recipe, trainer.device, workers=0)
+    trainer._build(len(loader))
+    reads = []
+
+    def counted(name: str):
+        original = getattr(torch.Tensor, name)
+
+        def read(self, *args, **kw):
+            if sys._getframe(1).f_code.co_filename == train_module.__file__:  # the loop's own
+                reads.append(name)
+            return original(self, *args, **kw)
+        return read
+
+    for name in ("item", "cpu"):
+        monkeypatch.setattr(torch.Tensor, name, counted(name))
+    monkeypatch.setattr(train_module, "LOG_EVERY", 4)
+    trainer._seed_epoch(loader, 1)
+    loss, _, step = trainer._train_epoch(loader, 1, 0)
+    assert step == 8 and sorted(reads) == ["cpu", "cpu", "item", "item"]  # after steps 4 and 8
+    assert 0 < loss < 10
+
+
+def test_validation_runs_through_the_compiled_module_when_compile_is_on(dataset, tmp_path):
+    for extra, validated in ((["compile=true"], "forward"), (["compile=true", "ema=0.9"], "ema"),
+                             ([], "plain")):
+        trainer = _prepared("gender", dataset, tmp_path, [*TINY, *extra])
+        trainer._build(4)
+        if validated == "forward":  # one compiled module, switched to eval for validation
+            assert trainer.validate is trainer.forward
+            assert trainer.forward._orig_mod is trainer.model
+        elif validated == "ema":
+            assert trainer.validate._orig_mod is trainer.ema.module
+        else:
+            assert trainer.validate is trainer.model and trainer.forward is trainer.model
