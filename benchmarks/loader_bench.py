@@ -58,7 +58,7 @@ def delivered(dataset, batch_size: int, seconds: float) -> float:
 
 def training_rate(recipe, batch_size: int, seconds: float) -> float:
     """Images/s of forward, backward and step on this CPU, on batches already in memory."""
-    model, _ = create_model(recipe.backbone, recipe.num_classes, None, recipe.drop_rate)
+    model, _ = create_model(recipe.backbone, recipe.num_classes, "none", recipe.drop_rate)
     model = model.to(memory_format=torch.channels_last).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr)
     size = recipe.image_size

@@ -59,3 +59,9 @@ def gathered(*arrays: np.ndarray) -> list[np.ndarray]:
     parts: list = [None] * dist.get_world_size()
     dist.all_gather_object(parts, arrays)
     return [np.concatenate([p[k] for p in parts]) for k in range(len(arrays))]
+
+
+def leave() -> None:
+    """Leaves the process group, if this process joined one (at the end of its run)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -22,12 +22,14 @@ from .recipe import Recipe
 @dataclass(frozen=True)
 class Run:
     """One run to train: ``name`` (``gender``, ``gender/fold2``), its recipe and folder, and
-    whether it continues from the folder's last.pt."""
+    whether it continues from the folder's last.pt. ``store``: the folder's place in an object
+    store, where the run is kept (``run_dir`` is then the command's local mirror)."""
 
     name: str
     recipe: Recipe
     run_dir: Path
     resume: bool = False
+    store: str | None = None
 
 
 @dataclass(frozen=True)
@@ -56,24 +58,44 @@ class Job:
 
         from facet.tracking import tracker
 
+        from . import distributed
         from .recipe import load_recipe
         from .train import Trainer
         workers = self.workers
         if slot.threads is not None:
             torch.set_num_threads(slot.threads)
             workers = max(1, slot.threads - 1) if workers is None else workers
-        trainer = Trainer(run.recipe, load_recipe(run.recipe.attribute)[1], self.table,
-                          run.run_dir, self.cache_dir, slot.device, workers, source=self.source)
+        run_dir, mirror = run.run_dir, None
+        if run.store:  # trained on this node's disk, kept in the store
+            from .run_store import Mirror
+            mirror = Mirror(run.store)
+            mirror.pull()
+            run_dir = mirror.local
         track = tracker(self.track)
-        with track.training(run.recipe, run.run_dir):
-            result = trainer.fit(resume=run.resume, on_epoch=track.log_epoch)
+
+        def on_epoch(epoch: int, row: dict) -> None:
+            track.log_epoch(epoch, row)
+            if mirror is not None:
+                mirror.push()
+
+        try:
+            trainer = Trainer(run.recipe, load_recipe(run.recipe.attribute)[1], self.table,
+                              run_dir, self.cache_dir, slot.device, workers, source=self.source)
+            with track.training(run.recipe, run_dir):
+                result = trainer.fit(resume=run.resume, on_epoch=on_epoch)
+            if mirror is not None:
+                mirror.push()  # the end of run files
+        finally:
+            if mirror is not None:
+                mirror.close()
         main = trainer.ranks.main
+        distributed.leave()
         del trainer
         gc.collect()
         if torch.cuda.is_available():  # a process trains run after run
             torch.cuda.empty_cache()
         return {"best_f1": result.best_f1, "best_epoch": result.best_epoch,
-                "run_dir": str(result.run_dir), "main": main}
+                "run_dir": run.store or str(result.run_dir), "main": main}
 
 
 Report = Callable[[Run, dict | None, BaseException | None], None]

@@ -48,6 +48,7 @@ def default_workers() -> int:
     """DataLoader workers when none are asked for: every core this process may use but one."""
     return max(1, len(os.sched_getaffinity(0)) - 1)
 
+
 @dataclass
 class RunResult:
     run_dir: Path
@@ -237,7 +238,8 @@ class Trainer:
                      "problems": len(self.problems)},
             "pretrained": self.weights_origin, "device": str(self.device),
             "precision": self.precision,
-            "workers": self.workers, "processes": self.ranks.world, "torch": torch.__version__, "python": platform.python_version(),
+            "workers": self.workers, "processes": self.ranks.world, "torch": torch.__version__,
+            "python": platform.python_version(),
         }
 
     def fit(self, resume: bool = False,

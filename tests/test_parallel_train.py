@@ -67,16 +67,30 @@ def test_two_processes_on_one_cold_cache_match_one_after_another(one_after_anoth
     _valid_cache(tmp_path / "cache")
 
 
-def test_ray_tasks_on_a_2_cpu_ray_match_one_after_another(one_after_another, dataset, tmp_path):
+def test_ray_tasks_keep_their_runs_in_an_object_store(one_after_another, dataset, s3, tmp_path):
+    """On a local Ray with 2 CPUs, the run folders in S3: the runs match those trained one
+    after another, and a second command keeps them."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(num_cpus=2, include_dashboard=False)  # after the s3 fixture: workers reach it
     try:
-        result = runner.invoke(app, _args(dataset, tmp_path / "runs", tmp_path / "cache",
+        result = runner.invoke(app, _args(dataset, "s3://facet-test/runs", tmp_path / "cache",
                                           "--engine", "ray", "--cpus-per-run", "1"))
+        assert result.exit_code == 0, result.output
+        assert "mask: best val macro-F1" in result.output and "run folder s3://facet-test/runs/mask" \
+            in result.output
+        again = runner.invoke(app, _args(dataset, "s3://facet-test/runs", tmp_path / "cache",
+                                         "--engine", "ray", "--resume"))
     finally:
         ray.shutdown()
-    assert result.exit_code == 0, result.output
-    _same_runs(tmp_path / "runs", one_after_another)
+    assert again.exit_code == 0, again.output
+    assert "mask: finished, kept (s3://facet-test/runs/mask)" in again.output
+    assert "gender: finished, kept" in again.output and "train loss" not in again.output
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket="facet-test")["Contents"]}
+    assert {"runs/runs.json", "runs/mask/best.safetensors", "runs/gender/curves.png"} <= keys
+    for attribute in ("mask", "gender"):
+        s3.download_file("facet-test", f"runs/{attribute}/metrics.csv", str(tmp_path / "m.csv"))
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "m.csv").drop(columns="train_img_per_s"),
+                                      _metrics(one_after_another / attribute))
     _valid_cache(tmp_path / "cache")
 
 
@@ -84,7 +98,8 @@ def test_one_failed_run_does_not_stop_the_others(dataset, tmp_path):
     """gender's run folder is a file: its run fails, mask's finishes; exit status 1."""
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "gender").write_text("in the way")
-    result = _cli(*_args(dataset, tmp_path / "runs", tmp_path / "cache", "--devices", "cpu,cpu"))
+    result = _cli(*_args(dataset, tmp_path / "runs", tmp_path / "cache", "--devices", "cpu,cpu",
+                         "--set", "epochs=1"))
     assert result.returncode == 1
     assert "gender: failed: " in result.stderr and "1 of 2 runs failed (gender)" in result.stderr
     assert (tmp_path / "runs" / "mask" / "best.safetensors").is_file()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -27,8 +28,9 @@ def train(attribute: list[str] = typer.Argument(..., help="mask, gender and/or a
           set_: list[str] = typer.Option([], "--set", help="Override a recipe field: --set lr=3e-4"),
           out: Path = typer.Option(Path("runs"), help="Runs go to OUT/<attribute>/<timestamp> "
                                    "(several attributes: OUT/<timestamp>/<attribute>)."),
-          run_dir: Optional[Path] = typer.Option(None, help="Exact run folder (overrides --out); "
-                                                 "several attributes: RUN_DIR/<attribute>."),
+          run_dir: Optional[str] = typer.Option(None, help="Exact run folder (overrides --out); "
+                                                "several attributes: RUN_DIR/<attribute>. With "
+                                                "--engine ray also an object store: s3://bucket/runs."),
           resume: bool = typer.Option(False, help="Continue the run in --run-dir from its last.pt, with "
                                       "its recipe (--set may change only patience); of several runs, "
                                       "the unfinished ones."),
@@ -64,6 +66,8 @@ def train(attribute: list[str] = typer.Argument(..., help="mask, gender and/or a
     from facet.models.folds import Folds
     from facet.models.multirun import Job, Run, finished, slots, train_runs
     from facet.models.resume import ResumeError
+    from facet.models.run_folder import OOF
+    from facet.serve.batch import is_uri
     attributes = list(dict.fromkeys(attribute))
     if set(attributes) - set(ATTRIBUTES):
         _fail(f"unknown attribute(s) {sorted(set(attributes) - set(ATTRIBUTES))}; choose from "
@@ -79,8 +83,13 @@ def train(attribute: list[str] = typer.Argument(..., help="mask, gender and/or a
     if resume and run_dir is None:
         _fail("--resume needs --run-dir pointing at an earlier run")
     several = len(attributes) > 1
-    run_dir = run_dir or (out / time.strftime("%Y%m%d-%H%M%S") if several
-                          else out / attributes[0] / time.strftime("%Y%m%d-%H%M%S"))
+    store = run_dir if run_dir and is_uri(run_dir) else None
+    if store and engine != "ray":
+        _fail(f"--run-dir {store}: run folders in an object store need --engine ray")
+    mirror = _mirror(store) if store else None  # the command's files, mirrored locally
+    run_dir = (mirror.local if mirror else Path(run_dir) if run_dir else
+               out / time.strftime("%Y%m%d-%H%M%S") if several
+               else out / attributes[0] / time.strftime("%Y%m%d-%H%M%S"))
     studied = _best_overrides(attributes[0], from_study, study_name) if from_study else []
     _tracker(track)  # an unknown choice fails here, before any run starts
     overrides = [*studied, *set_, *([f"folds={folds}"] if folds else []),
@@ -99,16 +108,19 @@ def train(attribute: list[str] = typer.Argument(..., help="mask, gender and/or a
                 cv[a] = Folds(recipe, folder, resume, name=a if several else "")
                 runs += cv[a].runs()
             elif several and resume and finished(folder, recipe):
-                typer.echo(f"{a}: finished, kept ({folder})")
+                typer.echo(f"{a}: finished, kept ({mirror.where(folder) if mirror else folder})")
             else:
                 again = resume and (not several or (folder / "last.pt").exists())
                 runs.append(Run(a, recipe, folder, again))
     except ResumeError as exc:
         _fail(str(exc))
+    if mirror is not None:
+        runs = [replace(r, store=mirror.where(r.run_dir)) for r in runs]
     if several:
         from facet.atomic import write_json
         write_json(run_dir / PLAN, {"fold": fold, "recipes": {a: r.to_dict()
                                                                for a, r in recipes.items()}})
+        _push(mirror, run_dir / PLAN)
     errors: dict[str, BaseException] = {}
 
     def report(run: Run, summary: dict | None, error: BaseException | None) -> None:
@@ -122,8 +134,11 @@ def train(attribute: list[str] = typer.Argument(..., help="mask, gender and/or a
             return
         typer.echo(f"{run.name}: best val macro-F1 {summary['best_f1']:.4f} at epoch "
                    f"{summary['best_epoch']}; run folder {summary['run_dir']}")
+        if mirror is not None:  # the run's files, for the folds' summary and --resume
+            mirror.pull(run.run_dir)
         if run.recipe.attribute in cv:
             cv[run.recipe.attribute].finished(run)
+            _push(mirror, cv[run.recipe.attribute].path)
 
     job = Job(table, cache_dir, workers, " + ".join([*data, *manifest]), track)
     if engine == "ray":
@@ -143,10 +158,13 @@ def train(attribute: list[str] = typer.Argument(..., help="mask, gender and/or a
                        + " ".join(f"{f:.4f}" for f in summary["per_fold_macro_f1"])
                        + f" (mean {summary['mean_macro_f1']:.4f} ± {summary['std_macro_f1']:.4f}); "
                        f"out-of-fold macro-F1 {summary['oof_macro_f1']:.4f} on "
-                       f"{summary['oof_images']:,} images; {folds_of.path}")
+                       f"{summary['oof_images']:,} images; "
+                       f"{mirror.where(folds_of.path) if mirror else folds_of.path}")
+            _push(mirror, folds_of.path)
+            _push(mirror, folds_of.root / OOF)
     if errors:
         _fail(f"{len(errors)} of {len(runs)} runs failed ({', '.join(errors)}); the others "
-              f"finished: train the rest with --resume --run-dir {run_dir}", code=1)
+              f"finished: train the rest with --resume --run-dir {store or run_dir}", code=1)
 
 
 def _recipe(attribute: str, folder: Path, resume: bool, overrides: list[str],
@@ -167,6 +185,20 @@ def _recipe(attribute: str, folder: Path, resume: bool, overrides: list[str],
         recipe = Recipe.from_dict({**fields,
                                    "fold": 0 if fields["fold"] == "all" else fields["fold"]})
     return recipe.override(overrides)
+
+
+def _mirror(store: str):
+    """A local folder mirroring the run folders in ``store``: what the store holds, pulled."""
+    from facet.models.run_store import Mirror
+    mirror = Mirror(store)
+    mirror.pull()
+    return mirror
+
+
+def _push(mirror, path: Path) -> None:
+    """A file the command wrote into the mirror of an object store, copied to the store."""
+    if mirror is not None:
+        mirror.push(path)
 
 
 def _one(device: str):
