@@ -101,10 +101,11 @@ class Job:
 Report = Callable[[Run, dict | None, BaseException | None], None]
 
 
-def slots(devices: list[str], cores: int | None = None) -> list[Slot]:
-    """A slot per device named, each with an equal share of ``cores`` (this process's)."""
-    cores = cores or len(os.sched_getaffinity(0))
-    return [Slot(d, max(1, cores // len(devices))) for d in devices]
+def slots(devices: list[str], threads: int | None = None) -> list[Slot]:
+    """A slot per device named, each with ``threads``, or an equal share of this process's
+    cores."""
+    share = max(1, len(os.sched_getaffinity(0)) // len(devices))
+    return [Slot(d, threads or share) for d in devices]
 
 
 def train_runs(runs: list[Run], job: Job, where: list[Slot], report: Report) -> None:

@@ -180,7 +180,8 @@ class Trainer:
                 self.ema.update(self.model, step=step)
             self.scheduler.step_update(num_updates=step)
             hard = target.argmax(1) if target.ndim == 2 else target  # a mix's larger share
-            cm += torch.bincount(hard * n + logits.argmax(1), minlength=n * n)
+            # index_add_, not bincount: CUDA's bincount reads the largest value on the host
+            cm.index_add_(0, hard * n + logits.argmax(1), torch.ones_like(hard))
             total += loss.detach().double() * len(x)
             seen += len(x)
             if k % LOG_EVERY == 0 or k == len(loader):

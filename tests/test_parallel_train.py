@@ -37,9 +37,11 @@ def _metrics(run) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def one_after_another(dataset, tmp_path_factory):
-    """mask then gender, in one process on one thread: what the parallel runs must match."""
+    """mask then gender, in one process on one thread (the threads change float sums): what
+    the parallel runs, one thread each on 2 cores, must match."""
     root = tmp_path_factory.mktemp("sequential")
-    result = runner.invoke(app, _args(dataset, root / "runs", root / "cache", "--devices", "cpu"))
+    result = runner.invoke(app, _args(dataset, root / "runs", root / "cache", "--devices", "cpu",
+                                      "--threads", "1"))
     assert result.exit_code == 0, result.output
     return root / "runs"
 

@@ -40,6 +40,9 @@ def train(attribute: list[str] = typer.Argument(..., help="mask, gender and/or a
                                                 "cuda:0,cuda:1; a device named twice takes two runs "
                                                 "(cuda:0,cuda:0); cpu,cpu: two CPU processes, each with "
                                                 "its share of the cores."),
+          threads: Optional[int] = typer.Option(None, min=1, help="CPU threads of each run's "
+                                                "training steps (default: the cores shared equally "
+                                                "among --devices; torch's own for one process)."),
           engine: str = typer.Option("local", help="local (processes over --devices) or ray (each run "
                                      "a Ray task; pip install 'facet[ray]')."),
           address: Optional[str] = typer.Option(None, help="--engine ray: the cluster (auto, "
@@ -64,7 +67,7 @@ def train(attribute: list[str] = typer.Argument(..., help="mask, gender and/or a
     from facet.combine import ATTRIBUTES
     from facet.manifest import DataError
     from facet.models.folds import Folds
-    from facet.models.multirun import Job, Run, finished, slots, train_runs
+    from facet.models.multirun import Job, Run, Slot, finished, slots, train_runs
     from facet.models.resume import ResumeError
     from facet.models.run_folder import OOF
     from facet.serve.batch import is_uri
@@ -145,7 +148,8 @@ def train(attribute: list[str] = typer.Argument(..., help="mask, gender and/or a
         from facet.models.ray_runs import RayRuns, train_runs as train_on_ray
         train_on_ray(runs, job, RayRuns(address, cpus_per_run, gpus_per_run), report)
     else:
-        train_runs(runs, job, slots(devices.split(",")) if devices else [_one(device)], report)
+        train_runs(runs, job, slots(devices.split(","), threads) if devices
+                   else [Slot(device, threads)], report)
     if len(runs) == 1 and errors:
         error = next(iter(errors.values()))
         if isinstance(error, (ResumeError, DataError, ValueError)):
@@ -199,9 +203,3 @@ def _push(mirror, path: Path) -> None:
     """A file the command wrote into the mirror of an object store, copied to the store."""
     if mirror is not None:
         mirror.push(path)
-
-
-def _one(device: str):
-    """The slot of a single process: this process, its threads and workers as they are."""
-    from facet.models.multirun import Slot
-    return Slot(device, None)
