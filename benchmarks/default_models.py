@@ -105,9 +105,9 @@ def write_sets(sets: dict[str, pd.DataFrame], held: pd.DataFrame, boxes: pd.Data
     options = []
     for name, frame in sets.items():
         csv = folder / (name.replace(" ", "_").replace("(", "").replace(")", "") + ".csv")
-        frame.rename(columns={"age_years": "age", "age": "age_group"} if "age_years" in frame
-                     else {"age": "age_group"}).drop(columns=["ans"], errors="ignore").to_csv(
-            csv, index=False)
+        frame = frame.assign(path=[str(Path(p).resolve()) for p in frame["path"]])
+        frame.rename(columns={"age_years": "age", "age": "age_group"}).drop(
+            columns=["ans"], errors="ignore").to_csv(csv, index=False)
         options += ["--eval", f"{name}={csv}"]
     faces = boxes[boxes["path"].isin(held["path"])]
     x, y, w, h = (np.array([b[k] for b in faces["box"]]) for k in range(4))

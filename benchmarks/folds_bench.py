@@ -21,7 +21,10 @@ from pathlib import Path
 from facet.combine import ATTRIBUTES
 from facet.export.pipeline import export_all
 from facet.score import score_files
-from facet.serve.batch import predict_paths, read_inputs, submission, write_atomic
+from facet.atomic import write_csv
+from facet.serve.batch import predict_paths
+from facet.serve.inputs import read_inputs
+from facet.serve.tables import submission
 from facet.serve.predictor import Predictor
 
 SIZES = (1, 3, 5)
@@ -65,7 +68,7 @@ def main() -> None:
         batch = predict_paths(predictor, inputs.paths, progress=True)
         elapsed = time.perf_counter() - start
         sub = folder / "eval_submission.csv"
-        write_atomic(submission(inputs, batch), sub)
+        write_csv(sub, submission(inputs, batch))
         scored = score_files(sub, answers)
         result["sets"][n] = {"models_per_attribute": n, "mode": predictor.mode,
                              "eval_macro_f1": scored["macro_f1"],

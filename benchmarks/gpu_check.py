@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     runs, result["training"] = train(data, args.out, "cuda" if gpu else "cpu", dry)
     from facet.export.pipeline import export_all
-    from facet.serve.batch import read_inputs
+    from facet.serve.inputs import read_inputs
     models = args.out / "models"
     index = export_all(runs, models, fp16=True, eval_limit=500 if dry else 2000)
     result["fp16_eval"] = index["fp16_eval"]

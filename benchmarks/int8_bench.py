@@ -17,7 +17,7 @@ import pandas as pd
 
 from facet.combine import ATTRIBUTES, split_labels
 from facet.metrics import scores
-from facet.serve.batch import read_inputs
+from facet.serve.inputs import read_inputs
 from facet.serve.predictor import Predictor
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

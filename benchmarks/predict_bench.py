@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from facet.score import score_files
-from facet.serve.batch import predict_paths, read_inputs
+from facet.serve.batch import predict_paths
+from facet.serve.inputs import read_inputs
 from facet.serve.predictor import Predictor
 
 

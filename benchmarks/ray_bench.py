@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 
-from facet.serve.batch import read_inputs
+from facet.serve.inputs import read_inputs
 
 # what each engine prints: the local engine's predicting time (models loaded), the Ray engine's
 # time from ray.init to the last part written and the start-up share of it

@@ -24,6 +24,7 @@ from facet import privacy
 YUNET = Path(__file__).parent / "assets" / "face_detection_yunet_n.onnx"
 YUNET_S = YUNET.with_name("face_detection_yunet_2023mar.onnx")
 PRIMARY_RULES = ("largest", "center")
+PRIMARY_RULE = "largest"  # the face that answers for a photo unless another rule is asked for
 FALLBACKS = ("whole", "center")
 ENGINES = ("auto", "onnxruntime", "opencv")
 FACE_SCORE = 0.75  # the best detection F1 on street photos: BENCHMARKS.md, "Faces in photos"
@@ -217,7 +218,7 @@ def default_detector() -> YuNet:
         return _DEFAULT
 
 
-def primary(faces: list[Face], width: int, height: int, rule: str = "largest") -> int:
+def primary(faces: list[Face], width: int, height: int, rule: str = PRIMARY_RULE) -> int:
     """Index of the face that answers for the photo: the largest box, or the box whose centre
     is nearest the photo's centre. -1 when there is none."""
     if rule not in PRIMARY_RULES:

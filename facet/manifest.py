@@ -17,7 +17,7 @@ import pandas as pd
 from facet.atomic import write_csv
 from facet.combine import TRUE_AGE_RULE, parse_code
 from facet.csvfile import read_csv
-from facet.preprocess import image_size
+from facet.preprocess import header_size
 
 MAX_AGE = 120
 #: A :class:`Table`'s columns: one row per image (or per face, for a manifest with face boxes):
@@ -151,7 +151,7 @@ def read_manifest(csv: str | Path, root: str | Path | None = None, group: str = 
                 age = parse_code("age", rec["age_group"])
             else:
                 age = -1
-            box = (_box(rec, corners, sizes.setdefault(path, image_size(path)))
+            box = (_box(rec, corners, sizes.setdefault(path, header_size(path)))
                    if corners and any(rec[c] != "" for c in corners) else None)
         except ValueError as exc:
             problems.add(f"{where}: {exc}")

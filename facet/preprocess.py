@@ -8,6 +8,7 @@ training skips (and counts) exactly the files that `facet predict` and the HTTP 
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import stat
@@ -19,14 +20,15 @@ import numpy as np
 import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .faces import (FALLBACKS, Detector, Face, crop_box, cut, cut_square, default_detector,
-                    fallback_box, primary)
+from .faces import (FALLBACKS, PRIMARY_RULE, Detector, Face, crop_box, cut, cut_square,
+                    default_detector, fallback_box, primary)
 
 RESIZE_MODES = ("stretch", "letterbox")
 CROPS = ("none", "face")
 #: What the loader decodes. MPO is the multi-picture JPEG that many phone cameras write.
 FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "WEBP": "WebP", "BMP": "BMP"}
 SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+HEADER_BYTES = 64 * 1024  # holds the size of a PNG, WebP or BMP, and of most JPEGs (after EXIF)
 # Pillow's own bomb check raises inside Image.open (from ~179 MP) before a caller can look at
 # the header; ImageRules.max_pixels is checked from the header instead, for every image.
 Image.MAX_IMAGE_PIXELS = None
@@ -122,6 +124,31 @@ class PreprocessSpec:
 def read_bytes(path: str | Path, max_bytes: int = DEFAULT_RULES.max_bytes) -> bytes:
     """A regular file's bytes. FIFOs, devices and folders are refused without reading (a named
     pipe would block, /dev/zero never ends); links are followed to what they name."""
+    with _regular_file(path) as (f, size):
+        return read_limited(f, size, max_bytes)
+
+
+def header_size(path: str | Path) -> tuple[int, int] | None:
+    """An image file's (width, height) as :func:`read_image` gives it (EXIF orientation
+    applied), from the first ``HEADER_BYTES`` alone, under the same file rules as
+    ``read_bytes``; None when that is not a readable header."""
+    try:
+        with _regular_file(path) as (f, _):
+            head = f.read(HEADER_BYTES)
+        image = Image.open(io.BytesIO(head))
+    except Exception:  # noqa: BLE001 - unreadable: decoding it names why
+        return None
+    try:  # a JPEG's EXIF is in its header; another format may keep it after the pixels
+        turned = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except Exception:  # noqa: BLE001
+        turned = False
+    width, height = image.size
+    return (height, width) if turned else (width, height)
+
+
+@contextlib.contextmanager
+def _regular_file(path: str | Path):
+    """(open binary file, its size) for a regular file; ImageError for anything else."""
     try:  # O_NONBLOCK: opening a FIFO must not wait for a writer
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
@@ -139,7 +166,7 @@ def read_bytes(path: str | Path, max_bytes: int = DEFAULT_RULES.max_bytes) -> by
         if not stat.S_ISREG(st.st_mode):
             raise ImageError("not a regular file (a pipe, device or socket): refused")
         with open(fd, "rb", closefd=False) as f:
-            return read_limited(f, st.st_size, max_bytes)
+            yield f, st.st_size
     finally:
         os.close(fd)
 
@@ -191,7 +218,7 @@ class Photo:
 
 def decode_faces(source: bytes | str | Path, specs: list[PreprocessSpec],
                  rules: ImageRules = DEFAULT_RULES, detector: Detector | None = None,
-                 every: bool = False, primary_rule: str = "largest",
+                 every: bool = False, primary_rule: str = PRIMARY_RULE,
                  max_faces: int = MAX_FACES) -> Photo:
     """Decode once, detect once (when a spec crops faces), and cut each spec's input for the
     primary face, or for each of the ``max_faces`` largest faces when ``every``.
@@ -265,18 +292,6 @@ def _read_scales(source: bytes | str | Path, rules: ImageRules,
 def _reduction(size: tuple[int, int], side: int | None) -> int:
     """The largest JPEG scale-down (8, 4, 2 or 1) that keeps ``side`` pixels on the short side."""
     return next((k for k in (8, 4, 2) if side and min(size) // k >= side), 1)
-
-
-def image_size(path: str | Path) -> tuple[int, int] | None:
-    """(width, height) as :func:`read_image` gives the image (EXIF orientation applied), from
-    the header alone; None if the header is not readable (decoding will say why)."""
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            turned = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)
-    except Exception:  # noqa: BLE001
-        return None
-    return (height, width) if turned else (width, height)
 
 
 def pixel_count(data: bytes) -> int:

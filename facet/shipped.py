@@ -1,6 +1,7 @@
 """The model set that ships inside facet (``facet/assets/models``): what `facet predict`,
-`facet serve` and the try-it page answer with when no model folder is given. Built by
-``benchmarks/default_models.py``; its card (``MODEL_CARD.md``) lies beside the models."""
+`facet serve` and the try-it page answer with when no model folder is given. Built by `facet
+build-set` (``benchmarks/default_models.py`` trains, exports and builds it); its card
+(``MODEL_CARD.md``) lies beside the models."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -185,7 +185,7 @@ def prepare(recipe: Recipe, table: Table, augment: A.Compose, cache_dir: Path,
         split["landmarks_found_share"] = round(float(found.mean()), 4)
         face = {"landmarks": landmarks, "maskable": ~frame["mask"].isin([0, 1]).to_numpy()}
     train_set = CachedImages(images, train_rows, train_labels[train_rows], r.preprocess,
-                                  augment, **face)
+                             augment, **face)
     val_set = CachedImages(images, val_rows, true_labels[val_rows], r.preprocess)
     return TrainingData(frame, split, train_set, val_set, val_rows, sources, val_sources,
                         select_on, problems)

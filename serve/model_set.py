@@ -129,10 +129,11 @@ def build_set(export: Path, out: Path, sets: list[EvalSet], max_loss: float = MA
     else:
         chosen, losses = {a: "fp32" for a in ATTRIBUTES}, {}
     assemble(export, out, chosen)
+    meta = _metadata(out)
     card = {"scores": score_folder(out, COMPACT, sets), "chosen": chosen, "max_loss": max_loss,
             "trained_on": {a: (m.get("training") or {}).get("summary", "")
-                           for a, m in _metadata(out).items()},
-            "detector": _metadata(out)["mask"].get("detector")}
+                           for a, m in meta.items()},
+            "detector": meta["mask"].get("detector")}
     write_card(out, card, notes)
     return {**card, "by_variant": by_variant, "int8_delta": losses}
 
@@ -204,8 +205,8 @@ def compare(a: Path, b: Path, paths: list[Path]) -> dict:
     for attribute in ATTRIBUTES:
         pa, pb = (r.attributes[attribute] for r in results)
         ok = ~np.isnan(pa).any(1) & ~np.isnan(pb).any(1)
-        out[attribute] = {"images": int(ok.sum()),
-                          "agreement": round(float((pa[ok].argmax(1) == pb[ok].argmax(1)).mean()), 4),
+        agree = pa[ok].argmax(1) == pb[ok].argmax(1)
+        out[attribute] = {"images": int(ok.sum()), "agreement": round(float(agree.mean()), 4),
                           "max_abs_dp": round(float(np.abs(pa[ok] - pb[ok]).max()), 5)}
     out["ok"] = all(out[x]["agreement"] >= TOLERANCE["agreement"]
                     and out[x]["max_abs_dp"] <= TOLERANCE["max_abs_dp"] for x in ATTRIBUTES)

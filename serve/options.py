@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from facet.faces import FACE_SCORE, PRIMARY_RULES, Detector, YuNet, default_detector
+from facet.faces import (FACE_SCORE, PRIMARY_RULE, PRIMARY_RULES, Detector, YuNet,
+                         default_detector)
 from facet.preprocess import (DEFAULT_RULES, MAX_FACES, ImageRules, Photo, PreprocessSpec,
                               decode_faces)
 
@@ -74,7 +75,7 @@ class AnswerOptions:
     detector: str | None = None
     face_score: float = FACE_SCORE
     face_upscale: float = 1.0
-    primary_rule: str = "largest"
+    primary_rule: str = PRIMARY_RULE
     max_faces: int = MAX_FACES
 
     def __post_init__(self):
@@ -113,9 +114,9 @@ class Decoder:
     from each; the detector is given per call (one per process or thread pool)."""
 
     specs: tuple[PreprocessSpec, ...]
-    rules: ImageRules = DEFAULT_RULES
-    primary_rule: str = "largest"
-    max_faces: int = MAX_FACES
+    rules: ImageRules = AnswerOptions.rules
+    primary_rule: str = AnswerOptions.primary_rule
+    max_faces: int = AnswerOptions.max_faces
 
     @classmethod
     def of(cls, specs, options: AnswerOptions) -> "Decoder":

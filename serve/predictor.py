@@ -81,7 +81,8 @@ def _session(path: Path, options: AnswerOptions) -> ort.InferenceSession:
 
 @dataclass
 class Prediction:
-    """Per-image outputs of a batch: attribute probabilities, 18-class probabilities, labels."""
+    """Per-image outputs of a batch: attribute probabilities and 18-class probabilities (a
+    ``results.Collector`` turns them into answers and errors)."""
 
     attributes: dict[str, np.ndarray]  # name -> (N, k) probabilities
     probs: np.ndarray  # (N, 18)
@@ -89,19 +90,6 @@ class Prediction:
     @property
     def labels(self) -> np.ndarray:
         return self.probs.argmax(1)
-
-    def row(self, i: int) -> dict:
-        """One image's answer as plain JSON-able data."""
-        names = class_names()
-        label = int(self.labels[i])
-        return {
-            "label": label, "class": names[label], "confidence": float(self.probs[i, label]),
-            "attributes": {
-                a: {"label": ATTRIBUTES[a][int(p[i].argmax())],
-                    "code": int(p[i].argmax()),
-                    "probs": {c: round(float(v), 6) for c, v in zip(ATTRIBUTES[a], p[i])}}
-                for a, p in self.attributes.items()},
-        }
 
 
 class Predictor:
@@ -112,11 +100,12 @@ class Predictor:
     The three models may each have their own input spec (size, resize mode, normalisation):
     an image is read once and resized once per distinct spec (:class:`Decoder`). Models
     exported with ``crop: face`` get a face detector: ``face_detector`` when given (one shared
-    by a process), else the one the options name.
+    by a process), else the one the options name; none with ``decodes=False`` (a model worker
+    that is sent decoded inputs, as the HTTP service's).
     """
 
     def __init__(self, model_dir: str | Path, options: AnswerOptions | None = None, *,
-                 face_detector: Detector | None = None, **overrides):
+                 face_detector: Detector | None = None, decodes: bool = True, **overrides):
         options = replace(options or AnswerOptions(), **overrides)
         self.model_dir = Path(model_dir)
         self.index = read_index(self.model_dir)
@@ -156,7 +145,7 @@ class Predictor:
         self.decoder = Decoder.of(self.distinct_specs, options)
         self.crops_faces = self.decoder.crops_faces
         self.detector = None
-        if self.crops_faces:
+        if self.crops_faces and decodes:
             self.detector = face_detector or options.face_detector()
         trained = {m["detector"]["sha256"] for m in self.info.values() if m.get("detector")}
         if self.detector and trained and trained != {self.detector.sha256}:

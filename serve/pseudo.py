@@ -15,7 +15,7 @@ import pandas as pd
 from facet.combine import ATTRIBUTES
 from facet.faces import Face
 from facet.manifest import BOX_COLUMNS, LABELS, PSEUDO
-from facet.preprocess import image_size
+from facet.preprocess import header_size
 
 from .results import BatchResult
 
@@ -77,7 +77,7 @@ def pseudo_manifest(paths: list, result: BatchResult, attributes: list[str],
     path = [os.path.abspath(str(p)) for p in paths]
     out = pd.DataFrame({"path": path, "group": path})
     if boxes:
-        corners = [_inside(f, image_size(p)) if f is not None else None
+        corners = [_inside(f, header_size(p)) if f is not None else None
                    for p, f in zip(paths, result.primary or [None] * n)]
         for k, name in enumerate(BOX_COLUMNS[0]):
             out[name] = [round(float(c[k]), 2) if c else "" for c in corners]

@@ -26,7 +26,8 @@ from facet.combine import ATTRIBUTES
 from facet.faces import Face
 from facet.model_folder import INDEX, read_index
 
-from .batch import InputError, Inputs, details, submission
+from .inputs import InputError, Inputs
+from .tables import details, submission
 from .predictor import Predictor
 from .ray_workers import Answerer, Answering, decode_batch, digest
 from .results import BatchResult, Collector
@@ -152,7 +153,7 @@ class Job:
         self.parts = max(1, -(-len(inputs.paths) // part_size))  # an empty input: one empty part
         self.keys = {"facet.manifest": _manifest_key(inputs, part_size),
                      "facet.answers": digest(json.dumps(answering.key()).encode(),
-                                              *[d for _, d in sorted(self.files.items())])}
+                                             *[d for _, d in sorted(self.files.items())])}
         given, answers = self._tables(0, 0, _Part(0, 0))
         self.submission_columns, self.answer_columns = list(given.columns), list(answers.columns)
         # a manifest column that shares a name with an answer column is kept as input_<name>
@@ -167,7 +168,7 @@ class Job:
         """Rows ``start:stop`` as the local engine writes them: the submission (the manifest's
         columns with ``ans`` filled) and the --details columns but the path."""
         rows = Inputs(self.inputs.frame.iloc[start:stop].reset_index(drop=True),
-                      self.inputs.paths[start:stop], self.inputs.answer_column)
+                      self.inputs.paths[start:stop])
         result = part.result(rows.paths)
         return (submission(rows, result),
                 details(rows, result, faces=self.crops_faces).drop(columns="path"))
@@ -312,5 +313,5 @@ def _manifest_key(inputs: Inputs, part_size: int) -> str:
     frame = inputs.frame
     paths = pd.Series([str(p) for p in inputs.paths], dtype=object)
     return digest(json.dumps([list(map(str, frame.columns)), part_size]).encode(),
-                   pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes(),
-                   pd.util.hash_pandas_object(paths, index=False).to_numpy().tobytes())
+                  pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes(),
+                  pd.util.hash_pandas_object(paths, index=False).to_numpy().tobytes())

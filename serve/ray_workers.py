@@ -16,7 +16,7 @@ from facet import privacy
 from facet.faces import YuNet
 from facet.preprocess import ImageError
 
-from .batch import is_uri
+from .inputs import is_uri
 from .options import AnswerOptions, Decoder
 from .predictor import Predictor, pack, unpack
 from .results import Collector

@@ -1,6 +1,7 @@
 """What answering gives back: per row the primary face's answer, per face with ``every``, and
-the rows that failed; one collector fills it for every scheduler (the local batch loop, the
-Ray actors and parts), so each returns the same result for the same rows."""
+the rows that failed; one collector fills it for every front end (the local batch loop, the
+Ray actors and parts, the HTTP service), so each returns the same result for the same rows,
+and a NaN answer is an error in each."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -10,9 +11,13 @@ import numpy as np
 from facet.combine import ATTRIBUTES, class_names
 from facet.faces import Face
 
+NAN_ANSWER = "the models answered NaN (try the fp32 variant)"  # e.g. an fp16 overflow
+
+
 @dataclass
 class FaceAnswer:
-    """One answered face of a row's photo (``index`` -1: the fallback region, no face found)."""
+    """One answered face of a row's photo (``index`` -1: the fallback region, no face found);
+    ``error`` when the models could not answer it."""
 
     row: int
     index: int
@@ -20,6 +25,11 @@ class FaceAnswer:
     primary: bool
     attributes: dict[str, np.ndarray]  # name -> (k,)
     probs: np.ndarray  # (18,)
+    error: str = ""
+
+    def __post_init__(self):
+        if not self.error and np.isnan(self.probs).any():
+            self.error = NAN_ANSWER
 
 
 @dataclass
@@ -31,6 +41,18 @@ class BatchResult:
     face_found: list[bool | None] = field(default_factory=list)  # None: no detection ran
     primary: list[Face | None] = field(default_factory=list)  # the face that answers the row
     faces: list[FaceAnswer] = field(default_factory=list)  # every face, with ``every``
+
+    def row(self, i: int) -> dict:
+        """Answered row ``i`` as plain JSON-able data (the HTTP service's answer)."""
+        label = int(self.labels[i])
+        return {
+            "label": label, "class": class_names()[label],
+            "confidence": float(self.probs[i, label]),
+            "attributes": {
+                a: {"label": ATTRIBUTES[a][int(p[i].argmax())], "code": int(p[i].argmax()),
+                    "probs": {c: round(float(v), 6) for c, v in zip(ATTRIBUTES[a], p[i])}}
+                for a, p in self.attributes.items()},
+        }
 
 
 class Collector:
@@ -54,10 +76,10 @@ class Collector:
         self.probs[rows] = probs
         for a, p in self.attributes.items():
             p[rows] = attributes[a]
-        broken = np.isnan(probs).any(1)  # e.g. an fp16 variant that overflowed
+        broken = np.isnan(probs).any(1)
         for j, row in enumerate(rows.tolist()):
             if broken[j]:
-                self.errors[row] = "the models answered NaN (try the fp32 variant)"
+                self.errors[row] = NAN_ANSWER
             else:
                 self.errors.pop(row, None)
             if face_found is not None:

@@ -10,7 +10,9 @@ Routes (under /v1): POST /predict (one image: multipart or raw body), POST /pred
 ``classify`` and ``classify_batch`` for BentoML's clients; GET /ui, a page to try it. With models exported with
 ``crop: face``, every face of a photo is answered (``faces``) and the top-level fields are the
 primary face's, so a client written for one face per image keeps working. BentoML's /healthz,
-/livez, /readyz and /metrics stay on. Every error under /v1 is JSON, 5xx included, and no exception
+/livez, /readyz and /metrics stay on. With tokens configured, every route but those and the
+pages needs a bearer token (``access.py``); ``/`` is BentoML's Swagger page without what it
+loads from other hosts (``docs_page.py``). Every error under /v1 is JSON, 5xx included, and no exception
 escapes a handler: uvicorn closes a keep-alive connection on one.
 """
 from __future__ import annotations
@@ -20,66 +22,50 @@ from facet import privacy
 privacy.apply_defaults()  # before bentoml is imported: it reports usage otherwise
 
 import asyncio  # noqa: E402
-import logging  # noqa: E402
 import time  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from http import HTTPStatus  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import aiohttp  # noqa: E402  (BentoML's own inter-service client)
 import bentoml  # noqa: E402
 import numpy as np  # noqa: E402
 from bentoml.exceptions import BentoMLException, InvalidArgument, ServiceUnavailable  # noqa: E402
 from starlette.applications import Starlette  # noqa: E402
 from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
-from starlette.requests import ClientDisconnect, Request  # noqa: E402
+from starlette.formparsers import MultiPartParser  # noqa: E402
+from starlette.requests import Request  # noqa: E402
 from starlette.responses import HTMLResponse, JSONResponse  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
-from facet.combine import ATTRIBUTES, combine_probs  # noqa: E402
+from facet.combine import ATTRIBUTES  # noqa: E402
 from facet.faces import YuNet  # noqa: E402
-from facet.preprocess import (ImageError, ImageTooLarge, Photo, PreprocessSpec,  # noqa: E402
-                              pixel_count, read_bytes)
+from facet.preprocess import Photo, PreprocessSpec  # noqa: E402
 
+from .access import BearerAuth  # noqa: E402
 from .coalesce import Coalescer  # noqa: E402
 from .config import ServeConfig  # noqa: E402
+from .docs_page import LocalDocsPage  # noqa: E402
+from .http_errors import HTTPError, error_response, guard, http_exception, log  # noqa: E402
+from .model_calls import infer, reachable  # noqa: E402
 from .openapi import OPENAPI  # noqa: E402
 from .options import Decoder  # noqa: E402
-from .predictor import Prediction, Predictor, pack, unpack  # noqa: E402
+from .predictor import Predictor, unpack  # noqa: E402
+from .results import Collector  # noqa: E402
+from .uploads import Decoding, read_upload, uploads  # noqa: E402
 
-log = logging.getLogger(__name__)
 CONFIG = ServeConfig.load()
 OPTIONS = CONFIG.answer_options()
-RAW_TYPES = {"image/jpeg", "image/jpg", "image/png", "image/webp", "image/bmp", "image/x-ms-bmp",
-             "application/octet-stream"}
-SIZES = [len(c) for c in ATTRIBUTES.values()]  # 3 + 2 + 3 probability columns
-TRAFFIC_TIMEOUT_S = 60
-# Lost model-service calls are sent again until this deadline, well inside the traffic timeout
-# (p99 under a 16-client load is ~0.3 s); an overloaded model service is not retried.
-INFER_DEADLINE_S = 20.0  # + body_timeout_s (<= 35) stays inside the traffic timeout
-RETRY_AFTER_S = 1
-CLIENT_CLOSED = 499  # nginx's 'client closed request': logged, but nobody reads the answer
-DECODE_POOL = ThreadPoolExecutor(CONFIG.decode_threads, thread_name_prefix="facet-decode")
+SIZES = [len(c) for c in ATTRIBUTES.values()]  # 3 + 2 + 3 probability columns, then the 18
 
 
-class HTTPError(Exception):
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers
-
-
-def _unavailable(message: str) -> HTTPError:
-    """A 503 that tells the client when to retry."""
-    return HTTPError(503, f"{message}; retry later", {"Retry-After": str(RETRY_AFTER_S)})
-
-
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"status": status, "message": message}}, status_code=status,
-                        headers=headers)
+DECODING = Decoding(CONFIG)
+TOKENS = CONFIG.tokens()
+# A multipart file part over Starlette's 1 MB spool goes to a temporary file: keep every upload
+# (at most max_upload_bytes, already read into memory) in memory, so no photo touches the disk.
+MultiPartParser.spool_max_size = CONFIG.max_upload_bytes
 
 
 @bentoml.service(name="facet-model", workers=CONFIG.model_workers,
-                 traffic={"timeout": TRAFFIC_TIMEOUT_S, "concurrency": 256},
+                 traffic={"timeout": CONFIG.request_timeout_s, "concurrency": 256},
                  # internal calls: the front's access log already has one line per request
                  logging={"access": {"enabled": False}},
                  # The front's client to this service closes its session every max_requests
@@ -90,7 +76,7 @@ class FacetModel:
     """The three attribute models, loaded once per worker; CUDA when present, else CPU."""
 
     def __init__(self):
-        self.predictor = Predictor(CONFIG.model_dir, OPTIONS)
+        self.predictor = Predictor(CONFIG.model_dir, OPTIONS, decodes=False)  # the front decodes
         self.batches = self.images = 0
         self.busy_s = 0.0  # time spent running the models: busy_s / wall time is utilisation
 
@@ -98,12 +84,12 @@ class FacetModel:
                  max_latency_ms=CONFIG.max_latency_ms)
     def infer(self, images: np.ndarray) -> np.ndarray:
         """(N, L) uint8 images, resized to each model's spec and packed (``predictor.pack``)
-        -> (N, 8) probabilities: mask | gender | age."""
+        -> (N, 26) probabilities: mask | gender | age | the 18 classes."""
         start = time.perf_counter()
         out = self.predictor.predict(unpack(images, self.predictor.distinct_specs))
         self.busy_s += time.perf_counter() - start
         self.batches, self.images = self.batches + 1, self.images + len(images)
-        return np.concatenate([out.attributes[a] for a in ATTRIBUTES], axis=1)
+        return np.concatenate([*(out.attributes[a] for a in ATTRIBUTES), out.probs], axis=1)
 
     @bentoml.api
     def info(self) -> dict:
@@ -113,91 +99,19 @@ class FacetModel:
                            "busy_s": round(self.busy_s, 3)}}
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise HTTPError(413, f"upload is {int(declared):,} bytes, over the limit of {limit:,}")
-    chunks, size = [], 0
-    try:  # a body shorter than its Content-Length, or a trickle, must not hold a connection
-        async with asyncio.timeout(CONFIG.body_timeout_s):
-            async for chunk in request.stream():  # also bounds chunked uploads with no length
-                size += len(chunk)
-                if size > limit:
-                    raise HTTPError(413, f"upload is over the limit of {limit:,} bytes")
-                chunks.append(chunk)
-    except TimeoutError:
-        raise HTTPError(408, f"the upload did not arrive within {CONFIG.body_timeout_s:g} s "
-                             f"({size:,} bytes received)") from None
-    except ClientDisconnect:  # the client's doing, not a server error: no traceback, no 5xx
-        log.info("client disconnected during the upload on %s %s (%s bytes received)",
-                 request.method, request.url.path, f"{size:,}")
-        raise HTTPError(CLIENT_CLOSED, "the client disconnected before the upload was complete"
-                        ) from None
-    return b"".join(chunks)
-
-
-async def _uploads(request: Request, many: bool) -> list[tuple[str, bytes]]:
-    """The uploaded files as (name, bytes): multipart parts, or the raw body for one image."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "multipart/form-data" and (many or content_type not in RAW_TYPES):
-        allowed = "multipart/form-data" + ("" if many else ", " + ", ".join(sorted(RAW_TYPES)))
-        raise HTTPError(415, f"content type {content_type or '(none)'!r} is not accepted; "
-                             f"send {allowed}")
-    body = await _read_body(request, CONFIG.max_upload_bytes)
-    if not body:
-        raise HTTPError(400, "empty body: no image was sent")
-    if content_type != "multipart/form-data":
-        return [("body", body)]
-    request._body = body  # Starlette parses the form from this cached body
-    try:
-        form = await request.form(max_files=CONFIG.max_batch_files, max_fields=CONFIG.max_batch_files)
-    except Exception as exc:  # malformed multipart, too many parts
-        raise HTTPError(400, f"could not parse the multipart form: {exc}") from None
-    files = [(part.filename or key, await part.read()) for key, part in form.multi_items()
-             if hasattr(part, "read")]
-    if not files:
-        raise HTTPError(400, "the form holds no file: attach the image as a file part")
-    if not many and len(files) > 1:
-        raise HTTPError(400, f"{len(files)} files sent to /v1/predict; use /v1/predict/batch")
-    return files
-
-
-async def _decode(name: str, data: bytes, decoder: Decoder,
-                  detector: YuNet | None) -> tuple[Photo, np.ndarray]:
-    """One upload -> its faces and their packed model inputs, one row per answered face (the
-    ``max_faces`` largest; ``Decoder.decode``, as `facet predict --faces all`)."""
-    if not data:
-        raise HTTPError(400, f"{name}: empty file")
-    if detector is not None or pixel_count(data) > CONFIG.offload_pixels:  # off the event loop
-        return await asyncio.get_running_loop().run_in_executor(
-            DECODE_POOL, _decode_now, name, data, decoder, detector)
-    return _decode_now(name, data, decoder, detector)
-
-
-def _decode_now(name: str, data: bytes, decoder: Decoder,
-                detector: YuNet | None) -> tuple[Photo, np.ndarray]:
-    try:
-        photo = decoder.decode(data, detector, every=True)
-    except ImageTooLarge as exc:
-        raise HTTPError(413, f"{name}: {exc}") from None
-    except ImageError as exc:
-        raise HTTPError(422, f"{name}: {exc}") from None
-    return photo, np.stack([pack(inputs) for inputs in photo.inputs])
-
-
 async def predict(request: Request) -> JSONResponse:
-    name, data = (await _uploads(request, many=False))[0]
+    name, data = (await uploads(request, False, CONFIG))[0]
     return JSONResponse(await _answer_one(bentoml.get_current_service(), name, data))
 
 
 async def predict_batch(request: Request) -> JSONResponse:
-    answer = await _answer_many(bentoml.get_current_service(), await _uploads(request, many=True))
+    answer = await _answer_many(bentoml.get_current_service(), await uploads(request, True, CONFIG))
     return JSONResponse(answer, status_code=200 if answer["answered"] else 422)
 
 
 async def _answer_one(service, name: str, data: bytes) -> dict:
     info = await service.model_info()
-    photo, rows = await _decode(name, data, service.decoder, service.detector)
+    photo, rows = await DECODING(name, data, service.decoder, service.detector)
     return _photo_answer(photo, await service.infer(rows), info)
 
 
@@ -210,7 +124,7 @@ async def _answer_many(service, files: list[tuple[str, bytes | HTTPError]]) -> d
     async def one(name: str, data: bytes | HTTPError):
         if isinstance(data, HTTPError):
             raise data
-        return await _decode(name, data, service.decoder, service.detector)
+        return await DECODING(name, data, service.decoder, service.detector)
 
     # with detection, the photos are decoded on the pool's threads at once
     outcomes = await asyncio.gather(*(one(name, data) for name, data in files),
@@ -225,19 +139,25 @@ async def _answer_many(service, files: list[tuple[str, bytes | HTTPError]]) -> d
             decoded.append(outcome)
             good.append(i)
             results.append({})
+    answered = 0
     if decoded:
         probs = await service.infer(np.concatenate([rows for _, rows in decoded]))
         ends = np.cumsum([len(rows) for _, rows in decoded])
         for i, (photo, _), part in zip(good, decoded, np.split(probs, ends[:-1])):
-            results[i] = {"file": files[i][0], **_photo_answer(photo, part, info)}
-    return {"results": results, "answered": len(good), "failed": len(files) - len(good)}
+            try:
+                results[i] = {"file": files[i][0], **_photo_answer(photo, part, info)}
+                answered += 1
+            except HTTPError as exc:
+                results[i] = {"file": files[i][0], "error": {"status": exc.status,
+                                                             "message": exc.message}}
+    return {"results": results, "answered": answered, "failed": len(files) - answered}
 
 
 def _photo_answer(photo: Photo, probs: np.ndarray, info: dict) -> dict:
     """The top-level answer is the primary face's (or the fallback region's when no face was
     found); ``faces`` lists every answered face. Models that take whole images answer as
-    before, without face fields."""
-    answers = _answer(probs, info)
+    before, without face fields. A face the models answered NaN fails the photo (500)."""
+    answers = _answer(photo, probs, info)
     if photo.face_found is None:
         return answers[0]
     faces = [{"index": k, **photo.faces[k].to_dict(),
@@ -248,53 +168,23 @@ def _photo_answer(photo: Photo, probs: np.ndarray, info: dict) -> dict:
             "faces": faces}
 
 
-async def _reachable(call):
-    """A model-service call other than inference: unreachable is a 503, as for inference."""
-    try:
-        async with asyncio.timeout(INFER_DEADLINE_S):
-            return await call
-    except (aiohttp.ClientError, BentoMLException, TimeoutError) as exc:
-        log.warning("model service not reachable: %s", type(exc).__name__)
-        raise _unavailable("the model service is unavailable") from None
-
-
-async def _infer(model, images: np.ndarray) -> np.ndarray:
-    """Run the model service (``model``: its async client). A call can still be lost (a model
-    worker restarting, a dropped connection); inference is idempotent, so a lost call is sent
-    again until the deadline. A model service that refuses work (its own 503: more queued than
-    it can answer in time) is not retried: the client gets a 503 with Retry-After."""
-    loop = asyncio.get_running_loop()
-    deadline, attempt = loop.time() + INFER_DEADLINE_S, 0
-    while True:
-        attempt += 1
-        try:
-            async with asyncio.timeout_at(deadline):
-                return await model.infer(images)
-        except ServiceUnavailable:
-            raise _unavailable("the model service is at capacity") from None
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-            log.warning("model service call failed (%s), attempt %d", type(exc).__name__, attempt)
-            if loop.time() >= deadline - 0.05:
-                raise _unavailable("the model service is unavailable") from None
-            await asyncio.sleep(min(0.05 * attempt, 0.5))
-        except TimeoutError:
-            raise _unavailable(f"no answer from the model service within {INFER_DEADLINE_S:g} s"
-                               ) from None
-        except BentoMLException as exc:
-            log.error("model service error: %s", exc)
-            raise HTTPError(500, "the model service failed on this request") from None
-
-
-def _answer(probs: np.ndarray, info: dict) -> list[dict]:
-    parts = np.split(np.asarray(probs, np.float32), np.cumsum(SIZES)[:-1], axis=1)
-    attributes = dict(zip(ATTRIBUTES, parts))
-    prediction = Prediction(attributes, combine_probs(*parts))
-    return [{**prediction.row(i), "model_versions": info["versions"]} for i in range(len(probs))]
+def _answer(photo: Photo, probs: np.ndarray, info: dict) -> list[dict]:
+    """Each answered face's answer, gathered as every front end gathers them (``Collector``)."""
+    *attributes, joint = np.split(np.asarray(probs, np.float32), np.cumsum(SIZES), axis=1)
+    collected = Collector(len(probs))
+    collected.put(np.arange(len(probs)), dict(zip(ATTRIBUTES, attributes)), joint)
+    result = collected.result(photo.answered)
+    if result.errors:
+        raise HTTPError(500, result.errors[0][2])
+    return [{**result.row(i), "model_versions": info["versions"]} for i in range(len(probs))]
 
 
 async def model_info(request: Request) -> JSONResponse:
-    # fresh (counters); its detector is built from the same settings as the front's
-    info = await _reachable(bentoml.get_current_service().model.to_async.info())
+    service = bentoml.get_current_service()
+    await service.model_info()  # the front's decoder and detector, made once
+    info = await reachable(service.model.to_async.info())  # fresh: its counters
+    if service.detector is not None:  # the front finds the faces: its detector
+        info["detector"] = service.detector.describe()
     return JSONResponse({**info, "service": {"batching": CONFIG.batching,
                                              "max_batch_size": CONFIG.max_batch_size,
                                              "max_upload_bytes": CONFIG.max_upload_bytes,
@@ -309,16 +199,6 @@ async def openapi(request: Request) -> JSONResponse:
     return JSONResponse(OPENAPI)
 
 
-def _read_upload(path: Path) -> bytes:
-    """An upload BentoML saved to a file, within the upload limit (413 over it)."""
-    try:
-        return read_bytes(path, CONFIG.max_upload_bytes)
-    except ImageTooLarge as exc:
-        raise HTTPError(413, f"{path.name}: {exc}") from None
-    except ImageError as exc:
-        raise HTTPError(422, f"{path.name}: {exc}") from None
-
-
 async def _typed(call) -> dict:
     """HTTPError -> the BentoML exception with the same status and message."""
     try:
@@ -329,42 +209,26 @@ async def _typed(call) -> dict:
         raise BentoMLException(exc.message, error_code=HTTPStatus(exc.status)) from None
 
 
-def _guard(handler):
-    async def wrapped(request: Request) -> JSONResponse:
-        try:
-            return await handler(request)
-        except HTTPError as exc:
-            return _error(exc.status, exc.message, exc.headers)
-        except Exception:  # noqa: BLE001 - a JSON 500 keeps the connection usable
-            log.exception("unexpected error on %s %s", request.method, request.url.path)
-            return _error(500, "internal error: the server failed on this request")
-    return wrapped
-
-
-async def _http_exception(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return _error(exc.status_code, str(exc.detail), dict(exc.headers or {}))
-
-
 async def _no_route(request: Request) -> JSONResponse:
     """404 and 405 as JSON, like every other error. BentoML mounts /v1 so that a path this
     app does not match falls through to its own plain-text 404: this route matches them all."""
     path = request.url.path.removeprefix(request.scope.get("root_path", ""))
     allowed = sorted({m for r in ROUTES if r.path_regex.match(path) for m in r.methods or ()})
     if allowed:
-        return _error(405, f"{request.method} is not allowed on {request.url.path}; use "
+        return error_response(405, f"{request.method} is not allowed on {request.url.path}; use "
                            f"{', '.join(allowed)}", {"Allow": ", ".join(allowed)})
-    return _error(404, f"no route {request.url.path} (see /v1/openapi.json)")
+    return error_response(404, f"no route {request.url.path} (see /v1/openapi.json)")
 
 
 ROUTES = [
-    Route("/predict", _guard(predict), methods=["POST"]),
-    Route("/predict/batch", _guard(predict_batch), methods=["POST"]),
-    Route("/info", _guard(model_info), methods=["GET"]),
+    Route("/predict", guard(predict), methods=["POST"]),
+    Route("/predict/batch", guard(predict_batch), methods=["POST"]),
+    Route("/info", guard(model_info), methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
 ]
 api = Starlette(routes=[*ROUTES, Route("/{path:path}", _no_route, methods=[
     "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])],
-    exception_handlers={StarletteHTTPException: _http_exception})
+    exception_handlers={StarletteHTTPException: http_exception})
 
 
 UI_PAGE = Path(__file__).parent / "ui" / "index.html"
@@ -390,7 +254,7 @@ UI_HTML = UI_PAGE.read_text() if CONFIG.ui else ""
 
 
 @bentoml.service(name="facet", workers=CONFIG.workers,
-                  traffic={"timeout": TRAFFIC_TIMEOUT_S, "concurrency": 256},
+                  traffic={"timeout": CONFIG.request_timeout_s, "concurrency": 256},
                   logging={"access": {"enabled": CONFIG.access_log}})
 @_with_ui
 @bentoml.asgi_app(api, path="/v1")
@@ -403,7 +267,7 @@ class Facet:
         self._info: dict | None = None
         self.decoder: Decoder | None = None  # set from the model service's specs
         self.detector: YuNet | None = None  # set when the models crop faces
-        self._coalescer = Coalescer(lambda images: _infer(self.model.to_async, images),
+        self._coalescer = Coalescer(lambda images: infer(self.model.to_async, images),
                                     CONFIG.max_batch_size,
                                     CONFIG.calls_in_flight or CONFIG.model_workers)
 
@@ -411,7 +275,7 @@ class Facet:
         """(N, 8) probabilities; with batching on, concurrent calls share one model-service call."""
         if CONFIG.batching:
             return await self._coalescer(images)
-        return await _infer(self.model.to_async, images)
+        return await infer(self.model.to_async, images)
 
     # Typed endpoints for BentoML's clients (SyncHTTPClient, AsyncHTTPClient, bentoml.depends)
     # and its Swagger page: the same answers as /v1/predict and /v1/predict/batch, and the same
@@ -420,7 +284,7 @@ class Facet:
     async def classify(self, image: Path) -> dict:
         """One photo (a file upload) -> the answer of POST /v1/predict."""
         async def answer():
-            return await _answer_one(self, image.name, _read_upload(image))
+            return await _answer_one(self, image.name, read_upload(image, CONFIG.max_upload_bytes))
         return await _typed(answer())
 
     @bentoml.api
@@ -434,7 +298,7 @@ class Facet:
         files: list[tuple[str, bytes | HTTPError]] = []
         for path in images:
             try:
-                files.append((path.name, _read_upload(path)))
+                files.append((path.name, read_upload(path, CONFIG.max_upload_bytes)))
             except HTTPError as exc:  # this file's own error, as over /v1
                 files.append((path.name, exc))
         answer = await _typed(_answer_many(self, files))
@@ -446,9 +310,17 @@ class Facet:
 
     async def model_info(self) -> dict:
         if self._info is None:  # asked once per worker, when the model service is up
-            info = await _reachable(self.model.to_async.info())
+            info = await reachable(self.model.to_async.info())
             self.decoder = Decoder.of(map(PreprocessSpec.from_dict, info["specs"]), OPTIONS)
             if self.decoder.crops_faces:
                 self.detector = OPTIONS.face_detector()
             self._info = info
         return self._info
+
+
+# Outermost first: the docs page at / loads nothing from elsewhere; then the token check.
+Facet.add_asgi_middleware(LocalDocsPage, bearer=TOKENS.enabled)
+if TOKENS.enabled:
+    Facet.add_asgi_middleware(BearerAuth, tokens=TOKENS, open_metrics=CONFIG.open_metrics)
+    log.info("access: a bearer token is needed on all but the probes and the pages (%d "
+             "token(s))", len(TOKENS))

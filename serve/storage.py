@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 from facet.atomic import atomic_file
 from facet.preprocess import SUFFIXES, ImageError, read_limited
 
-from .batch import (InputError, Inputs, folder_inputs, is_uri, manifest_inputs,
-                    read_input_manifest, read_inputs, split_uri)
+from .inputs import (InputError, Inputs, folder_inputs, is_uri, manifest_inputs,
+                     read_input_manifest, read_inputs, split_uri)
 
 PART = re.compile(r"part-(\d+)\.parquet")
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from facet.preprocess import PreprocessSpec, load
-from facet.serve.batch import read_inputs
+from facet.serve.inputs import read_inputs
 
 SPEC = PreprocessSpec(40, 40)
 

@@ -2,7 +2,10 @@
 `facet report` and `facet export` (predict runs on hand-made ONNX models, no training)."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -22,7 +25,9 @@ from facet.combine import ATTRIBUTES, class_names
 from facet.draw import WHOLE_IMAGE, draw_results
 from facet.faces import Face
 from facet.preprocess import PreprocessSpec
-from facet.serve.batch import Inputs, face_details, write_atomic
+from facet.atomic import write_csv
+from facet.serve.inputs import Inputs
+from facet.serve.tables import face_details
 from facet.serve.results import BatchResult, FaceAnswer
 from facet.model_metadata import METADATA_KEY
 
@@ -175,10 +180,25 @@ def test_every_csv_flag_is_spelled_true_or_false(tmp_path):
     result = BatchResult(np.array([0]), {a: p[None] for a, p in uniform.items()}, probs[None],
                          face_found=[True], primary=[faces[0].face], faces=faces)
     inputs = Inputs(pd.DataFrame({"ImageID": ["a.jpg"]}), [Path("a.jpg")])
-    write_atomic(face_details(inputs, result), tmp_path / "faces.csv")
+    write_csv(tmp_path / "faces.csv", face_details(inputs, result))
     rows = pd.read_csv(tmp_path / "faces.csv", dtype=str)
     assert rows["primary"].tolist() == ["true", "false"]
     assert rows["face_found"].tolist() == ["true", "true"]
+
+
+def test_a_face_answered_nan_is_an_error_in_the_face_details_not_class_0():
+    uniform = {a: np.full(len(c), 1 / len(c), np.float32) for a, c in ATTRIBUTES.items()}
+    broken = {a: np.full(len(c), np.nan, np.float32) for a, c in ATTRIBUTES.items()}
+    probs = np.full(18, 1 / 18, np.float32)
+    faces = [FaceAnswer(0, 0, Face((0.0, 0.0, 20.0, 20.0), 0.9), True, uniform, probs),
+             FaceAnswer(0, 1, Face((30.0, 0.0, 20.0, 20.0), 0.8), False, broken,
+                        np.full(18, np.nan, np.float32))]
+    result = BatchResult(np.array([0]), {a: p[None] for a, p in uniform.items()}, probs[None],
+                         face_found=[True], primary=[faces[0].face], faces=faces)
+    rows = face_details(Inputs(pd.DataFrame({"path": ["a.jpg"]}), [Path("a.jpg")]), result)
+    assert rows["label"].tolist() == [0, -1] and rows["class"].tolist() == ["wear/male/<30", ""]
+    assert rows["error"].tolist() == ["", "the models answered NaN (try the fp32 variant)"]
+    assert rows["mask"].tolist() == ["wear", ""]
 
 
 def test_report_says_which_score_the_group_gap_is_of(tmp_path):
@@ -208,8 +228,6 @@ def test_export_keeps_the_exporters_progress_for_verbose(runs, tmp_path):
 def test_progress_in_a_log_is_a_line_every_few_seconds_not_one_per_update(monkeypatch, terminal):
     """100 updates, each a second or more apart: a terminal redraws its bar for each; a log
     (CI, nohup) gets a line every LOG_INTERVAL seconds and the last one."""
-    import io
-
     import tqdm.std
 
     from facet.progress import LOG_INTERVAL, progress_bar
@@ -227,3 +245,71 @@ def test_progress_in_a_log_is_a_line_every_few_seconds_not_one_per_update(monkey
     else:
         assert 2 <= len(lines) <= 100 / LOG_INTERVAL + 2
         assert "100/100" in lines[-1]
+
+
+def test_the_photo_peek_reads_headers_of_allowed_rows_only(photos, tmp_path, monkeypatch):
+    """Before predicting, whole-image models look at the inputs' sizes: a CSV row leading
+    outside the images folder is refused without being opened, and the others are read only
+    as far as their header."""
+    import facet.preprocess as preprocess
+    outside = tmp_path / "outside.jpg"
+    shutil.copy(PHOTOS / "group3.jpg", outside)
+    csv = photos / "rows.csv"
+    csv.write_text("path\ngroup3.jpg\n../outside.jpg\nsingle.jpg\n")
+    opened, peeked = [], []
+    regular_file = preprocess._regular_file
+
+    @contextlib.contextmanager
+    def recording(path):
+        opened.append(Path(path).resolve())
+        with regular_file(path) as (f, size):
+            yield f, size
+
+    def header_size(path):
+        peeked.append(Path(path).resolve())
+        return original_header_size(path)
+
+    original_header_size = preprocess.header_size
+    monkeypatch.setattr(preprocess, "_regular_file", recording)
+    monkeypatch.setattr(preprocess, "header_size", header_size)
+    result = _predict(_models(tmp_path / "whole", "none"), csv, tmp_path)
+    assert result.exit_code == 3, result.output  # the outside row has no answer
+    assert "leads outside the images folder" in result.output
+    assert "2 of the first 2 images" in result.output
+    assert peeked == [(photos / n).resolve() for n in ("group3.jpg", "single.jpg")]
+    assert outside.resolve() not in opened
+
+
+def test_header_size_reads_the_header_alone(tmp_path, monkeypatch):
+    import facet.preprocess as preprocess
+    from facet.preprocess import HEADER_BYTES, header_size
+    large = tmp_path / "large.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (600, 500, 3), dtype=np.uint8)).save(large)
+    assert large.stat().st_size > 10 * HEADER_BYTES
+    read = []
+    regular_file = preprocess._regular_file
+
+    class Counting:
+        def __init__(self, f):
+            self.f, self.bytes = f, 0
+
+        def read(self, size=-1):
+            data = self.f.read(size)
+            self.bytes += len(data)
+            return data
+
+    @contextlib.contextmanager
+    def counting(path):
+        with regular_file(path) as (f, size):
+            yield (counted := Counting(f)), size
+            read.append(counted.bytes)
+
+    monkeypatch.setattr(preprocess, "_regular_file", counting)
+    assert header_size(large) == (500, 600)
+    assert read == [HEADER_BYTES]
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    assert header_size(fifo) is None and header_size(tmp_path) is None  # refused, not read
+    (tmp_path / "text.jpg").write_text("not an image")
+    assert header_size(tmp_path / "text.jpg") is None

@@ -11,7 +11,7 @@ from facet.export.onnx_export import OPSET, ParityError, check_parity
 from facet.models.checkpoint import file_sha256, load_model
 from facet.export.pipeline import export_all
 from facet.preprocess import PreprocessSpec
-from facet.serve.batch import read_inputs
+from facet.serve.inputs import read_inputs
 from facet.model_metadata import read_info
 from facet.serve.predictor import Predictor
 
@@ -87,7 +87,7 @@ def test_int8_variant_is_measured(exported):
 
 def test_int8_is_calibrated_and_tracks_fp32(exported, dataset):
     """Static QDQ int8 (activation ranges from real images): dynamic int8 collapsed CNNs."""
-    from facet.serve.batch import read_inputs
+    from facet.serve.inputs import read_inputs
     from facet.serve.predictor import Predictor
 
     manifest = json.loads((exported / "facet.json").read_text())

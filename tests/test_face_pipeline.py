@@ -149,4 +149,5 @@ def test_faces_all_with_no_readable_photo_writes_the_errors(face_exported, tmp_p
                  "--faces", "all", "--details", details)
     assert run.returncode == 3, run.stderr
     rows = pd.read_csv(details)
-    assert list(rows["face"]) == [-1] and rows["error"].iloc[0] == "file not found"
+    assert rows["face"].isna().all() and rows["error"].iloc[0] == "file not found"  # no face
+    assert rows["face_found"].isna().all()

@@ -14,7 +14,7 @@ from facet.cli import app
 from facet.export.onnx_export import export_attribute
 from facet.metrics import scores
 from facet.preprocess import PreprocessSpec, load, normalize
-from facet.serve.batch import read_inputs
+from facet.serve.inputs import read_inputs
 from facet.serve.predictor import Predictor
 
 runner = CliRunner()

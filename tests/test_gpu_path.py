@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from facet.cli import app
 from facet.serve import predictor as predictor_module
-from facet.serve.batch import read_inputs
+from facet.serve.inputs import read_inputs
 from facet.serve.config import ServeConfig
 from facet.serve.options import AnswerOptions, GpuOptions
 from facet.serve.predictor import Predictor, providers

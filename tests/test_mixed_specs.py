@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from facet.serve.batch import predict_paths, read_inputs
+from facet.serve.batch import predict_paths
+from facet.serve.inputs import read_inputs
 from facet.serve.predictor import Predictor
 
 pytestmark = pytest.mark.integration  # export, a predict subprocess and a server

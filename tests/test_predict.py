@@ -12,9 +12,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import encode
+from conftest import encode, png_header_bomb
 from facet.cli import app
-from facet.serve.batch import predict_paths, read_inputs
+from facet.serve.batch import predict_paths
+from facet.serve.inputs import read_inputs
 from facet.serve.predictor import Predictor
 
 runner = CliRunner()
@@ -173,12 +174,15 @@ def test_score_reports_overall_and_per_attribute(exported, dataset, tmp_path):
 def test_inference_path_never_imports_torch(exported, dataset, tmp_path):
     code = f"""
 import sys
-from facet.serve.batch import predict_paths, read_inputs, submission, write_atomic
+from facet.atomic import write_csv
+from facet.serve.batch import predict_paths
+from facet.serve.inputs import read_inputs
+from facet.serve.tables import submission
 from facet.serve.predictor import Predictor
 from facet.cli import app
 inputs = read_inputs({str(dataset / 'eval')!r})
 result = predict_paths(Predictor({str(exported)!r}), inputs.paths, progress=False)
-write_atomic(submission(inputs, result), __import__('pathlib').Path({str(tmp_path / 's.csv')!r}))
+write_csv(__import__('pathlib').Path({str(tmp_path / 's.csv')!r}), submission(inputs, result))
 heavy = [m for m in ('torch', 'timm', 'albumentations', 'torchvision', 'sklearn',
                       'matplotlib') if m in sys.modules]
 print('HEAVY', heavy)
@@ -242,10 +246,19 @@ def test_folder_names_what_it_skips(exported, dataset, tmp_path):
     shutil.copy(sorted((dataset / "eval" / "images").glob("*.jpg"))[0], folder / "a.jpg")
     Image.new("RGB", (40, 40)).save(folder / "b.gif")
     Image.new("RGB", (40, 40)).save(folder / "c.tiff")
-    result = runner.invoke(app, ["predict", str(folder), "--models", str(exported),
-                                 "-o", str(tmp_path / "o.csv")])
-    assert result.exit_code == 0, result.output
-    assert "skipped 2 file(s)" in result.output and "b.gif" in result.output and "c.tiff" in result.output
+    (folder / "bomb.png").write_bytes(png_header_bomb())
+    (folder / "notes.txt").write_text("not a photo")
+    out = tmp_path / "o.csv"
+    result = runner.invoke(app, ["predict", str(folder), "--models", str(exported), "-o", str(out)])
+    assert result.exit_code == 3, result.output  # every image is a row: three have no answer
+    assert "skipped 1 file(s) that are not images: notes.txt" in result.output
+    answers = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert [Path(p).name for p in answers["path"]] == ["a.jpg", "b.gif", "bomb.png", "c.tiff"]
+    assert answers["ans"].tolist()[0] != "" and (answers["ans"].iloc[1:] == "").all()
+    errors = pd.read_csv(tmp_path / "o.errors.csv")
+    assert [Path(p).name for p in errors["path"]] == ["b.gif", "bomb.png", "c.tiff"]
+    assert "a GIF image is not read" in errors["error"][0] and "pixel limit" in errors["error"][1]
+    assert "a TIFF image is not read" in errors["error"][2]
 
 
 @pytest.mark.parametrize("target", ["folder", "parent_is_file", "unwritable"])
@@ -283,12 +296,13 @@ def unreplaceable(tmp_path):
 
 
 def test_check_writable_refuses_an_existing_file_that_cannot_be_replaced(unreplaceable):
-    from facet.serve.batch import InputError, check_writable, write_atomic
+    from facet.atomic import write_csv
+    from facet.serve.inputs import InputError, check_writable
     with pytest.raises(OSError):  # the write it stands for does fail (a read-only file is
         open(unreplaceable, "a").close()  # replaced by the rename, but refused on purpose)
     if os.geteuid() == 0:
         with pytest.raises(OSError):
-            write_atomic(pd.DataFrame({"ImageID": ["a.jpg"], "ans": [0]}), unreplaceable)
+            write_csv(unreplaceable, pd.DataFrame({"ImageID": ["a.jpg"], "ans": [0]}))
     with pytest.raises(InputError, match=f"cannot write {unreplaceable}: the file exists"):
         check_writable(unreplaceable)
     assert unreplaceable.read_text() == "ImageID,ans\nkeep.jpg,1\n"
@@ -296,7 +310,7 @@ def test_check_writable_refuses_an_existing_file_that_cannot_be_replaced(unrepla
 
 
 def test_check_writable_leaves_a_writable_file_as_it_is(tmp_path):
-    from facet.serve.batch import check_writable
+    from facet.serve.inputs import check_writable
     target = tmp_path / "sub.csv"
     target.write_text("ImageID,ans\nkeep.jpg,1\n")
     check_writable(target)  # opened for append: neither truncated nor touched

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 import facet
 from conftest import S3_KEYS, encode, png_header_bomb
 from facet.cli import app
-from facet.serve.batch import predict_paths, read_inputs
+from facet.serve.batch import predict_paths
+from facet.serve.inputs import read_inputs
 
 ray = pytest.importorskip("ray")
 from facet.serve.options import AnswerOptions  # noqa: E402

@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from PIL import Image
 
 from conftest import encode
-from facet.serve.batch import predict_paths, read_inputs
+from facet.serve.batch import predict_paths
+from facet.serve.inputs import read_inputs
 from facet.serve.predictor import Predictor
 
 pytestmark = pytest.mark.integration  # a real server on loopback
@@ -45,15 +46,19 @@ def server_and_log(exported, tmp_path_factory):
     proc.wait(30)
 
 
-def start_server(models, port: int, env: dict, log) -> tuple[subprocess.Popen, str]:
+def start_server(models, port: int, env: dict, log, args=(), cwd=None,
+                 verify=True) -> tuple[subprocess.Popen, str]:
+    """`facet serve` on loopback, once /readyz answers; ``verify``: the CA file of an HTTPS
+    server (``args`` with --tls-certfile/--tls-keyfile)."""
     proc = subprocess.Popen([sys.executable, "-m", "facet.cli", "serve", "--models", str(models),
-                             "--port", str(port)], env={**os.environ, **env}, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+                             "--port", str(port), *args], env={**os.environ, **env}, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd)
+    scheme = "https" if "--tls-certfile" in args else "http"
+    url = f"{scheme}://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
         try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{url}/readyz", timeout=2, verify=verify).status_code == 200:
                 return proc, url
         except httpx.TransportError:
             pass
@@ -153,7 +158,9 @@ def test_batch_reports_bad_files_alongside_good_ones(server, dataset):
     assert only_bad.status_code == 422
 
 
-def test_concurrent_requests_are_batched(server, dataset):
+def test_concurrent_requests_are_answered_alike_and_counted(server, dataset):
+    """16 clients at once get the same answer, and the model worker counts every image once
+    and the batches it ran (how calls coalesce: test_coalesce.py, without timing)."""
     before = httpx.get(f"{server}/v1/info").json()["served"]
     data = read_inputs(dataset / "eval").paths[1].read_bytes()
 
@@ -167,7 +174,7 @@ def test_concurrent_requests_are_batched(server, dataset):
     assert len({r.json()["label"] for r in responses}) == 1
     after = httpx.get(f"{server}/v1/info").json()["served"]
     images, batches = after["images"] - before["images"], after["batches"] - before["batches"]
-    assert images == 48 and batches < 48  # several requests shared a model run
+    assert images == 48 and 1 <= batches <= 48
     assert after["busy_s"] > before["busy_s"]  # the model worker counts its running time
 
 

@@ -1,4 +1,4 @@
-"""`facet build-set`: a model set for release, its variants chosen on labelled sets, with its card."""
+"""`facet build-set`: a model set for release, variants chosen on labelled sets, with its card."""
 from __future__ import annotations
 
 import json

@@ -2,7 +2,6 @@
 Ray cluster (facet.cli.predict_ray). Never imports torch."""
 from __future__ import annotations
 
-import io
 import os
 import time
 from pathlib import Path
@@ -63,14 +62,16 @@ def predict(source: str = typer.Argument(..., help="eval/ folder, info.csv, a CS
     A row whose image cannot be read keeps `ans` empty, and the exit status is 3 (see the
     .errors.csv file). Models exported with crop=face find the faces first; the details
     say whether a face was found."""
+    from facet.atomic import write_csv
     from facet.faces import DetectorError
-    from facet.preprocess import ImageRules
-    from facet.serve.batch import (InputError, check_writable, details as details_frame,
-                                   face_details, is_uri, predict_paths, read_inputs, submission,
-                                   write_atomic)
     from facet.model_folder import default_variant, read_index
+    from facet.preprocess import ImageRules
+    from facet.serve.batch import predict_paths
+    from facet.serve.inputs import InputError, check_writable, is_uri, read_inputs
     from facet.serve.options import AnswerOptions, GpuOptions
     from facet.serve.predictor import Predictor
+    from facet.serve.tables import details as details_frame
+    from facet.serve.tables import face_details, submission
     errors_path = out.with_suffix(".errors.csv")
     models, default_set = shipped.resolve(models)
     if default_set:
@@ -114,7 +115,7 @@ def predict(source: str = typer.Argument(..., help="eval/ folder, info.csv, a CS
         _fail(f"--faces all needs models that find faces; {models} holds models exported "
               f"with crop=none (they take each image as one face crop): {PHOTO_MODELS}")
     if not predictor.crops_faces:
-        _warn_photos(inputs.paths, predictor.distinct_specs)
+        _warn_photos(inputs, predictor.distinct_specs)
     _warn_skipped(inputs.skipped)
     # a GPU eats batches faster than two threads decode them
     batch_size = batch_size or (256 if predictor.on_gpu else 64)
@@ -126,9 +127,9 @@ def predict(source: str = typer.Argument(..., help="eval/ folder, info.csv, a CS
     result = predict_paths(predictor, inputs.paths, batch_size, workers, refused=inputs.refused,
                            every=faces == "all")
     elapsed = time.perf_counter() - t
-    write_atomic(submission(inputs, result), out)
+    write_csv(out, submission(inputs, result))
     if details:
-        write_atomic((face_details if faces == "all" else details_frame)(inputs, result), details)
+        write_csv(details, (face_details if faces == "all" else details_frame)(inputs, result))
     done = int((result.labels >= 0).sum())
     typer.echo(f"wrote {out}: {done:,} answered in {elapsed:.1f}s "
                f"({len(inputs.paths) / max(elapsed, 1e-9):.0f} img/s)", err=True)
@@ -149,24 +150,18 @@ PHOTO_MODELS = "for photos, train the models with --set crop=face and export the
 PHOTO_RATIO = 4
 
 
-def _warn_photos(paths: list, specs: list, sample: int = 64) -> None:
+def _warn_photos(inputs, specs: list, sample: int = 64) -> None:
     """One warning when models that take each image as one face (crop=none) are given what
-    looks like photos: images of the first ``sample`` far larger than the model input."""
-    from PIL import Image
-
-    from facet.preprocess import read_bytes
+    looks like photos: images of the first ``sample`` far larger than the model input. Only
+    rows that passed the input rules are looked at, and only their headers are read."""
+    from facet.preprocess import header_size
     side = min(min(s.height, s.width) for s in specs)
-    large = []
-    for path in paths[:sample]:
-        try:  # read_bytes refuses pipes and devices; Pillow reads the header only
-            size = Image.open(io.BytesIO(read_bytes(path))).size
-        except Exception:  # noqa: BLE001 - unreadable: predicting names it
-            continue
-        if min(size) > PHOTO_RATIO * side:
-            large.append((path, size))
+    rows = [path for i, path in enumerate(inputs.paths) if i not in inputs.refused][:sample]
+    large = [(path, size) for path in rows
+             if (size := header_size(path)) and min(size) > PHOTO_RATIO * side]
     if large:
         path, (width, height) = large[0]
-        typer.secho(f"warning: {len(large)} of the first {min(sample, len(paths))} images are "
+        typer.secho(f"warning: {len(large)} of the first {len(rows)} images are "
                     f"far larger than the models' {side} px input (e.g. "
                     f"{os.path.basename(str(path))}, {width}x{height}): photos, not face crops? "
                     "These models (crop=none) answer each whole image as one face and never "
@@ -177,15 +172,16 @@ def _warn_skipped(skipped: list) -> None:
     if skipped:
         names = ", ".join(os.path.basename(str(p)) for p in skipped[:5])
         more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
-        typer.secho(f"skipped {len(skipped)} file(s) that are not JPEG, PNG, WebP or "
-                    f"BMP: {names}{more}", fg="yellow", err=True)
+        typer.secho(f"skipped {len(skipped)} file(s) that are not images: {names}{more}",
+                    fg="yellow", err=True)
 
 
 def _report_unreadable(errors: list[tuple[int, str, str]], errors_path: Path) -> None:
     """The rows without an answer into ``errors_path``, and exit status 3; nothing if none."""
-    from facet.serve.batch import errors_frame, write_atomic
+    from facet.atomic import write_csv
+    from facet.serve.tables import errors_frame
     if errors:
-        write_atomic(errors_frame(errors), errors_path)
+        write_csv(errors_path, errors_frame(errors))
         for _, path, message in errors[:5]:
             typer.secho(f"unreadable: {path}: {message}", fg="yellow", err=True)
         typer.secho(f"{len(errors)} image(s) could not be read and have no answer; "

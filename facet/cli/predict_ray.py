@@ -35,7 +35,8 @@ def _predict_ray(source: str, out: Path, details: Optional[Path], errors_path: P
     except ImportError as exc:
         _fail(f"--engine ray needs Ray Data and pyarrow ({exc.name} is missing): "
               "pip install 'facet[ray]'")
-    from facet.serve.batch import check_writable, write_atomic
+    from facet.atomic import write_csv
+    from facet.serve.inputs import check_writable
     filesystems = Filesystems()
     try:
         for path in (out, details, errors_path):
@@ -58,8 +59,8 @@ def _predict_ray(source: str, out: Path, details: Optional[Path], errors_path: P
     if report.failed:
         _fail(f"{report.failed:,} part(s) not answered: {report.error}. The parts written are "
               "kept: a re-run with the same parts folder answers only the others", code=1)
-    write_atomic(job.submission(), out)
+    write_csv(out, job.submission())
     if details:
-        write_atomic(job.details(), details)
+        write_csv(details, job.details())
     typer.echo(f"wrote {out}", err=True)
     _report_unreadable(job.errors(), errors_path)

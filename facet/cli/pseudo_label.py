@@ -36,7 +36,8 @@ def pseudo_label(source: str = typer.Argument(..., help="Unlabelled photos: a fo
     from facet.combine import ATTRIBUTES
     from facet.faces import DetectorError
     from facet.manifest import write_manifest
-    from facet.serve.batch import InputError, check_writable, is_uri, predict_paths, read_inputs
+    from facet.serve.batch import predict_paths
+    from facet.serve.inputs import InputError, check_writable, is_uri, read_inputs
     from facet.serve.predictor import Predictor
     from facet.serve.pseudo import pseudo_manifest
     asked = [a.strip() for a in attributes.split(",") if a.strip()]

@@ -70,7 +70,7 @@ def train(attribute: list[str] = typer.Argument(..., help="mask, gender and/or a
     from facet.models.multirun import Job, Run, Slot, finished, slots, train_runs
     from facet.models.resume import ResumeError
     from facet.models.run_folder import OOF
-    from facet.serve.batch import is_uri
+    from facet.serve.inputs import is_uri
     attributes = list(dict.fromkeys(attribute))
     if set(attributes) - set(ATTRIBUTES):
         _fail(f"unknown attribute(s) {sorted(set(attributes) - set(ATTRIBUTES))}; choose from "
