@@ -288,6 +288,7 @@ def test_the_loop_reads_the_device_once_per_logging_interval(dataset, tmp_path, 
     trainer = _prepared("gender", dataset, tmp_path, [*TINY, "samples_per_epoch=256"])
     loader, _ = loaders(trainer.data, trainer.recipe, trainer.device, workers=0)
     trainer._build(len(loader))
+    trainer._seed_epoch(loader, 1)
     reads = []
 
     def counted(name: str):
@@ -302,15 +303,14 @@ def test_the_loop_reads_the_device_once_per_logging_interval(dataset, tmp_path, 
     for name in ("item", "cpu"):
         monkeypatch.setattr(torch.Tensor, name, counted(name))
     monkeypatch.setattr(train_module, "LOG_EVERY", 4)
-    trainer._seed_epoch(loader, 1)
     loss, _, step = trainer._train_epoch(loader, 1, 0)
     assert step == 8 and sorted(reads) == ["cpu", "cpu", "item", "item"]  # after steps 4 and 8
     assert 0 < loss < 10
 
 
 def test_validation_runs_through_the_compiled_module_when_compile_is_on(dataset, tmp_path):
-    for extra, validated in ((["compile=true"], "forward"), (["compile=true", "ema=0.9"], "ema"),
-                             ([], "plain")):
+    for extra, validated in ((["compile=true", "ema=0"], "forward"),
+                             (["compile=true", "ema=0.9"], "ema"), (["ema=0"], "plain")):
         trainer = _prepared("gender", dataset, tmp_path, [*TINY, *extra])
         trainer._build(4)
         if validated == "forward":  # one compiled module, switched to eval for validation
