@@ -3,12 +3,15 @@
 It uses the host's own torch, timm and onnx when they import (and reports which ran), installs
 what is missing from a folder of wheels made beforehand (``benchmarks/gpu_wheels.sh``), trains
 each attribute for one short epoch, exports fp32 and fp16, checks that onnxruntime's CUDA
-provider really runs, and measures, in one run: the three models alone (fp32, fp16, GPU and
-CPU), the JPEG decode rate alone, `facet predict` end to end, and the HTTP service with adaptive
-batching on and off. Writes ``gpu_check.json`` and ``gpu_check.md`` (a table with the targets).
+provider really runs, and measures, in one run: training speed (images/s with mixed precision,
+with and without torch.compile, two runs sharing the GPU against one alone, and what one
+DataLoader worker delivers), the three models alone (fp32, fp16, GPU and CPU), the JPEG decode
+rate alone, `facet predict` end to end, and the HTTP service with adaptive batching on and off.
+Writes ``gpu_check.json`` and ``gpu_check.md`` (a table with the targets).
 
     python -m benchmarks.gpu_check --data ../shared/data/maskfaces --wheels wheels/
     python -m benchmarks.gpu_check --dry-run --out /tmp/check   # CPU only: all but the GPU parts
+    python -m benchmarks.gpu_check --training-only --wheels wheels/   # training alone: ~4 min
 
 Exit status 1 when a GPU part fails (no CUDA in torch or onnxruntime, a provider that fell back
 to the CPU); the dry run checks the rest on any machine.
@@ -133,6 +136,50 @@ def train(data: Path, out: Path, device: str, dry: bool) -> tuple[dict, dict]:
     return runs, stats
 
 
+def training_speed(data: Path, out: Path, device: str, dry: bool) -> dict:
+    """Training images/s as `facet train` reports them (the second epoch's: the first holds
+    the compile and cuDNN's kernel search), gender alone with and without torch.compile, then
+    mask and gender at once on the one device (--devices D,D), with each run's wall time."""
+    import pandas as pd
+
+    sets = (["backbone=test_efficientnet", "image_size=48", "samples_per_epoch=128",
+             "batch_size=32", "pretrained=none"] if dry else
+            ["batch_size=256", "samples_per_epoch=8192"])
+    common = ["--data", str(data / "train"), "--cache-dir", str(out / "cache"),
+              *[a for kv in ["epochs=2", *sets] for a in ("--set", kv)]]
+
+    def train(name: str, attributes: list[str], *extra: str) -> dict:
+        root = out / "speed" / name
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "facet.cli", "train", *attributes, "--run-dir",
+                        str(root), *common, *extra], check=True, cwd=ROOT)
+        wall = round(time.perf_counter() - start, 1)
+        runs = {a: root / a if len(attributes) > 1 else root for a in attributes}
+        return {"wall_s": wall, **{a: {
+            "img_s": [round(float(v), 1) for v in
+                      pd.read_csv(run / "metrics.csv")["train_img_per_s"]],
+            "precision": json.loads((run / "recipe.json").read_text())["precision"],
+            "workers": json.loads((run / "recipe.json").read_text())["workers"]}
+            for a, run in runs.items()}}
+
+    speed = {"alone": train("alone", ["gender"], "--device", device),
+             "compiled": train("compiled", ["gender"], "--device", device, "--set",
+                               "compile=true"),
+             "two_sharing": train("two_sharing", ["mask", "gender"], "--devices",
+                                  f"{device},{device}")}
+    alone = speed["alone"]["gender"]["img_s"][-1]
+    pair = [speed["two_sharing"][a]["img_s"][-1] for a in ("mask", "gender")]
+    speed["compile_speedup"] = round(speed["compiled"]["gender"]["img_s"][-1] / alone, 2)
+    speed["two_sharing_total_vs_alone"] = round(sum(pair) / alone, 2)
+    from benchmarks.loader_bench import main as loader_bench
+    speed["loader"] = loader_bench(["--data", str(data / "train"), "--images", "256" if dry else "2048",
+                                    "--seconds", "2" if dry else "5", "--cache-dir",
+                                    str(out / "cache"), "--attributes", "gender",
+                                    "--out", str(out / "loader.json")])
+    print(f"training speed: {json.dumps(speed)}", flush=True)
+    return speed
+
+
 def provider_check(models: Path) -> dict:
     """Both variants open on the CUDA provider (Predictor raises if onnxruntime fell back)."""
     from facet.serve.predictor import Predictor
@@ -221,6 +268,25 @@ def table(result: dict) -> str:
              TARGETS["http_batching_ratio"])]
     rows += [(f"training {a} ({s['precision']}, {s['backbone']} {s['image_size']} px) img/s",
               s["train_img_s"], None) for a, s in result["training"].items()]
+    return rows_table(rows + training_rows(result["training_speed"]), gpu, m)
+
+
+def training_rows(speed: dict) -> list[tuple]:
+    worker = speed["loader"]["attributes"]["gender"]["worker_img_s"]
+    precision = speed["alone"]["gender"]["precision"]
+    return [(f"training gender img/s ({precision}), 2nd epoch",
+             speed["alone"]["gender"]["img_s"][-1], None),
+            ("training gender img/s, 2nd epoch, torch.compile",
+             speed["compiled"]["gender"]["img_s"][-1], None),
+            ("torch.compile speed-up", speed["compile_speedup"], None),
+            ("two runs sharing the device: total img/s / one alone",
+             speed["two_sharing_total_vs_alone"], None),
+            ("one DataLoader worker, uint8 batches (img/s)", worker["uint8"], None),
+            ("one DataLoader worker, float32 batches (img/s)", worker["float32"], None)]
+
+
+def rows_table(rows: list[tuple], gpu: bool, m: dict | None = None) -> str:
+    """(name, value, target) rows as Markdown; a target is met or not on a GPU run only."""
     lines = ["| measured | value | target | met |", "|---|---:|---:|---|"]
     for name, value, target in rows:
         met = "" if target is None or value is None or not gpu else (
@@ -241,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=30, help="per HTTP load run")
     p.add_argument("--dry-run", action="store_true",
                    help="CPU only: every step but the GPU ones, small and quick")
+    p.add_argument("--training-only", action="store_true",
+                   help="the training measurements alone (a few minutes on a GPU)")
     args = p.parse_args(argv)
     dry, gpu = args.dry_run, not args.dry_run
     seconds = 3 if dry else args.seconds
@@ -249,6 +317,14 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {"dry_run": dry, "packages": prepare(args.wheels, gpu), "host": devices(gpu)}
     print(json.dumps(result, indent=1), flush=True)
     data = dataset(None if dry else args.data, args.out, dry)
+    result["training_speed"] = training_speed(data, args.out, "cuda" if gpu else "cpu", dry)
+    if args.training_only:
+        result["wall_s"] = round(time.perf_counter() - started, 1)
+        (args.out / "gpu_check.json").write_text(json.dumps(result, indent=2, default=str))
+        (args.out / "gpu_check.md").write_text(rows_table(training_rows(result["training_speed"]),
+                                                          gpu))
+        print(rows_table(training_rows(result["training_speed"]), gpu), flush=True)
+        return 0
     runs, result["training"] = train(data, args.out, "cuda" if gpu else "cpu", dry)
     from facet.export.pipeline import export_all
     from facet.serve.inputs import read_inputs

@@ -378,11 +378,16 @@ def _resize_to(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
                       interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
+def normalize_factors(spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, bias), float32 (3,): ``x * scale + bias`` is (x / 255 - mean) / std, the
+    arithmetic of :func:`normalize` and of training's normalisation on the device."""
+    std, mean = np.asarray(spec.std, np.float32), np.asarray(spec.mean, np.float32)
+    return (1.0 / (255.0 * std)).astype(np.float32), (-mean / std).astype(np.float32)
+
+
 def normalize(images: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """uint8 (N)HWC RGB -> float32 (N)CHW, (x / 255 - mean) / std."""
-    std, mean = np.asarray(spec.std, np.float32), np.asarray(spec.mean, np.float32)
-    scale = (1.0 / (255.0 * std)).astype(np.float32).reshape(3, 1, 1)
-    bias = (-mean / std).astype(np.float32).reshape(3, 1, 1)
+    scale, bias = (f.reshape(3, 1, 1) for f in normalize_factors(spec))
     # Transpose the uint8 pixels, then convert: transposing the 4x larger float array instead
     # was 5-6x slower (benchmarks/preprocess_bench.py), for the same values.
     chw = np.ascontiguousarray(images.transpose((0, 3, 1, 2) if images.ndim == 4 else (2, 0, 1)))

@@ -5,6 +5,11 @@ files (path, size, mtime) and the preprocessing spec, so a changed file or size 
 With ``crop: face`` the detector runs here, once per image, and its findings are cached
 beside the images (``.faces.json``), so epochs never run it. :func:`cached_landmarks` finds
 each cached image's face landmarks (for augmentations placed on the face) the same way.
+
+Several processes may train on one cache at once (runs in parallel, DDP ranks, tuning workers):
+one builds a missing entry under a file lock while the others wait, then read what it built.
+An entry is its array and two sidecars, each renamed into place whole, the array last: readers
+take it only once all three are there.
 """
 from __future__ import annotations
 
@@ -12,12 +17,15 @@ import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
+from filelock import FileLock
 
-from facet.atomic import atomic_file, atomic_path
+from facet.atomic import atomic_file, atomic_path, write_json
 from facet.faces import Face, default_detector, primary
 from facet.preprocess import ImageError, PreprocessSpec, cut_face, decode_faces, read_image
 from facet.progress import progress_bar
@@ -51,12 +59,30 @@ def build_cache(paths: list[str], spec: PreprocessSpec, cache_dir: str | Path,
     key = _key(paths, spec, boxes)
     array_path, bad_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.bad.json"
     faces_path = cache_dir / f"{key}.faces.json"
-    if array_path.exists() and bad_path.exists() and faces_path.exists():
-        bad = [tuple(b) for b in json.loads(bad_path.read_text())]
-        return np.load(array_path, mmap_mode="r"), bad, json.loads(faces_path.read_text())
-    # a crash mid-build never leaves a half cache behind; the temporary file keeps one fixed
-    # name (<key>.tmp.npy), so that a killed build's leftover is overwritten, not piled up
-    with atomic_path(array_path, tmp_name=array_path.with_suffix(".tmp.npy").name) as tmp:
+    entry = (bad_path, faces_path, array_path)
+    if not all(p.exists() for p in entry):
+        with _one_builder(array_path):
+            if not all(p.exists() for p in entry):  # else built while this process waited
+                _build(array_path, bad_path, faces_path, paths, spec, workers, boxes)
+    bad = [tuple(b) for b in json.loads(bad_path.read_text())]
+    return np.load(array_path, mmap_mode="r"), bad, json.loads(faces_path.read_text())
+
+
+@contextmanager
+def _one_builder(path: Path) -> Iterator[None]:
+    """Held by the one process that builds ``path``; the others wait for it. A killed build's
+    temporary files (unique names, so builders never share one) are removed by the next."""
+    with FileLock(path.with_name(f"{path.name}.lock")):
+        for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+            leftover.unlink(missing_ok=True)
+        yield
+
+
+def _build(array_path: Path, bad_path: Path, faces_path: Path, paths: list[str],
+           spec: PreprocessSpec, workers: int, boxes: list | None) -> None:
+    # a crash mid-build never leaves a half cache behind: the sidecars, then the array, each
+    # appear whole
+    with atomic_path(array_path) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
                                         shape=(len(paths), spec.height, spec.width, 3))
         bad: list[tuple[int, str]] = []
@@ -100,9 +126,8 @@ def build_cache(paths: list[str], spec: PreprocessSpec, cache_dir: str | Path,
                               leave=False))
         out.flush()
         out = None  # the memmap is closed before the rename
-    bad_path.write_text(json.dumps(sorted(bad)))
-    faces_path.write_text(json.dumps(faces))
-    return np.load(array_path, mmap_mode="r"), sorted(bad), faces
+        write_json(bad_path, sorted(bad), indent=None)
+        write_json(faces_path, faces, indent=None)
 
 
 def cached_landmarks(images: np.memmap, workers: int = 4) -> np.ndarray:
@@ -113,8 +138,13 @@ def cached_landmarks(images: np.memmap, workers: int = 4) -> np.ndarray:
     detector = default_detector()
     tag = hashlib.sha256(json.dumps(detector.describe(), sort_keys=True).encode()).hexdigest()[:8]
     path = array_path.with_name(f"{array_path.stem}.landmarks-{tag}.npy")
-    if path.exists():
-        return np.load(path)
+    with _one_builder(path):
+        if not path.exists():
+            _find_landmarks(images, detector, path, workers)
+    return np.load(path)
+
+
+def _find_landmarks(images: np.memmap, detector, path: Path, workers: int) -> None:
     out = np.full((len(images), 5, 2), np.nan, np.float32)
 
     def work(i: int) -> None:
@@ -128,4 +158,3 @@ def cached_landmarks(images: np.memmap, workers: int = 4) -> np.ndarray:
                           desc="finding landmarks", leave=False))
     with atomic_file(path, "wb") as f:
         np.save(f, out)
-    return out

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -19,9 +18,9 @@ from facet.atomic import write_json
 from facet.metrics import scores
 
 from . import run_folder
+from .multirun import Run
 from .recipe import Recipe
 from .resume import ResumeError
-from .train import RunResult
 
 log = logging.getLogger(__name__)
 
@@ -35,45 +34,61 @@ def fold_runs(root: str | Path) -> list[Path]:
             for k in json.loads((root / run_folder.CV_SUMMARY).read_text())["finished"]]
 
 
-def fit_folds(recipe: Recipe, root: Path, fit: Callable[[Recipe, Path, bool], RunResult],
-              resume: bool = False) -> dict:
-    """Train every fold of ``recipe.folds`` in turn; ``fit(recipe, run_dir, resume)`` trains one.
+class Folds:
+    """The folds of ``recipe.folds`` under ``root``: which are left to train (:meth:`runs`),
+    each recorded in ``cv.json`` as it finishes (:meth:`finished`, from the one process that
+    trains them or hands them out), then the summary (:meth:`summary`).
 
     With ``resume``, finished folds are kept, a fold with a ``last.pt`` continues from it, and
     the others start; the recipe must be the one the folder was started with.
     """
-    root.mkdir(parents=True, exist_ok=True)
-    summary_path = root / run_folder.CV_SUMMARY
-    recipe_key = {**recipe.to_dict(), "fold": "all"}
-    state = {"recipe": recipe_key, "finished": []}
-    if summary_path.exists():
-        saved = json.loads(summary_path.read_text())
-        if not resume:
-            raise ResumeError(f"{root} already holds folds {saved['finished']}: give --resume to "
-                              "continue it, or another --run-dir")
-        if json.loads(json.dumps(recipe_key)) != saved["recipe"]:
-            raise ResumeError(f"cannot resume {root}: its folds were trained with another recipe")
-        state = saved
-    for k in range(recipe.folds):
-        if k in state["finished"]:
-            log.info("fold %d/%d: finished, kept", k + 1, recipe.folds)
-            continue
-        run = root / run_folder.fold(k)
-        fit(recipe.override([f"fold={k}"]), run, resume and (run / run_folder.LAST).exists())
-        state["finished"].append(k)
-        write_json(summary_path, state)  # a fold counts as done only once its run has finished
-    oof = out_of_fold(root, recipe)
-    oof.to_csv(root / run_folder.OOF, index=False)
-    per_fold = [json.loads((root / run_folder.fold(k) / run_folder.BEST_META).read_text())
-                ["val_macro_f1"] for k in range(recipe.folds)]
-    truth, pred = oof["label"].to_numpy(), oof["pred"].to_numpy()
-    state.update({
-        "per_fold_macro_f1": per_fold, "mean_macro_f1": float(np.mean(per_fold)),
-        "std_macro_f1": float(np.std(per_fold)),
-        "oof_macro_f1": scores(truth, pred, recipe.num_classes)["macro_f1"],
-        "oof_images": len(oof)})
-    write_json(summary_path, state)
-    return state
+
+    def __init__(self, recipe: Recipe, root: Path, resume: bool = False, name: str = ""):
+        self.recipe, self.root, self.name, self.resume = recipe, root, name, resume
+        self.path = root / run_folder.CV_SUMMARY
+        recipe_key = {**recipe.to_dict(), "fold": "all"}
+        self.state = {"recipe": recipe_key, "finished": []}
+        if self.path.exists():
+            saved = json.loads(self.path.read_text())
+            if not resume:
+                raise ResumeError(f"{root} already holds folds {saved['finished']}: give "
+                                  "--resume to continue it, or another --run-dir")
+            if json.loads(json.dumps(recipe_key)) != saved["recipe"]:
+                raise ResumeError(f"cannot resume {root}: its folds were trained with another "
+                                  "recipe")
+            self.state = saved
+        root.mkdir(parents=True, exist_ok=True)
+
+    def runs(self) -> list[Run]:
+        """The folds left to train, in fold order, named ``<name>/fold<k>``."""
+        for k in self.state["finished"]:
+            log.info("fold %d/%d: finished, kept", k + 1, self.recipe.folds)
+        return [Run(f"{self.name}/{run_folder.fold(k)}" if self.name else run_folder.fold(k),
+                    self.recipe.override([f"fold={k}"]), self.root / run_folder.fold(k),
+                    self.resume and (self.root / run_folder.fold(k) / run_folder.LAST).exists())
+                for k in range(self.recipe.folds) if k not in self.state["finished"]]
+
+    def finished(self, run: Run) -> bool:
+        """Records a fold as done (only once its run has finished); True when it was the last."""
+        self.state["finished"] = sorted({*self.state["finished"], run.recipe.fold})
+        write_json(self.path, self.state)
+        return len(self.state["finished"]) == self.recipe.folds
+
+    def summary(self) -> dict:
+        """The out-of-fold answers (oof.csv) and the scores, added to cv.json."""
+        recipe, root, state = self.recipe, self.root, self.state
+        oof = out_of_fold(root, recipe)
+        oof.to_csv(root / run_folder.OOF, index=False)
+        per_fold = [json.loads((root / run_folder.fold(k) / run_folder.BEST_META).read_text())
+                    ["val_macro_f1"] for k in range(recipe.folds)]
+        truth, pred = oof["label"].to_numpy(), oof["pred"].to_numpy()
+        state.update({
+            "per_fold_macro_f1": per_fold, "mean_macro_f1": float(np.mean(per_fold)),
+            "std_macro_f1": float(np.std(per_fold)),
+            "oof_macro_f1": scores(truth, pred, recipe.num_classes)["macro_f1"],
+            "oof_images": len(oof)})
+        write_json(self.path, state)
+        return state
 
 
 def out_of_fold(root: Path, recipe: Recipe) -> pd.DataFrame:

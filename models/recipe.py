@@ -172,6 +172,12 @@ class Recipe:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, fields_: dict) -> "Recipe":
+        """The recipe :meth:`to_dict` gave, back from JSON: its lists become the tuples the
+        fields hold (the preprocessing spec built from them is hashed as a dict key)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields_.items()})
+
     def override(self, assignments: list[str]) -> "Recipe":
         """Apply ``field=value`` strings; values are parsed by the field's type."""
         hints = get_type_hints(Recipe)

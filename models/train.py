@@ -20,6 +20,7 @@ from timm.data import Mixup
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -31,14 +32,21 @@ from facet.metrics import (by_age_band, macro_f1_from_confusion, plot_by_age_ban
                            plot_curves, scores)
 from facet.progress import progress_bar
 
-from . import run_folder
+from . import distributed, run_folder
 from .checkpoint import create_model, recalibrate_batchnorm, resolve_pretrained, save_weights
 from .losses import build_loss, class_weights
 from .recipe import Recipe
 from .resume import resumable
-from .training_data import loaders, prepare
+from .training_data import DeviceInput, loaders, prepare
 
 log = logging.getLogger(__name__)
+
+LOG_EVERY = 25  # steps between reads of the running loss and F1 (each read waits for the GPU)
+
+
+def default_workers() -> int:
+    """DataLoader workers when none are asked for: every core this process may use but one."""
+    return max(1, len(os.sched_getaffinity(0)) - 1)
 
 
 @dataclass
@@ -56,9 +64,10 @@ class Trainer:
         self.recipe, self.table, self.source = recipe, table, source
         self.run_dir = Path(run_dir)
         self.cache_dir = Path(cache_dir)
-        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
-                                   else ("cpu" if device == "auto" else device))
-        self.workers = max(1, min(4, (os.cpu_count() or 2) - 1)) if workers is None else workers
+        self.ranks, self.device = distributed.join(torch.device(
+            "cuda" if device == "auto" and torch.cuda.is_available()
+            else ("cpu" if device == "auto" else device)))
+        self.workers = default_workers() if workers is None else workers
         self.augment = augment(recipe)
         self.classes = list(ATTRIBUTES[recipe.attribute])
         self.problems = list(table.problems)
@@ -74,8 +83,12 @@ class Trainer:
         per worker), CutMix/MixUp (timm draws from numpy's global generator) and dropout."""
         sampler, workers, transform, others = (
             np.random.SeedSequence([self.recipe.seed, epoch]).generate_state(4).tolist())
-        loader.sampler.generator.manual_seed(sampler)
-        loader.generator.manual_seed(workers)
+        loader.sampler.draws.generator.manual_seed(sampler)
+        # the base seed a DataLoader draws for workers it starts; each DDP rank's workers
+        # augment apart
+        base = torch.empty((), dtype=torch.int64).random_(
+            generator=torch.Generator().manual_seed(workers)).item()
+        loader.sampler.worker_seed = base + self.ranks.rank * max(self.workers, 1)
         self.data.train_set.transform.set_random_seed(transform)  # used when there are no workers
         random.seed(others)
         np.random.seed(others)
@@ -91,7 +104,8 @@ class Trainer:
         if not self.weights_origin.startswith("none"):
             n = min(r.bn_calibration_images, len(self.data.train_set))
             rows = np.random.default_rng(r.seed).choice(len(self.data.train_set), n, replace=False)
-            sample = torch.stack([self.data.train_set[i][0] for i in rows])
+            sample = DeviceInput(r.preprocess, torch.device("cpu"))(
+                torch.stack([self.data.train_set[i][0] for i in rows])).contiguous()
             if recalibrate_batchnorm(model, sample):
                 self.weights_origin += (f" (folded BatchNorm re-calibrated on {len(sample)} "
                                         "training images)")
@@ -118,26 +132,41 @@ class Trainer:
                                     weight.to(self.device) if weight is not None else None,
                                     r.label_smoothing, r.focal_gamma, r.f1_weight)
         # Mixed precision on CUDA only (bf16 autocast is several times slower on CPUs): bf16
-        # where the GPU has it, else fp16, whose narrow range needs the loss scaled.
+        # where the GPU has it, else fp16, whose narrow range needs the loss scaled. cuDNN
+        # picks the fastest kernels for the fixed batch shape; fp32 matmuls run as TF32.
         cuda = self.device.type == "cuda"
+        if cuda:
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.fp32_precision = "tf32"
+            torch.backends.cudnn.conv.fp32_precision = "tf32"
         dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
         self.precision = ("bf16" if dtype == torch.bfloat16 else "fp16") if cuda else "fp32"
         self.autocast = torch.autocast("cuda", dtype=dtype, enabled=cuda)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
-        # compiled for the training steps only: EMA, validation and checkpoints use the module
-        self.forward = torch.compile(self.model) if r.compile else self.model
+        self.input = DeviceInput(r.preprocess, self.device)
+        # DDP averages the gradients over the ranks; checkpoints and EMA use the plain module
+        step = (DistributedDataParallel(self.model, device_ids=[self.device] if cuda else None)
+                if self.ranks.world > 1 else self.model)
+        self.forward = torch.compile(step) if r.compile else step
+        # validation runs the plain module (compiled when compile is on), never DDP's wrapper:
+        # the ranks' slices may differ by a batch
+        self.validate = (self.validated_model if not r.compile else
+                         self.forward if self.validated_model is step else
+                         torch.compile(self.validated_model))
 
     # ---- loop -------------------------------------------------------------------------
     def _train_epoch(self, loader, epoch: int, step: int) -> tuple[float, float, int]:
-        r = self.recipe
+        """(mean training loss, img/s, step). The loss and the confusion add up on the device:
+        the host reads them every LOG_EVERY steps, so it never waits on the GPU in between."""
+        r, n = self.recipe, self.recipe.num_classes
         self.model.train()
-        cm = torch.zeros(r.num_classes, r.num_classes, dtype=torch.long)
-        total, seen, start = 0.0, 0, time.perf_counter()
+        cm = torch.zeros(n * n, dtype=torch.long, device=self.device)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        seen, start = 0, time.perf_counter()
         bar = progress_bar(loader, desc=f"{r.attribute} epoch {epoch}/{r.epochs}", unit="batch",
-                           leave=False, dynamic_ncols=True)
-        for x, y in bar:
-            x = x.to(self.device, non_blocking=True, memory_format=torch.channels_last)
-            y = y.to(self.device, non_blocking=True)
+                           leave=False, dynamic_ncols=True, disable=not self.ranks.main)
+        for k, (x, y) in enumerate(bar, 1):
+            x, y = self.input(x), y.to(self.device, non_blocking=True)
             x, target = self.mixer(x, y) if self.mixer else (x, y)
             with self.autocast:
                 logits = self.forward(x)
@@ -151,29 +180,36 @@ class Trainer:
                 self.ema.update(self.model, step=step)
             self.scheduler.step_update(num_updates=step)
             hard = target.argmax(1) if target.ndim == 2 else target  # a mix's larger share
-            cm += torch.bincount((hard * r.num_classes + logits.argmax(1)).cpu(),
-                                 minlength=r.num_classes ** 2).view(r.num_classes, -1)
-            total += loss.item() * len(x)
+            # index_add_, not bincount: CUDA's bincount reads the largest value on the host
+            cm.index_add_(0, hard * n + logits.argmax(1), torch.ones_like(hard))
+            total += loss.detach().double() * len(x)
             seen += len(x)
-            bar.set_postfix(loss=f"{total / seen:.4f}",
-                            f1=f"{macro_f1_from_confusion(cm.numpy()):.3f}")
-        return total / max(seen, 1), seen / (time.perf_counter() - start), step
+            if k % LOG_EVERY == 0 or k == len(loader):
+                bar.set_postfix(loss=f"{total.item() / seen:.4f}",
+                                f1=f"{macro_f1_from_confusion(cm.view(n, n).cpu().numpy()):.3f}")
+        seen_all = torch.tensor(seen, dtype=torch.float64, device=self.device)
+        total, seen_all = distributed.total(total, seen_all)
+        seen_all = float(seen_all)
+        return float(total) / max(seen_all, 1), seen_all / (time.perf_counter() - start), step
 
     @torch.inference_mode()
     def evaluate(self, loader) -> tuple[float, np.ndarray, np.ndarray]:
-        """(mean CE loss, probabilities, true labels) of the validated model on the val set."""
-        model = self.validated_model.eval()
-        probs, labels, total = [], [], 0.0
+        """(mean CE loss, probabilities, true labels) of the validated model on the val set
+        (under DDP: every rank's slice, gathered)."""
+        self.validated_model.eval()
+        probs, labels = [], []
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
         for x, y in progress_bar(loader, desc="validating", unit="batch", leave=False,
-                                 dynamic_ncols=True):
-            x = x.to(self.device, memory_format=torch.channels_last)
+                                 dynamic_ncols=True, disable=not self.ranks.main):
             with self.autocast:
-                logits = model(x).float()
-            total += float(F.cross_entropy(logits, y.to(self.device), reduction="sum"))
-            probs.append(logits.softmax(1).cpu().numpy())
+                logits = self.validate(self.input(x)).float()
+            total += F.cross_entropy(logits, y.to(self.device), reduction="sum").double()
+            probs.append(logits.softmax(1))
             labels.append(y.numpy())
-        y_true = np.concatenate(labels)
-        return total / len(y_true), np.concatenate(probs), y_true
+        (total,) = distributed.total(total)
+        probs, y_true = distributed.gathered(torch.cat(probs).cpu().numpy(),
+                                             np.concatenate(labels))
+        return float(total) / len(y_true), probs, y_true
 
     @property
     def validated_model(self) -> torch.nn.Module:
@@ -203,7 +239,8 @@ class Trainer:
                      "problems": len(self.problems)},
             "pretrained": self.weights_origin, "device": str(self.device),
             "precision": self.precision,
-            "workers": self.workers, "torch": torch.__version__, "python": platform.python_version(),
+            "workers": self.workers, "processes": self.ranks.world, "torch": torch.__version__,
+            "python": platform.python_version(),
         }
 
     def fit(self, resume: bool = False,
@@ -215,20 +252,14 @@ class Trainer:
         r = self.recipe
         last = self.run_dir / run_folder.LAST
         state = resumable(last, r, self.run_dir) if resume else None
+        main = self.ranks.main  # under DDP, rank 0 alone writes the run folder
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._prepare()
-        train_loader, val_loader = loaders(self.data, r, self.device, self.workers)
+        train_loader, val_loader = loaders(self.data, r, self.device, self.workers,
+                                           self.ranks.world, self.ranks.rank)
         self._build(len(train_loader))
-        tqdm.write(f"{r.attribute}: {r.backbone}, initial weights: {self.weights_origin}")
-        val = self.data.frame.iloc[self.data.val_rows]
-        pd.DataFrame({"path": val["path"], "person": val["person"], "age_years": val["age_years"],
-                      "source": val["source"], "label": self.data.val_set.labels}).to_csv(
-            self.run_dir / run_folder.VAL, index=False)
-        if self.problems:
-            (self.run_dir / run_folder.PROBLEMS).write_text("\n".join(self.problems) + "\n")
-            log.warning("%d data problem(s) skipped; see %s", len(self.problems),
-                        self.run_dir / run_folder.PROBLEMS)
-        (self.run_dir / run_folder.RECIPE).write_text(json.dumps(self._resolved(), indent=2))
+        if main:
+            self._write_start()
         history, start_epoch, step, best, stale = [], 1, 0, -1.0, 0
         if state is not None:
             self.model.load_state_dict(state["model"])
@@ -240,12 +271,14 @@ class Trainer:
                 self.scaler.load_state_dict(state["scaler"])
             start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
             best, stale, history = float(state["best"]), int(state["stale"]), state["history"]
-            self._write_metrics(history)  # drops any row of an epoch last.pt did not commit
+            if main:
+                self._write_metrics(history)  # drops any row of an epoch last.pt did not commit
             log.info("resumed %s at epoch %d (best val macro-F1 %.4f)", self.run_dir,
                      start_epoch, best)
         for epoch in range(start_epoch, r.epochs + 1):
             if stale >= r.patience:
-                tqdm.write(f"early stop: no val macro-F1 gain for {stale} epoch(s)")
+                if main:
+                    tqdm.write(f"early stop: no val macro-F1 gain for {stale} epoch(s)")
                 break
             self._seed_epoch(train_loader, epoch)
             train_loss, speed, step = self._train_epoch(train_loader, epoch, step)
@@ -270,11 +303,14 @@ class Trainer:
             improved = m["selected"] > best
             if improved:
                 best, stale = m["selected"], 0
-                save_weights(self.validated_model, self._meta(epoch, m),
-                             self.run_dir / run_folder.BEST)
-                np.save(self.run_dir / run_folder.VAL_PROBS, probs)
+                if main:
+                    save_weights(self.validated_model, self._meta(epoch, m),
+                                 self.run_dir / run_folder.BEST)
+                    np.save(self.run_dir / run_folder.VAL_PROBS, probs)
             else:
                 stale += 1
+            if not main:
+                continue
             per_source = "".join(f" | {name} {b['macro_f1']:.4f}" for name, b in by_source.items()
                                  if len(by_source) > 1)
             tqdm.write(f"{r.attribute} epoch {epoch}: train loss {train_loss:.4f} | val loss "
@@ -286,7 +322,25 @@ class Trainer:
             self._write_metrics(history)
             if on_epoch is not None:
                 on_epoch(epoch, history[-1])
+        if not main:
+            best_row = pd.DataFrame(history)["val_selected"].idxmax()
+            return RunResult(self.run_dir, int(history[best_row]["epoch"]),
+                             float(history[best_row]["val_selected"]), pd.DataFrame(history))
         return self._finish(pd.DataFrame(history))
+
+    def _write_start(self) -> None:
+        """What the run folder holds from its start: the val set, the problems, the recipe."""
+        tqdm.write(f"{self.recipe.attribute}: {self.recipe.backbone}, initial weights: "
+                   f"{self.weights_origin}")
+        val = self.data.frame.iloc[self.data.val_rows]
+        pd.DataFrame({"path": val["path"], "person": val["person"], "age_years": val["age_years"],
+                      "source": val["source"], "label": self.data.val_set.labels}).to_csv(
+            self.run_dir / run_folder.VAL, index=False)
+        if self.problems:
+            (self.run_dir / run_folder.PROBLEMS).write_text("\n".join(self.problems) + "\n")
+            log.warning("%d data problem(s) skipped; see %s", len(self.problems),
+                        self.run_dir / run_folder.PROBLEMS)
+        (self.run_dir / run_folder.RECIPE).write_text(json.dumps(self._resolved(), indent=2))
 
     def _by_source(self, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, dict]:
         sources = self.data.frame["source"].to_numpy()[self.data.val_rows]

@@ -10,13 +10,13 @@ import albumentations as A
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import (DataLoader, Dataset, RandomSampler, WeightedRandomSampler,
-                              get_worker_info)
+from torch.utils.data import (DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler,
+                              Subset, WeightedRandomSampler, get_worker_info)
 
 from facet.combine import combine_labels
 from facet.manifest import DataError, Table
 from facet.metrics import AGE_BANDS
-from facet.preprocess import PreprocessSpec, normalize
+from facet.preprocess import PreprocessSpec, normalize_factors
 
 from .augment import uses_landmarks
 from .cache import build_cache, cached_landmarks
@@ -26,13 +26,21 @@ from .split import split_by_source
 
 log = logging.getLogger(__name__)
 
+PREFETCH = 4  # batches each training worker keeps ready
+
 CHILD_AGE = AGE_BANDS[1]  # child_weight applies under this real age: the reports' first band
 
 
 class CachedImages(Dataset):
-    """Rows of the decoded-image cache -> (normalised CHW tensor, label). The transform also
-    gets each row's face ``landmarks`` (NaN: unknown) and whether it is ``maskable`` (no mask
-    is known to be worn), for augmentations placed on the face."""
+    """Rows of the decoded-image cache -> (uint8 HWC tensor, label): a quarter of float32's
+    bytes through the workers' shared memory and the copy to the device, where
+    :class:`DeviceInput` normalises whole batches. The transform also gets each row's face
+    ``landmarks`` (NaN: unknown) and whether it is ``maskable`` (no mask is known to be worn),
+    for augmentations placed on the face.
+
+    An item may come as ``(index, worker seed)`` (:class:`EpochDraws`): a DataLoader worker
+    reseeds its augmentations with ``worker seed + its id`` when the seed changes, so
+    persistent workers augment each epoch as workers started afresh for it would."""
 
     def __init__(self, images: np.ndarray, rows: np.ndarray, labels: np.ndarray,
                  spec: PreprocessSpec, transform: A.Compose | None = None,
@@ -44,14 +52,52 @@ class CachedImages(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, item: int | tuple[int, int]):
+        i, seed = item if isinstance(item, tuple) else (item, None)
+        worker = get_worker_info()
+        if seed is not None and worker is not None and seed != getattr(self, "_seed", None):
+            self.transform.set_random_seed((seed + worker.id) % 2**32)
+            self._seed = seed
         row = self.rows[i]
         image = np.asarray(self.images[row])
         if self.transform is not None:
             face = {} if self.landmarks is None else {"landmarks": self.landmarks[row],
                                                       "maskable": bool(self.maskable[row])}
             image = self.transform(image=image, **face)["image"]
-        return torch.from_numpy(normalize(image, self.spec)), int(self.labels[i])
+        return torch.from_numpy(np.require(image, requirements=("C", "W"))), int(self.labels[i])
+
+
+class DeviceInput:
+    """uint8 NHWC batches -> the model's float32 NCHW input on ``device``, in channels_last
+    memory (the NHWC pixels' own order), with :func:`facet.preprocess.normalize`'s arithmetic:
+    the numbers CPU training always saw."""
+
+    def __init__(self, spec: PreprocessSpec, device: torch.device):
+        self.scale, self.bias = (torch.from_numpy(f).view(1, 3, 1, 1).to(device)
+                                 for f in normalize_factors(spec))
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        x = batch.to(self.scale.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        return x.mul_(self.scale).add_(self.bias)
+
+
+class EpochDraws(Sampler):
+    """An epoch's draws of ``sampler``, each paired with the epoch's ``worker_seed`` (set by
+    the loop before the epoch starts). With ``world`` > 1 (DDP), this rank's share of them,
+    split as DistributedSampler splits: every rank draws the same epoch from the same seed."""
+
+    def __init__(self, sampler: Sampler, world: int = 1, rank: int = 0):
+        self.draws, self.worker_seed = sampler, 0
+        self.shard = (DistributedSampler(range(len(sampler)), world, rank, shuffle=False,
+                                         drop_last=True) if world > 1 else None)
+
+    def __len__(self) -> int:
+        return len(self.shard) if self.shard is not None else len(self.draws)
+
+    def __iter__(self):
+        drawn = list(self.draws)
+        mine = self.shard if self.shard is not None else range(len(drawn))
+        return iter([(drawn[k], self.worker_seed) for k in mine])
 
 
 @dataclass
@@ -145,15 +191,18 @@ def prepare(recipe: Recipe, table: Table, augment: A.Compose, cache_dir: Path,
                         select_on, problems)
 
 
-def loaders(data: TrainingData, recipe: Recipe, device: torch.device, workers: int
-            ) -> tuple[DataLoader, DataLoader]:
-    """(the training loader: each epoch drawn by the recipe's sampler, the val loader)."""
+def loaders(data: TrainingData, recipe: Recipe, device: torch.device, workers: int,
+            world: int = 1, rank: int = 0) -> tuple[DataLoader, DataLoader]:
+    """(the training loader: each epoch drawn by the recipe's sampler, the val loader). With
+    ``world`` > 1 (DDP), each loads this rank's share: of every epoch's draws, and a
+    contiguous slice of the val set (gathered in rank order, it is the val set again)."""
     r = recipe
     labels = data.train_set.labels
     n = r.samples_per_epoch or len(labels)
-    common = dict(num_workers=workers, pin_memory=device.type == "cuda")
-    # Training workers start afresh every epoch (not persistent), so their seeds come from
-    # that epoch's seeded generator; drop_last keeps batches even, as Mixup needs.
+    # Workers persist across epochs and keep batches queued ahead (their seeds travel with
+    # the draws); drop_last keeps batches even, as Mixup needs.
+    common = dict(num_workers=workers, pin_memory=device.type == "cuda",
+                  persistent_workers=workers > 0, prefetch_factor=PREFETCH if workers else None)
     sources = data.frame["source"].to_numpy()[data.train_set.rows]
     sizes = {name: int((sources == name).sum()) for name in data.sources}
     shares, absent = r.source_shares(sizes) if r.source_weights else (None, [])
@@ -164,12 +213,14 @@ def loaders(data: TrainingData, recipe: Recipe, device: torch.device, workers: i
     years = data.frame["age_years"].to_numpy()[data.train_set.rows]
     boost = (np.where((years >= 0) & (years < CHILD_AGE), r.child_weight, 1.0)
              if r.child_weight != 1 else None)
-    train = DataLoader(data.train_set, batch_size=r.batch_size, drop_last=True,
-                       sampler=epoch_sampler(labels, r.sampler, n, sources, shares, boost),
-                       worker_init_fn=seed_worker,
+    draws = EpochDraws(epoch_sampler(labels, r.sampler, n, sources, shares, boost), world, rank)
+    # its own generator: the seeds a DataLoader draws must not move torch's global one, which
+    # dropout follows
+    train = DataLoader(data.train_set, batch_size=r.batch_size, drop_last=True, sampler=draws,
                        generator=torch.Generator(), **common)
-    val = DataLoader(data.val_set, batch_size=r.batch_size * 2, shuffle=False,
-                     persistent_workers=workers > 0, **common)
+    val_set = (Subset(data.val_set, np.array_split(np.arange(len(data.val_set)), world)[rank])
+               if world > 1 else data.val_set)
+    val = DataLoader(val_set, batch_size=r.batch_size * 2, shuffle=False, **common)
     return train, val
 
 
@@ -194,9 +245,3 @@ def epoch_sampler(labels: np.ndarray, kind: str, num_samples: int, sources: np.n
         share = shares[name] if shares is not None else rows.mean()
         weights[rows] = share * within / within.sum()
     return WeightedRandomSampler(weights, num_samples, replacement=True, generator=generator)
-
-
-def seed_worker(worker_id: int) -> None:
-    """A DataLoader worker's augmentations follow its own torch seed (the loader's base seed +
-    worker id): every worker augments differently, the same way in every run."""
-    get_worker_info().dataset.transform.set_random_seed(torch.initial_seed() % 2**32)

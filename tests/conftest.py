@@ -5,6 +5,7 @@ Everything is made here, in seconds, with no network and nothing from ../shared.
 from __future__ import annotations
 
 import io
+import socket
 import struct
 import zlib
 from pathlib import Path
@@ -76,6 +77,31 @@ def face_exported(dataset, tmp_path_factory) -> Path:
     out = root / "artifacts"
     export_all(runs, out, ensemble=True, echo=lambda *_: None)
     return out
+
+
+# pyarrow's S3 client in Ray workers signs with these; moto accepts any
+S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """An S3-compatible server on loopback (moto) with the bucket ``facet-test``; the driver
+    reaches it by AWS_ENDPOINT_URL (Ray workers too, when Ray starts after this fixture)."""
+    server_mod = pytest.importorskip("moto.server")
+    import boto3
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    for key, value in S3_KEYS.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}")
+    client.create_bucket(Bucket="facet-test")
+    yield client
+    server.stop()
 
 
 def encode(image, fmt: str = "PNG", **kw) -> bytes:

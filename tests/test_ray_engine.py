@@ -2,7 +2,6 @@
 a local Ray with 2 CPUs, on a 2-node cluster on loopback, and with an S3-compatible store."""
 import os
 import shutil
-import socket
 import sys
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import facet
-from conftest import encode, png_header_bomb
+from conftest import S3_KEYS, encode, png_header_bomb
 from facet.cli import app
 from facet.serve.batch import predict_paths
 from facet.serve.inputs import read_inputs
@@ -26,9 +25,6 @@ from facet.serve.predictor import Predictor  # noqa: E402
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()
-# pyarrow's S3 client in the Ray workers signs with these; moto accepts any
-S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
 HOSTILE = {"not_image.jpg": "not a recognised", "cut.jpg": "truncated", "gone.jpg": "file not found",
            "pipe.jpg": "not a regular file", "/dev/zero": "not a regular file",
            "../../etc/passwd": "leads outside the images folder", "bomb.png": "pixel limit",
@@ -140,25 +136,6 @@ def test_ray_only_options_are_checked(exported, eval_dir, tmp_path, monkeypatch)
     monkeypatch.delitem(sys.modules, "facet.serve.ray_engine")
     code, output = predict(eval_dir, "--models", exported, "-o", tmp_path / "o.csv", "--engine", "ray")
     assert code == 2 and "pip install 'facet[ray]'" in output
-
-
-@pytest.fixture
-def s3(monkeypatch):
-    """An S3-compatible server on loopback (moto); the driver reaches it by AWS_ENDPOINT_URL."""
-    server_mod = pytest.importorskip("moto.server")
-    import boto3
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    for key, value in S3_KEYS.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
-    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}")
-    client.create_bucket(Bucket="facet-test")
-    yield client
-    server.stop()
 
 
 def test_manifest_images_and_parts_in_an_object_store(local_ray, exported, dataset, s3, tmp_path):

@@ -1,4 +1,5 @@
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -197,6 +198,7 @@ def test_a_killed_run_resumes_to_the_metrics_of_an_unbroken_one(dataset, tmp_pat
     # as if it had died after writing metrics.csv but before last.pt: a row last.pt lacks
     rows = pd.read_csv(metrics).iloc[:1]
     pd.concat([rows, rows.assign(epoch=2)]).to_csv(metrics, index=False)
+    shutil.rmtree(cache)  # a cold cache: the resumed run rebuilds it from the saved recipe
     resumed = subprocess.run([sys.executable, "-m", "facet.cli", "train", "gender", "--data",
                               str(dataset / "train"), "--run-dir", str(run), "--cache-dir",
                               str(cache), "--device", "cpu", "--workers", "0", "--resume"],
@@ -277,3 +279,44 @@ def test_batchnorm_recalibration_keeps_the_function():
         model.train()
         torch.testing.assert_close(model(x), before, atol=1e-3, rtol=1e-3)  # batch stats agree
     assert recalibrate_batchnorm(model, x) == 0  # real statistics now: nothing to do
+
+
+def test_the_loop_reads_the_device_once_per_logging_interval(dataset, tmp_path, monkeypatch):
+    """The loss and confusion stay on the device between reads: a GPU is never waited on per
+    step. The epoch's numbers are the same as reading every step."""
+    from facet.models import train as train_module
+    trainer = _prepared("gender", dataset, tmp_path, [*TINY, "samples_per_epoch=256"])
+    loader, _ = loaders(trainer.data, trainer.recipe, trainer.device, workers=0)
+    trainer._build(len(loader))
+    trainer._seed_epoch(loader, 1)
+    reads = []
+
+    def counted(name: str):
+        original = getattr(torch.Tensor, name)
+
+        def read(self, *args, **kw):
+            if sys._getframe(1).f_code.co_filename == train_module.__file__:  # the loop's own
+                reads.append(name)
+            return original(self, *args, **kw)
+        return read
+
+    for name in ("item", "cpu"):
+        monkeypatch.setattr(torch.Tensor, name, counted(name))
+    monkeypatch.setattr(train_module, "LOG_EVERY", 4)
+    loss, _, step = trainer._train_epoch(loader, 1, 0)
+    assert step == 8 and sorted(reads) == ["cpu", "cpu", "item", "item"]  # after steps 4 and 8
+    assert 0 < loss < 10
+
+
+def test_validation_runs_through_the_compiled_module_when_compile_is_on(dataset, tmp_path):
+    for extra, validated in ((["compile=true", "ema=0"], "forward"),
+                             (["compile=true", "ema=0.9"], "ema"), (["ema=0"], "plain")):
+        trainer = _prepared("gender", dataset, tmp_path, [*TINY, *extra])
+        trainer._build(4)
+        if validated == "forward":  # one compiled module, switched to eval for validation
+            assert trainer.validate is trainer.forward
+            assert trainer.forward._orig_mod is trainer.model
+        elif validated == "ema":
+            assert trainer.validate._orig_mod is trainer.ema.module
+        else:
+            assert trainer.validate is trainer.model and trainer.forward is trainer.model

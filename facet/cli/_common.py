@@ -69,7 +69,7 @@ FIXES = typer.Option(None, help="Label fixes CSV (id,field,value; id: a person o
 STRICT = typer.Option(False, help="Stop at the first data problem instead of skipping it.")
 CACHE_DIR = typer.Option(Path(".cache/facet"), help="Decoded-image cache.")
 DEVICE = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ...")
-WORKERS = typer.Option(None, help="DataLoader workers (default: cores-1, max 4).")
+WORKERS = typer.Option(None, help="DataLoader workers (default: every core but one; runs at once: each its share but one).")
 TRACK = typer.Option(None, help="mlflow or none (default: mlflow when MLFLOW_TRACKING_URI is "
                      "set); pip install 'facet[track]'.")
 
