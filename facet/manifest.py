@@ -17,7 +17,7 @@ import pandas as pd
 from facet.atomic import write_csv
 from facet.combine import TRUE_AGE_RULE, parse_code
 from facet.csvfile import read_csv
-from facet.preprocess import header_size
+from facet.image_files import header_size
 
 MAX_AGE = 120
 #: A :class:`Table`'s columns: one row per image (or per face, for a manifest with face boxes):

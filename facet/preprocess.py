@@ -8,10 +8,7 @@ training skips (and counts) exactly the files that `facet predict` and the HTTP 
 """
 from __future__ import annotations
 
-import contextlib
 import io
-import os
-import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,29 +19,18 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .faces import (FALLBACKS, PRIMARY_RULE, Detector, Face, crop_box, cut, cut_square,
                     default_detector, fallback_box, primary)
+from .image_files import MAX_BYTES, ImageError, ImageTooLarge, read_bytes
 
 RESIZE_MODES = ("stretch", "letterbox")
 CROPS = ("none", "face")
 #: What the loader decodes. MPO is the multi-picture JPEG that many phone cameras write.
 FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "WEBP": "WebP", "BMP": "BMP"}
 SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-HEADER_BYTES = 64 * 1024  # holds the size of a PNG, WebP or BMP, and of most JPEGs (after EXIF)
-# Pillow's own bomb check raises inside Image.open (from ~179 MP) before a caller can look at
-# the header; ImageRules.max_pixels is checked from the header instead, for every image.
-Image.MAX_IMAGE_PIXELS = None
 
 
 # faces answered per photo (the largest): one value for `facet predict`, Ray and HTTP, so a
 # crowded photo gets the same answers everywhere
 MAX_FACES = 64
-
-
-class ImageError(ValueError):
-    """An input that is not a usable image; the message says why."""
-
-
-class ImageTooLarge(ImageError):
-    """More bytes or pixels than allowed: refused before decoding (decompression bombs)."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +41,7 @@ class ImageRules:
     instead of stretching it into a confident answer.
     """
 
-    max_bytes: int = 50 * 1024 * 1024
+    max_bytes: int = MAX_BYTES
     max_pixels: int = 40_000_000
     min_side: int = 16
     max_aspect: float = 5.0
@@ -119,67 +105,6 @@ class PreprocessSpec:
                    tuple(float(x) for x in d["mean"]), tuple(float(x) for x in d["std"]),
                    str(d.get("crop", "none")), float(d.get("margin", CROP_MARGIN)),
                    str(d.get("fallback", "whole")))
-
-
-def read_bytes(path: str | Path, max_bytes: int = DEFAULT_RULES.max_bytes) -> bytes:
-    """A regular file's bytes. FIFOs, devices and folders are refused without reading (a named
-    pipe would block, /dev/zero never ends); links are followed to what they name."""
-    with _regular_file(path) as (f, size):
-        return read_limited(f, size, max_bytes)
-
-
-def header_size(path: str | Path) -> tuple[int, int] | None:
-    """An image file's (width, height) as :func:`read_image` gives it (EXIF orientation
-    applied), from the first ``HEADER_BYTES`` alone, under the same file rules as
-    ``read_bytes``; None when that is not a readable header."""
-    try:
-        with _regular_file(path) as (f, _):
-            head = f.read(HEADER_BYTES)
-        image = Image.open(io.BytesIO(head))
-    except Exception:  # noqa: BLE001 - unreadable: decoding it names why
-        return None
-    try:  # a JPEG's EXIF is in its header; another format may keep it after the pixels
-        turned = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)
-    except Exception:  # noqa: BLE001
-        turned = False
-    width, height = image.size
-    return (height, width) if turned else (width, height)
-
-
-@contextlib.contextmanager
-def _regular_file(path: str | Path):
-    """(open binary file, its size) for a regular file; ImageError for anything else."""
-    try:  # O_NONBLOCK: opening a FIFO must not wait for a writer
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise ImageError("file not found") from None
-    except PermissionError:
-        raise ImageError("permission denied") from None
-    except OSError as exc:
-        raise ImageError(f"cannot open: {exc.strerror}") from None
-    except ValueError:  # a NUL byte in the path
-        raise ImageError("not a valid path") from None
-    try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise ImageError("is a folder, not an image")
-        if not stat.S_ISREG(st.st_mode):
-            raise ImageError("not a regular file (a pipe, device or socket): refused")
-        with open(fd, "rb", closefd=False) as f:
-            yield f, st.st_size
-    finally:
-        os.close(fd)
-
-
-def read_limited(stream, size: int, max_bytes: int = DEFAULT_RULES.max_bytes) -> bytes:
-    """An open file's bytes, refused from its ``size`` before reading when over ``max_bytes``,
-    and never more than ``max_bytes`` read (a file may grow while it is read)."""
-    if size > max_bytes:
-        raise ImageTooLarge(f"file is {size:,} bytes, over the limit of {max_bytes:,}")
-    data = stream.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise ImageTooLarge(f"file is over the limit of {max_bytes:,} bytes")
-    return data
 
 
 def read_image(source: bytes | str | Path, rules: ImageRules = DEFAULT_RULES,

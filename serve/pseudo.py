@@ -15,7 +15,7 @@ import pandas as pd
 from facet.combine import ATTRIBUTES
 from facet.faces import Face
 from facet.manifest import BOX_COLUMNS, LABELS, PSEUDO
-from facet.preprocess import header_size
+from facet.image_files import header_size
 
 from .results import BatchResult
 

@@ -14,7 +14,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from facet.atomic import atomic_file
-from facet.preprocess import SUFFIXES, ImageError, read_limited
+from facet.image_files import ImageError, read_limited
+from facet.preprocess import SUFFIXES
 
 from .inputs import (InputError, Inputs, folder_inputs, is_uri, manifest_inputs,
                      read_input_manifest, read_inputs, split_uri)

@@ -12,7 +12,8 @@ import numpy as np
 from starlette.requests import ClientDisconnect, Request
 
 from facet.faces import YuNet
-from facet.preprocess import ImageError, ImageTooLarge, Photo, pixel_count, read_bytes
+from facet.image_files import ImageError, ImageTooLarge, read_bytes
+from facet.preprocess import Photo, pixel_count
 
 from .config import ServeConfig
 from .http_errors import CLIENT_CLOSED, HTTPError, log

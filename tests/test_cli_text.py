@@ -251,13 +251,13 @@ def test_the_photo_peek_reads_headers_of_allowed_rows_only(photos, tmp_path, mon
     """Before predicting, whole-image models look at the inputs' sizes: a CSV row leading
     outside the images folder is refused without being opened, and the others are read only
     as far as their header."""
-    import facet.preprocess as preprocess
+    import facet.image_files as image_files
     outside = tmp_path / "outside.jpg"
     shutil.copy(PHOTOS / "group3.jpg", outside)
     csv = photos / "rows.csv"
     csv.write_text("path\ngroup3.jpg\n../outside.jpg\nsingle.jpg\n")
     opened, peeked = [], []
-    regular_file = preprocess._regular_file
+    regular_file = image_files._regular_file
 
     @contextlib.contextmanager
     def recording(path):
@@ -269,9 +269,9 @@ def test_the_photo_peek_reads_headers_of_allowed_rows_only(photos, tmp_path, mon
         peeked.append(Path(path).resolve())
         return original_header_size(path)
 
-    original_header_size = preprocess.header_size
-    monkeypatch.setattr(preprocess, "_regular_file", recording)
-    monkeypatch.setattr(preprocess, "header_size", header_size)
+    original_header_size = image_files.header_size
+    monkeypatch.setattr(image_files, "_regular_file", recording)
+    monkeypatch.setattr(image_files, "header_size", header_size)
     result = _predict(_models(tmp_path / "whole", "none"), csv, tmp_path)
     assert result.exit_code == 3, result.output  # the outside row has no answer
     assert "leads outside the images folder" in result.output
@@ -281,14 +281,14 @@ def test_the_photo_peek_reads_headers_of_allowed_rows_only(photos, tmp_path, mon
 
 
 def test_header_size_reads_the_header_alone(tmp_path, monkeypatch):
-    import facet.preprocess as preprocess
-    from facet.preprocess import HEADER_BYTES, header_size
+    import facet.image_files as image_files
+    from facet.image_files import HEADER_BYTES, header_size
     large = tmp_path / "large.png"
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (600, 500, 3), dtype=np.uint8)).save(large)
     assert large.stat().st_size > 10 * HEADER_BYTES
     read = []
-    regular_file = preprocess._regular_file
+    regular_file = image_files._regular_file
 
     class Counting:
         def __init__(self, f):
@@ -305,7 +305,7 @@ def test_header_size_reads_the_header_alone(tmp_path, monkeypatch):
             yield (counted := Counting(f)), size
             read.append(counted.bytes)
 
-    monkeypatch.setattr(preprocess, "_regular_file", counting)
+    monkeypatch.setattr(image_files, "_regular_file", counting)
     assert header_size(large) == (500, 600)
     assert read == [HEADER_BYTES]
     fifo = tmp_path / "pipe.jpg"

@@ -154,7 +154,7 @@ def _warn_photos(inputs, specs: list, sample: int = 64) -> None:
     """One warning when models that take each image as one face (crop=none) are given what
     looks like photos: images of the first ``sample`` far larger than the model input. Only
     rows that passed the input rules are looked at, and only their headers are read."""
-    from facet.preprocess import header_size
+    from facet.image_files import header_size
     side = min(min(s.height, s.width) for s in specs)
     rows = [path for i, path in enumerate(inputs.paths) if i not in inputs.refused][:sample]
     large = [(path, size) for path in rows
