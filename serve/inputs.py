@@ -66,7 +66,8 @@ def folder_inputs(source, entries: list, is_file: Callable[[Path | str], bool]) 
         raise InputError(f"{source} holds no images ({', '.join(SUFFIXES)})")
     refused = {i: f"{kind} is not read: convert it to JPEG, PNG, WebP or BMP"
                for i, e in enumerate(images) if (kind := _other_image(e))}
-    skipped = [e for e in entries if e not in images and is_file(e)]
+    chosen = set(images)  # a set: a folder may hold a hundred thousand photos
+    skipped = [e for e in entries if e not in chosen and is_file(e)]
     return Inputs(pd.DataFrame({"path": [str(f) for f in images]}), images, refused=refused,
                   skipped=skipped)
 
