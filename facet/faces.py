@@ -25,7 +25,7 @@ YUNET = Path(__file__).parent / "assets" / "face_detection_yunet_n.onnx"
 YUNET_S = YUNET.with_name("face_detection_yunet_2023mar.onnx")
 PRIMARY_RULES = ("largest", "center")
 PRIMARY_RULE = "largest"  # the face that answers for a photo unless another rule is asked for
-FALLBACKS = ("whole", "center")
+FALLBACKS = ("frame", "whole", "center")
 ENGINES = ("auto", "onnxruntime", "opencv")
 FACE_SCORE = 0.75  # the best detection F1 on street photos: BENCHMARKS.md, "Faces in photos"
 
@@ -240,11 +240,20 @@ def crop_box(face: Face, margin: float) -> tuple[int, int, int]:
     return round(x + w / 2 - side / 2), round(y + h / 2 - side / 2), side
 
 
+def image_face(width: int, height: int) -> Face:
+    """An image taken as one face filling it: a face crop, or an image where no face is found.
+    The crop rule around it frames the image as training frames a face (fallback ``frame``)."""
+    return Face((0.0, 0.0, float(width), float(height)), 0.0)
+
+
 def fallback_box(width: int, height: int, fallback: str) -> tuple[int, int, int, int]:
-    """(left, top, width, height) used when no face is found: the whole image, or the centred
-    square of its short side."""
+    """(left, top, width, height) used when no face is found, for the fallbacks that are not
+    the crop rule (``frame`` is :func:`image_face` cut by it): the whole image, stretched to the
+    input, or the centred square of its short side."""
     if fallback == "whole":
         return 0, 0, width, height
+    if fallback != "center":
+        raise ValueError(f"fallback_box: {fallback!r} is not whole or center")
     side = min(width, height)
     return (width - side) // 2, (height - side) // 2, side, side
 

@@ -17,6 +17,7 @@ import pandas as pd
 from facet.atomic import write_csv
 from facet.combine import TRUE_AGE_RULE, parse_code
 from facet.csvfile import read_csv
+from facet.faces import image_face
 from facet.image_files import header_size
 
 MAX_AGE = 120
@@ -61,6 +62,19 @@ class Table:
         if self.problems:
             text += f"; {len(self.problems)} problem(s) skipped"
         return text
+
+
+def as_face_crops(table: Table) -> Table:
+    """A source of face crops (``,crops=1``: one face filling each image): every row without a
+    box gets the whole image as its face box, so crop=face training cuts it by the crop rule
+    (no detector), framed as serving frames an image where no face is found
+    (:func:`facet.faces.image_face`). An unreadable header keeps no box: the cache reports it."""
+    frame = table.frame.copy()
+    sizes = {p: header_size(p) for p in frame.loc[frame["box"].isna(), "path"].unique()}
+    frame["box"] = [box if box is not None and box == box
+                    else (image_face(*sizes[path]).box if sizes[path] else None)
+                    for path, box in zip(frame["path"], frame["box"])]
+    return Table(frame, table.problems, table.group, table.name)
 
 
 class Problems(list):

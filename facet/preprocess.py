@@ -18,7 +18,7 @@ import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .faces import (FALLBACKS, PRIMARY_RULE, Detector, Face, crop_box, cut, cut_square,
-                    default_detector, fallback_box, primary)
+                    default_detector, fallback_box, image_face, primary)
 from .image_files import MAX_BYTES, ImageError, ImageTooLarge, read_bytes
 
 RESIZE_MODES = ("stretch", "letterbox")
@@ -71,7 +71,9 @@ class PreprocessSpec:
 
     ``crop``: ``none`` takes the image as a face crop already; ``face`` detects faces and cuts
     each one out by the crop rule (``faces.crop_box``: a square ``margin`` x the face box),
-    or the ``fallback`` region (``whole`` image or ``center`` square) when none is found.
+    or, when none is found, the ``fallback``: ``frame`` (the image as one face filling it, cut
+    by the same rule: framed as training frames faces), the ``whole`` image stretched to the
+    input, or its ``center`` square. Models exported before ``frame`` existed keep ``whole``.
     """
 
     height: int = 128
@@ -81,7 +83,7 @@ class PreprocessSpec:
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     crop: str = "none"
     margin: float = CROP_MARGIN
-    fallback: str = "whole"
+    fallback: str = "frame"
 
     def __post_init__(self):
         if self.resize_mode not in RESIZE_MODES:
@@ -100,7 +102,8 @@ class PreprocessSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PreprocessSpec":
-        """Models exported before faces were cropped have no crop fields: they take crops."""
+        """Models exported before faces were cropped have no crop fields: they take crops;
+        those exported before the ``frame`` fallback have none either: they stretch the image."""
         return cls(int(d["height"]), int(d["width"]), str(d["resize_mode"]),
                    tuple(float(x) for x in d["mean"]), tuple(float(x) for x in d["std"]),
                    str(d.get("crop", "none")), float(d.get("margin", CROP_MARGIN)),
@@ -172,6 +175,8 @@ def decode_faces(source: bytes | str | Path, specs: list[PreprocessSpec],
     fixed = {s: resize(rgb[min(s.height, s.width)], s) for s in specs if s.crop == "none"}
 
     def cut_for(spec: PreprocessSpec, k: int) -> np.ndarray:
+        if k < 0 and spec.fallback == "frame":
+            return cut_face(full, image_face(width, height), spec)
         if k < 0:
             return resize(cut(full, *fallback_box(width, height, spec.fallback)), spec)
         return cut_face(full, faces[k], spec)

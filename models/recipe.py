@@ -35,7 +35,8 @@ class Recipe:
     crop: str = "none"  # none: the images are face crops | face: detect, crop the largest face
     crop_margin: float = CROP_MARGIN  # the crop is a square this many times the face box's
     #                                   longer side
-    crop_fallback: str = "whole"  # no face found: the whole image | center (its centred square)
+    crop_fallback: str = "frame"  # no face found: frame (the image as one face filling it, cut
+    #                               by the crop rule) | whole (stretched) | center (its square)
     # optimisation
     optimizer: str = "adamw"  # any timm.optim name
     lr: float = 1e-3

@@ -12,8 +12,9 @@ from PIL import Image
 from conftest import encode
 from facet import faces as faces_mod
 from facet.draw import draw_faces
-from facet.faces import DetectorError, Face, YuNet, crop_box, cut, fallback_box, primary
-from facet.preprocess import PreprocessSpec, decode_faces, load, read_image, resize
+from facet.faces import (DetectorError, Face, YuNet, crop_box, cut, fallback_box, image_face,
+                         primary)
+from facet.preprocess import PreprocessSpec, cut_face, decode_faces, load, read_image, resize
 
 PHOTOS = Path(__file__).parent / "fixtures" / "photos"
 # The annotators' boxes (x0, y0, x1, y1), from fixtures/photos/README.md
@@ -116,7 +117,14 @@ def test_no_face_answers_from_the_fallback_region_and_says_so():
     data = encode(Image.fromarray(noise))
     photo = decode_faces(data, [FACE_SPEC])
     assert photo.face_found is False and photo.faces == [] and photo.answered == [-1]
-    assert (photo.inputs[0][FACE_SPEC] == resize(noise, FACE_SPEC)).all()  # whole image
+    # frame (the default): the image as one face, a square twice its longer side around it
+    framed = photo.inputs[0][FACE_SPEC]
+    # 300x200 in a 600 px square: the image fills x 16-48, y 21-43 of the 64 px input
+    assert (framed[:20] == 0).all() and (framed[:, :15] == 0).all() and (framed[:, 49:] == 0).all()
+    assert framed[23:41, 18:46].mean() > 60  # the noise itself (mean 127.5), scaled down
+    assert (framed == cut_face(noise, image_face(300, 200), FACE_SPEC)).all()
+    whole = PreprocessSpec(64, 64, crop="face", fallback="whole")
+    assert (decode_faces(data, [whole]).inputs[0][whole] == resize(noise, whole)).all()
     center = PreprocessSpec(64, 64, crop="face", fallback="center")
     assert fallback_box(300, 200, "center") == (50, 0, 200, 200)
     assert (decode_faces(data, [center]).inputs[0][center] == resize(noise[:, 50:250], center)).all()

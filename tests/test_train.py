@@ -35,7 +35,7 @@ def test_run_folder_has_everything(runs):
     meta = json.loads((run / "best.json").read_text())
     assert meta["preprocess"] == {"height": 48, "width": 48, "resize_mode": "stretch",
                                   "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
-                                  "crop": "none", "margin": 2.0, "fallback": "whole"}
+                                  "crop": "none", "margin": 2.0, "fallback": "frame"}
     assert meta["detector"] is None  # no face detection with crop=none
     assert meta["age_rule"]["scored"]["thresholds"] == [30, 60]
     metrics = pd.read_csv(run / "metrics.csv")

@@ -18,7 +18,7 @@ def _fail(message: str, code: int = 2) -> None:
 def _read_table(data: list[str], manifests: list[str], root: Optional[Path], group: str,
                 fixes: Optional[Path], strict: bool):
     """Every --data folder and --manifest CSV as one table, one source each."""
-    from facet.manifest import DataError, read_manifest
+    from facet.manifest import DataError, as_face_crops, read_manifest
     from facet.models.data import apply_fixes, combine, read_competition
     if not data and not manifests:
         _fail("give --data (competition train/ folder) and/or --manifest (CSV), each as often "
@@ -26,12 +26,14 @@ def _read_table(data: list[str], manifests: list[str], root: Optional[Path], gro
     tables = []
     try:
         for spec in data:
-            path, options = _source_spec(spec, ("name",))
-            tables.append(read_competition(path, strict, options.get("name")))
+            path, options = _source_spec(spec, ("name", "crops"))
+            table = read_competition(path, strict, options.get("name"))
+            tables.append(as_face_crops(table) if _flag(spec, options) else table)
         for spec in manifests:
-            path, options = _source_spec(spec, ("group", "root", "name", "path"))
-            tables.append(read_manifest(path, options.get("root", root), options.get("group", group),
-                                        strict, options.get("name"), options.get("path", "path")))
+            path, options = _source_spec(spec, ("group", "root", "name", "path", "crops"))
+            table = read_manifest(path, options.get("root", root), options.get("group", group),
+                                  strict, options.get("name"), options.get("path", "path"))
+            tables.append(as_face_crops(table) if _flag(spec, options) else table)
         table = combine(apply_fixes(tables, fixes, strict) if fixes else tables)
     except (DataError, FileNotFoundError) as exc:
         _fail(str(exc))
@@ -55,12 +57,22 @@ def _source_spec(spec: str, keys: tuple[str, ...]) -> tuple[Path, dict[str, str]
     return Path(path), options
 
 
+def _flag(spec: str, options: dict[str, str]) -> bool:
+    """A source's ``crops=`` option: 1/true or 0/false."""
+    value = options.get("crops", "0").lower()
+    if value not in ("1", "true", "0", "false"):
+        _fail(f"{spec!r}: crops= takes 1 or 0, got {value!r}")
+    return value in ("1", "true")
+
+
 # Options that `train` and `tune` share: the data, how it is read, and where training runs.
 DATA = typer.Option([], help="Competition train/ folder (images/, train.csv), optionally "
-                    "',name=NAME'; repeat for more sources.")
+                    "',name=NAME,crops=1'; repeat for more sources. crops=1: the images are "
+                    "face crops, each framed as one face filling it (crop=face models; no "
+                    "detector), as an image where no face is found is answered.")
 MANIFEST = typer.Option([], help="CSV with path and mask/gender/age columns (and face boxes "
                         "x0,y0,x1,y1 or xmin,ymin,xmax,ymax, one row per face), optionally "
-                        "',group=COL,root=DIR,name=NAME,path=COL'; repeat for more sources.")
+                        "',group=COL,root=DIR,name=NAME,path=COL,crops=1'; repeat for more sources.")
 ROOT = typer.Option(None, help="Folder manifests' paths are relative to (default: each CSV's folder).")
 GROUP = typer.Option("person", help="Manifest column that keeps a person's images on one side of "
                      "the split; 'none': each image its own group (val scores optimistic).")

@@ -4,9 +4,8 @@ What worked in the competition: move the upper boundary down (58: 58-59 year old
 as 60+, pulling the rare class's recall up), oversample 60+ (sqrt-balanced sampler) and a focal
 loss. Validation still scores the true 30/60 groups.
 
-Made for two sources like gender (README, "Gender and age on real faces"): the competition
-layout and real web faces (aaf), two thirds of each epoch from the competition layout, the
-checkpoint kept by the mean of their val macro-F1. Augmentation groups (``aug_groups``):
+Made for gender's four sources (maskfaces, aaf, aafrest, utkextra; 2:1:1:1), the checkpoint
+kept by the mean of their val macro-F1. Augmentation groups (``aug_groups``):
 ``mask``, ``flip``, ``crop``, ``colour``, ``lowres``, ``blur``, ``jpeg``, ``noise`` (as
 gender's); the default is flip, crop and colour, as for gender.
 """
@@ -28,7 +27,7 @@ RECIPE = Recipe(
     age_thresholds=(30, 58),
     patience=3,
     stratify="attribute",
-    source_weights="maskfaces=2,aaf=1",
+    source_weights="maskfaces=2,aaf=1,aafrest=1,utkextra=1",
     select_on="mean",
     aug_groups="flip,crop,colour",
 )

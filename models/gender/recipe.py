@@ -4,10 +4,11 @@ Five of seven images hide the lower face, and there are only ~2,200 training fac
 seven times), so the model overfits the faces it knows: CutMix, label smoothing (UTKFace's labels
 are noisy too), dropout and an EMA of the weights, with the longest schedule of the three.
 
-Made for two sources (README, "Gender and age on real faces"): the competition layout and real
-web faces (aaf), two thirds of each epoch from the competition layout (equal shares cost it 0.01
-on its own eval set), the checkpoint kept by the mean of their val macro-F1. Trained from the
-competition layout alone it still works.
+Made for four sources (README, "Gender and age on real faces"): the competition layout and
+real faces of other captures: All-Age-Faces (aaf, aafrest: mostly East Asian, loose web crops)
+and UTKFace faces no maskfaces split uses (utkextra: tight crops, five races), each epoch
+2:1:1:1 (the competition layout's larger share keeps its own eval set), the checkpoint kept by
+the mean of their val macro-F1. Any subset of them works: weights name sources it then ignores.
 
 Augmentation groups (``aug_groups``): ``mask`` (a drawn mask on faces without one, from their
 landmarks); ``flip``; ``crop`` (zoom, shift, turn); ``colour``; and the street conditions
@@ -30,7 +31,7 @@ RECIPE = Recipe(
     drop_rate=0.3,
     ema=0.998,
     patience=4,
-    source_weights="maskfaces=2,aaf=1",
+    source_weights="maskfaces=2,aaf=1,aafrest=1,utkextra=1",
     select_on="mean",
     aug_groups="flip,crop,colour",
 )
