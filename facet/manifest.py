@@ -59,6 +59,9 @@ class Table:
         pseudo = int(f["pseudo"].eq(True).sum()) if "pseudo" in f.columns else 0
         if pseudo:
             text += f"; {pseudo:,} pseudo-labelled (trained on, never validated on)"
+        drawn = int(f["drawn"].eq(True).sum()) if "drawn" in f.columns else 0
+        if drawn:
+            text += f"; {drawn:,} with masks drawn (trained on, never validated on)"
         if self.problems:
             text += f"; {len(self.problems)} problem(s) skipped"
         return text

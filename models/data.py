@@ -6,6 +6,7 @@ the way. Rows with a problem are left out; ``strict=True`` raises instead.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -94,6 +95,20 @@ def combine(tables: list[Table]) -> Table:
     groups = {t.group for t in tables}
     return Table(frame, [p for t in tables for p in t.problems],
                  NO_GROUP if NO_GROUP in groups else "person", "+".join(names))
+
+
+def with_drawn_masks(table: Table) -> Table:
+    """Faces without masks as mask-state examples (a source's ``draw=masks``): each image is
+    given a mask state, a third each by a hash of its path (the same on every run), and
+    training draws the mask that state names on its face (``occlusion.draw_for_label``, from
+    the landmarks found on the cached pixels). Trained on only (``drawn``): the drawing is a
+    training step, and val scores real masks."""
+    frame = table.frame.copy()
+    if (frame["mask"] >= 0).any():
+        raise DataError(f"source {table.name}: draw=masks is for faces without mask labels")
+    frame["mask"] = [int(hashlib.sha1(p.encode()).hexdigest(), 16) % 3 for p in frame["path"]]
+    frame["drawn"] = True
+    return Table(frame, table.problems, table.group, table.name)
 
 
 def _distinct_names(tables: list[Table]) -> list[str]:

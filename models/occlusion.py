@@ -1,8 +1,10 @@
 """A mask drawn onto any face: real faces with gender and age labels rarely wear one, and the
 competition's photos mostly do. Placed from YuNet's five landmarks (eyes, nose tip, mouth
 corners) in the image's own pixels, or from a fixed face frame where they are unknown; random
-shape, colour, texture and height (over the nose, below it, on the chin). It never touches a
-label: gender and age do not change under a mask.
+shape, colour, texture and height (over the nose, below it, on the chin). As an augmentation
+(gender, age) it never touches a label: gender and age do not change under a mask. For the mask
+model (``draw=masks`` sources) the label says the height: real faces become worn, worn-wrongly
+and bare examples.
 """
 from __future__ import annotations
 
@@ -90,6 +92,20 @@ def _texture(h: int, w: int, rng: np.random.Generator, top, down, span) -> np.nd
         dots = ((xs.astype(int) // step + ys.astype(int) // step) % 2).astype(np.float32)
         cloth = cloth * (1 - 0.35 * dots[..., None]) + rng.uniform(0, 255, 3) * 0.35 * dots[..., None]
     return cloth
+
+
+#: The mask state a drawn mask shows (``draw=masks`` sources): worn over the nose (0, wear);
+#: below the nose or on the chin (1, incorrect); none (2, not_wear).
+DRAWN_HEIGHTS = {0: ("over_nose",), 1: ("below_nose", "chin")}
+
+
+def draw_for_label(image: np.ndarray, landmarks: np.ndarray, code: int,
+                   rng: np.random.Generator) -> np.ndarray:
+    """``image`` with a mask drawn as the mask-state ``code`` says (:data:`DRAWN_HEIGHTS`)."""
+    heights = DRAWN_HEIGHTS.get(code)
+    if heights is None:
+        return image
+    return occlude(image, landmarks, rng, heights[rng.integers(len(heights))])
 
 
 class MaskOcclusion(A.ImageOnlyTransform):

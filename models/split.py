@@ -29,9 +29,12 @@ def split_by_source(frame: pd.DataFrame, stratify: pd.Series, recipe) -> tuple[n
     and seed: a source's split does not depend on what other sources are trained with it.
 
     Pseudo-labelled rows (``frame["pseudo"]`` True) are all trained on and never validated on:
-    their labels are the models' guesses, not the truth. A source of them only is not split."""
-    pseudo = (frame["pseudo"].eq(True).to_numpy() if "pseudo" in frame.columns
-              else np.zeros(len(frame), bool))
+    their labels are the models' guesses, not the truth; so are rows whose masks training
+    draws (``frame["drawn"]``). A source of them only is not split."""
+    pseudo = np.zeros(len(frame), bool)
+    for column in ("pseudo", "drawn"):
+        if column in frame.columns:
+            pseudo |= frame[column].eq(True).to_numpy()
     train, val = [np.flatnonzero(pseudo)], [np.zeros(0, np.intp)]
     for name, rows in frame.groupby("source", sort=False).indices.items():
         rows = rows[~pseudo[rows]]
@@ -46,6 +49,6 @@ def split_by_source(frame: pd.DataFrame, stratify: pd.Series, recipe) -> tuple[n
         train.append(rows[t])
         val.append(rows[v])
     if len(frame) and pseudo.all():
-        raise DataError("every source is pseudo-labelled: validation needs a labelled source "
-                        "(--data or a manifest of true labels) beside them")
+        raise DataError("every source is pseudo-labelled or drawn: validation needs a labelled "
+                        "source (--data or a manifest of true labels) beside them")
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))

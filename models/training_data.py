@@ -21,6 +21,7 @@ from facet.preprocess import PreprocessSpec, normalize_factors
 from .augment import uses_landmarks
 from .cache import build_cache, cached_landmarks
 from .data import training_labels
+from .occlusion import draw_for_label
 from .recipe import Recipe
 from .split import split_by_source
 
@@ -36,7 +37,8 @@ class CachedImages(Dataset):
     bytes through the workers' shared memory and the copy to the device, where
     :class:`DeviceInput` normalises whole batches. The transform also gets each row's face
     ``landmarks`` (NaN: unknown) and whether it is ``maskable`` (no mask is known to be worn),
-    for augmentations placed on the face.
+    for augmentations placed on the face; rows of ``draw=masks`` sources get the mask their
+    label names drawn first (``draw``).
 
     An item may come as ``(index, worker seed)`` (:class:`EpochDraws`): a DataLoader worker
     reseeds its augmentations with ``worker seed + its id`` when the seed changes, so
@@ -44,10 +46,13 @@ class CachedImages(Dataset):
 
     def __init__(self, images: np.ndarray, rows: np.ndarray, labels: np.ndarray,
                  spec: PreprocessSpec, transform: A.Compose | None = None,
-                 landmarks: np.ndarray | None = None, maskable: np.ndarray | None = None):
+                 landmarks: np.ndarray | None = None, maskable: np.ndarray | None = None,
+                 draw: np.ndarray | None = None, seed: int = 0):
         self.images, self.rows, self.labels = images, rows, labels
         self.spec, self.transform = spec, transform
         self.landmarks, self.maskable = landmarks, maskable
+        self.draw = draw  # per row: the mask state to draw (draw=masks sources), -1: none
+        self._rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -57,9 +62,12 @@ class CachedImages(Dataset):
         worker = get_worker_info()
         if seed is not None and worker is not None and seed != getattr(self, "_seed", None):
             self.transform.set_random_seed((seed + worker.id) % 2**32)
+            self._rng = np.random.default_rng((seed + worker.id) % 2**32)
             self._seed = seed
         row = self.rows[i]
         image = np.asarray(self.images[row])
+        if self.draw is not None and self.draw[row] >= 0:  # before the geometric steps
+            image = draw_for_label(image, self.landmarks[row], int(self.draw[row]), self._rng)
         if self.transform is not None:
             face = {} if self.landmarks is None else {"landmarks": self.landmarks[row],
                                                       "maskable": bool(self.maskable[row])}
@@ -178,14 +186,23 @@ def prepare(recipe: Recipe, table: Table, augment: A.Compose, cache_dir: Path,
     except ValueError as exc:
         raise DataError(str(exc)) from None
     true_labels = frame[r.attribute].to_numpy()
+    drawn = (frame["drawn"].eq(True).to_numpy() if "drawn" in frame.columns
+             else np.zeros(len(frame), bool))
     face = {}
-    if uses_landmarks(augment):  # found once, on the cached pixels
+    if uses_landmarks(augment) or drawn.any():  # found once, on the cached pixels
         landmarks = cached_landmarks(images, workers=max(2, workers * 2))
-        found = np.isfinite(landmarks[train_rows]).all(axis=(1, 2))
-        split["landmarks_found_share"] = round(float(found.mean()), 4)
+        found = np.isfinite(landmarks).all(axis=(1, 2))
+        split["landmarks_found_share"] = round(float(found[train_rows].mean()), 4)
         face = {"landmarks": landmarks, "maskable": ~frame["mask"].isin([0, 1]).to_numpy()}
+        if drawn.any():  # a mask is drawn only where the face's landmarks place it
+            placed = ~drawn[train_rows] | found[train_rows]
+            split["drawn_masks"] = int(drawn[train_rows][placed].sum())
+            split["drawn_without_landmarks"] = int((~placed).sum())
+            train_rows = train_rows[placed]
+            split["train_images"] = len(train_rows)
+            face["draw"] = np.where(drawn, frame["mask"].to_numpy(), -1)
     train_set = CachedImages(images, train_rows, train_labels[train_rows], r.preprocess,
-                             augment, **face)
+                             augment, **face, seed=r.seed)
     val_set = CachedImages(images, val_rows, true_labels[val_rows], r.preprocess)
     return TrainingData(frame, split, train_set, val_set, val_rows, sources, val_sources,
                         select_on, problems)

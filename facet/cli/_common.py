@@ -19,7 +19,7 @@ def _read_table(data: list[str], manifests: list[str], root: Optional[Path], gro
                 fixes: Optional[Path], strict: bool):
     """Every --data folder and --manifest CSV as one table, one source each."""
     from facet.manifest import DataError, as_face_crops, read_manifest
-    from facet.models.data import apply_fixes, combine, read_competition
+    from facet.models.data import apply_fixes, combine, read_competition, with_drawn_masks
     if not data and not manifests:
         _fail("give --data (competition train/ folder) and/or --manifest (CSV), each as often "
               "as there are sources")
@@ -30,9 +30,12 @@ def _read_table(data: list[str], manifests: list[str], root: Optional[Path], gro
             table = read_competition(path, strict, options.get("name"))
             tables.append(as_face_crops(table) if _flag(spec, options) else table)
         for spec in manifests:
-            path, options = _source_spec(spec, ("group", "root", "name", "path", "crops"))
+            path, options = _source_spec(spec, ("group", "root", "name", "path", "crops", "draw"))
             table = read_manifest(path, options.get("root", root), options.get("group", group),
                                   strict, options.get("name"), options.get("path", "path"))
+            if options.get("draw", "masks") != "masks":
+                _fail(f"{spec!r}: draw= takes masks, got {options['draw']!r}")
+            table = with_drawn_masks(table) if "draw" in options else table
             tables.append(as_face_crops(table) if _flag(spec, options) else table)
         table = combine(apply_fixes(tables, fixes, strict) if fixes else tables)
     except (DataError, FileNotFoundError) as exc:
@@ -72,7 +75,10 @@ DATA = typer.Option([], help="Competition train/ folder (images/, train.csv), op
                     "detector), as an image where no face is found is answered.")
 MANIFEST = typer.Option([], help="CSV with path and mask/gender/age columns (and face boxes "
                         "x0,y0,x1,y1 or xmin,ymin,xmax,ymax, one row per face), optionally "
-                        "',group=COL,root=DIR,name=NAME,path=COL,crops=1'; repeat for more sources.")
+                        "',group=COL,root=DIR,name=NAME,path=COL,crops=1,draw=masks'; repeat for more sources. "
+                        "draw=masks (mask model, faces without masks): each face gets a mask state "
+                        "and training draws it (over the nose, below it or on the chin, none); "
+                        "trained on only.")
 ROOT = typer.Option(None, help="Folder manifests' paths are relative to (default: each CSV's folder).")
 GROUP = typer.Option("person", help="Manifest column that keeps a person's images on one side of "
                      "the split; 'none': each image its own group (val scores optimistic).")

@@ -2,10 +2,13 @@
 
 A model trained on the competition layout alone learns how its masks are drawn and fails on
 street photos, so the recipe is made for a mix of sources (see README, "Mask on real faces"):
-the competition layout (drawn masks), real faces with fitted masks (maskon) and street faces,
-as tight crops (realmasks) or, for crop=face models, cut from the photos around their annotated
-boxes (realphotos), the street faces weighted up and choosing the checkpoint. Trained from the
-competition layout alone, it still works: weights and selection name sources it then ignores.
+the competition layout (drawn masks), real faces with fitted masks (maskon), street faces cut
+from their photos around their annotated boxes (realphotos) and the same faces as tight crops
+framed as one face filling the image (realmasks, ``crops=1``: what an image where no face is
+found is answered as), and real faces without masks with masks drawn over the nose, below it or
+on the chin (aafdrawn, utkdrawn: ``draw=masks``), the street faces weighted up and choosing the
+checkpoint. Trained from the competition layout alone, it still works: weights and selection
+name sources it then ignores.
 
 Augmentation groups (``aug_groups``; all by default): ``flip``; ``crop`` (zoom and shift: a
 detector's box is never centred like an aligned crop, and its margin varies); ``colour``
@@ -26,7 +29,7 @@ RECIPE = Recipe(
     label_smoothing=0.05,
     sampler="balanced",
     patience=2,
-    source_weights="maskfaces=1,maskon=1,realmasks=2,realphotos=2",
+    source_weights="maskfaces=1,maskon=1,realmasks=2,realphotos=2,aafdrawn=1,utkdrawn=1",
     select_on="realphotos,realmasks,all",
 )
 
