@@ -14,6 +14,7 @@ import pandas as pd
 from facet.combine import ATTRIBUTES, combine_labels
 from facet.manifest import read_manifest
 from facet.model_folder import INDEX
+from facet.preprocess import DEFAULT_RULES
 
 # What the data folder must hold (the layout of shared/data's DATASETS.md)
 LAYOUT = ("maskfaces/train", "maskfaces/eval/answers.csv", "maskon/labels.csv",
@@ -21,7 +22,7 @@ LAYOUT = ("maskfaces/train", "maskfaces/eval/answers.csv", "maskon/labels.csv",
           "aafrest/labels.csv", "utkextra/labels.csv")
 BUDGETS = ("auto", "cpu", "gpu")
 GPU_IMAGE_SIZE = 176  # the gpu budget's input side; it also trains twice each recipe's epochs
-MIN_SIDE = 24  # annotated faces smaller than this (px, shorter side) are not trained on
+MIN_SIDE = 24  # annotated faces smaller than this (px, shorter side) are not scored
 MASKS = ATTRIBUTES["mask"]
 REAL_FACES = ("aaf", "aafrest", "utkextra")  # gender and age: real faces beside maskfaces
 
@@ -118,10 +119,11 @@ def read_boxes(data: Path) -> pd.DataFrame:
 
 
 def boxed_source(data: Path, held: set[str], out: Path) -> Path:
-    """realphotos' boxes of the training photos (faces of :data:`MIN_SIDE` px or more)."""
+    """realphotos' boxes of the training photos (faces of the loader's minimum side or more)."""
     boxes = pd.read_csv(data / "realphotos/boxes.csv")
     keep = (~boxes["photo"].isin(held)) & (
-        np.minimum(boxes["xmax"] - boxes["xmin"], boxes["ymax"] - boxes["ymin"]) >= MIN_SIDE)
+        np.minimum(boxes["xmax"] - boxes["xmin"], boxes["ymax"] - boxes["ymin"])
+        >= DEFAULT_RULES.min_side)
     boxes = boxes[keep].assign(path=[str((data / "realphotos" / f).resolve())
                                      for f in boxes.loc[keep, "file"]])
     out.parent.mkdir(parents=True, exist_ok=True)
