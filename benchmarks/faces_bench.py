@@ -38,6 +38,7 @@ from benchmarks.mask_real import eval_sets, source_args
 from facet.combine import ATTRIBUTES
 from facet.faces import FACE_SCORE, Face, YuNet
 from facet.metrics import scores
+from facet.release.plan import read_boxes as load_boxes  # noqa: F401 (the benchmarks' name)
 from facet.preprocess import cut_face, read_image
 from facet.score import match_faces, score_photo_faces
 from facet.serve.batch import predict_paths
@@ -63,15 +64,6 @@ def train_and_export(shared: Path, runs: Path, models: Path) -> None:
             facet("train", attribute, *sources, "--set", "crop=face", "--run-dir", runs / attribute)
     if not (models / "facet.json").exists():
         facet("export", *(runs / a for a in plans), "--out", models)
-
-
-def load_boxes(shared: Path) -> pd.DataFrame:
-    boxes = pd.read_csv(shared / "realphotos/boxes.csv")
-    boxes["box"] = [(r.xmin, r.ymin, r.xmax - r.xmin, r.ymax - r.ymin) for r in boxes.itertuples()]
-    boxes["big"] = [min(b[2], b[3]) >= MIN_SIDE for b in boxes["box"]]
-    boxes["label"] = boxes["mask"] = [MASKS.index(m) for m in boxes["mask"]]  # codes
-    boxes["path"] = [str((shared / "realphotos" / f).resolve()) for f in boxes["file"]]
-    return boxes
 
 
 def detection(boxes: pd.DataFrame, upscale: float = 1.0,

@@ -26,10 +26,8 @@ import pandas as pd
 from benchmarks.faces_bench import load_boxes
 from benchmarks.mask_real import classify, load_run, source_args
 from facet.faces import YUNET, YUNET_S, YuNet
-from facet.manifest import read_manifest
-from facet.models.recipe import load_recipe
-from facet.models.split import split_by_source
-from facet.preprocess import DEFAULT_RULES, cut_face, read_image
+from facet.preprocess import cut_face, read_image
+from facet.release.plan import boxed_source, held_out_photos
 from facet.score import score_photo_faces
 
 BOXED = {"source_weights": "maskfaces=1,maskon=1,realphotos=2", "select_on": "realphotos,all"}
@@ -40,25 +38,6 @@ STEPS = [("street crops (realmasks)", "realmasks", 1.6), ("box-cut photos", "rea
 # today's detector and threshold, the new file at the same threshold and at its best detection F1
 DETECTORS = {"YuNet-s, 0.6": (YUNET_S, 0.6), "YuNet-n, 0.6": (YUNET, 0.6),
              "YuNet-n, 0.75": (YUNET, 0.75)}
-
-
-def held_out_photos(shared: Path) -> set[str]:
-    """The photos of realmasks' val split (by photo), as a default mask run makes it."""
-    frame = read_manifest(shared / "realmasks/labels.csv", group="photo").frame
-    _, val = split_by_source(frame, frame["mask"], load_recipe("mask")[0])
-    return set(frame["person"].iloc[val])
-
-
-def boxed_source(shared: Path, held: set[str], out: Path) -> Path:
-    """realphotos' boxes of the training photos (faces of the loader's minimum side or more)."""
-    boxes = pd.read_csv(shared / "realphotos/boxes.csv")
-    keep = (~boxes["photo"].isin(held)) & (
-        np.minimum(boxes["xmax"] - boxes["xmin"], boxes["ymax"] - boxes["ymin"]) >= DEFAULT_RULES.min_side)
-    boxes = boxes[keep].assign(path=[str((shared / "realphotos" / f).resolve())
-                                     for f in boxes.loc[keep, "file"]])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    boxes.drop(columns=["file"]).to_csv(out, index=False)
-    return out
 
 
 def train(shared: Path, run: Path, street: str, margin: float, boxed: Path) -> None:

@@ -17,7 +17,7 @@ import pandas as pd
 from facet.calibration import BINS, ece, reliability, scale
 from facet.combine import (ATTRIBUTES, TRUE_AGE_RULE, class_names, combine_labels, combine_probs,
                            parse_code, split_labels)
-from facet.metrics import age_bands, macro_f1_counts, scores
+from facet.metrics import age_bands, by_group, scores
 
 # The groups a face-attribute report is asked about; each is reported when the answers carry it.
 EXPECTED_GROUPS = {"race": "race", "gender": "gender", "age band (real age)": "age_years",
@@ -64,7 +64,7 @@ def build(details: pd.DataFrame, answers: pd.DataFrame, out_dir: Path,
     groups, missing = _group_columns(frame)
     rng = np.random.default_rng(seed)
     result["groups"] = {name if full else f"{score} by {name}":
-                        _by_group(values, *target, rng, resamples) | {"score": score, "by": name}
+                        by_group(values, *target, rng, resamples) | {"score": score, "by": name}
                         for name, values in groups.items()
                         for score, target in targets.items() if name != score}
     result["groups_not_reported"] = missing
@@ -157,31 +157,6 @@ def _group_columns(frame: pd.DataFrame) -> tuple[dict[str, pd.Series], list[dict
         del groups[name]
         missing.append({"group": name, "why": "no usable value in its column"})
     return groups, missing
-
-
-def _by_group(values: pd.Series, truth, pred, n_classes: int, rng, resamples: int) -> dict:
-    """Macro-F1 and accuracy of (truth, pred) per value, with bootstrap intervals; images with
-    no true label (< 0) are left out."""
-    rows = []
-    values = values.where(truth >= 0)
-    for value in sorted(v for v in values.dropna().unique()):
-        idx = np.flatnonzero((values == value).to_numpy())
-        t, p = truth[idx], pred[idx]
-        draws = rng.integers(0, len(idx), (resamples, len(idx)))
-        f1s = np.array([macro_f1_counts(t[d], p[d], n_classes) for d in draws])
-        accs = (t[draws] == p[draws]).mean(1)
-        rows.append({"value": str(value), "images": len(idx),
-                     "macro_f1": round(macro_f1_counts(t, p, n_classes), 4),
-                     "macro_f1_ci": [round(float(x), 4) for x in np.percentile(f1s, [2.5, 97.5])],
-                     "accuracy": round(float((t == p).mean()), 4),
-                     "accuracy_ci": [round(float(x), 4) for x in np.percentile(accs, [2.5, 97.5])]})
-    best = max(rows, key=lambda r: r["macro_f1"])
-    worst = min(rows, key=lambda r: r["macro_f1"])
-    return {"values": rows, "gap": {
-        "best": best["value"], "worst": worst["value"],
-        "macro_f1_gap": round(best["macro_f1"] - worst["macro_f1"], 4),
-        # the intervals do not overlap: a gap the sampling alone does not explain
-        "clear": worst["macro_f1_ci"][1] < best["macro_f1_ci"][0]}}
 
 
 def _calibration(attributes: dict, true_codes: dict, truth, temperatures) -> dict:

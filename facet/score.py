@@ -76,13 +76,14 @@ def match_faces(truth: list[tuple], found: list[tuple]) -> list[int]:
 
 
 def score_photo_faces(annotated: pd.DataFrame, found: dict[str, list[tuple[tuple, int]]],
-                      attribute: str = "mask", scored=None) -> dict:
+                      attribute: str = "mask", scored=None, answers: bool = False) -> dict:
     """Photo -> faces -> answers against the annotated faces: ``annotated`` has a row per face
     (``path``, ``box`` (x, y, w, h), the ``attribute``'s code); ``found`` maps a photo to its
     detections (box, answer code), best score first. Every annotated face of a photo competes
     for its detections (so a detection of a small face is not taken for a large one); the
     ``scored`` rows (a boolean mask; default all) are scored, a face no detection matched as a
-    miss. Returns macro-F1, faces, missed and per-class F1 (rounded to 4 places)."""
+    miss. Returns macro-F1, faces, missed and per-class F1 (rounded to 4 places); with
+    ``answers``, also the scored faces' ``truth``, ``pred`` (-1: missed) and ``photo`` arrays."""
     pred = np.full(len(annotated), -1)
     position = {index: k for k, index in enumerate(annotated.index)}
     for path, faces in annotated.groupby("path", sort=False):
@@ -97,7 +98,9 @@ def score_photo_faces(annotated: pd.DataFrame, found: dict[str, list[tuple[tuple
     s = scores(truth, pred, len(classes))
     return {"macro_f1": round(s["macro_f1"], 4), "faces": int(rows.sum()),
             "missed": int((pred < 0).sum()),
-            "per_class_f1": {c: round(f, 4) for c, f in zip(classes, s["per_class_f1"])}}
+            "per_class_f1": {c: round(f, 4) for c, f in zip(classes, s["per_class_f1"])},
+            **({"truth": truth, "pred": pred, "photo": annotated["path"].to_numpy()[rows]}
+               if answers else {})}
 
 
 def plot(result: dict, path: Path) -> None:

@@ -60,10 +60,12 @@ def test_build_set_keeps_int8_where_it_costs_nothing_and_cards_the_scores(tmp_pa
     assert index["models"] == {"compact": {"mask": "mask.int8.onnx", "gender": "gender.onnx",
                                            "age": "age.int8.onnx"}}
     assert sorted(p.name for p in out.glob("*.onnx")) == sorted(index["models"]["compact"].values())
-    assert index["card"]["scores"]["colours"] == {"images": 60, "no_face_found": 0, "mask": 1.0,
-                                                  "gender": 1.0, "age": 1.0, "18 classes": 1.0}
+    assert index["card"]["scores"]["colours"] == {
+        "images": 60, "no_face_found": 0, "mask": 1.0, "gender": 1.0, "age": 1.0,
+        "18 classes": 1.0, "intervals": {k: [1.0, 1.0] for k in (*ATTRIBUTES, "18 classes")}}
     card = (out / "MODEL_CARD.md").read_text()
-    assert "| colours (60 images) | mask, gender, age | 1.000 | 1.000 | 1.000 | 1.000 |" in card
+    assert ("| colours (60 images) | mask, gender, age | 1.000 (1.000-1.000) | 1.000 (1.000-1.000) "
+            "| 1.000 (1.000-1.000) | 1.000 (1.000-1.000) |") in card
     assert "mask int8, gender fp32, age int8" in card and card.endswith("- none measured here\n")
 
     # the same build reproduces itself; another set of models does not

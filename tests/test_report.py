@@ -138,3 +138,21 @@ def test_a_manifest_with_real_ages_is_scored_per_attribute_by_age_band(tmp_path)
     manifest.loc[3, "gender"] = "robot"
     with pytest.raises(ReportError, match="line 5"):
         build(pd.DataFrame(details), manifest, tmp_path, resamples=100)
+
+
+def test_f1_interval_holds_the_estimate_is_seeded_and_narrows_with_more_rows():
+    from facet.metrics import f1_interval
+    rng = np.random.default_rng(1)
+    truth = rng.integers(0, 3, 4000)
+    pred = np.where(rng.random(4000) < 0.7, truth, rng.integers(0, 3, 4000))
+    point = macro_f1_counts(truth, pred, 3)
+    small = f1_interval(truth[:200], pred[:200], 3, np.random.default_rng(0))
+    large = f1_interval(truth, pred, 3, np.random.default_rng(0))
+    assert large[0] < point < large[1]
+    assert small[0] <= macro_f1_counts(truth[:200], pred[:200], 3) <= small[1]
+    assert large[1] - large[0] < (small[1] - small[0]) / 2
+    assert f1_interval(truth, pred, 3, np.random.default_rng(0)) == large  # seeded
+    photos = np.repeat(np.arange(400), 10)  # whole clusters (the faces of a photo) drawn
+    clustered = f1_interval(truth, np.where(photos % 2 == 0, truth, pred), 3,
+                            np.random.default_rng(0), clusters=photos)
+    assert clustered[0] < macro_f1_counts(truth, np.where(photos % 2 == 0, truth, pred), 3) < clustered[1]

@@ -54,9 +54,27 @@ def render(info: dict) -> str:
     if card and card.get("scores"):
         lines += ["", "measured (macro-F1; see MODEL_CARD.md beside the models):"]
         for name, row in card["scores"].items():
-            lines.append(f"  {name}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
-                                                   for k, v in row.items()))
+            lines += _score_lines(name, row)
     return "\n".join(lines)
+
+
+def _score_lines(name: str, row: dict) -> list[str]:
+    """A set's card scores: each macro-F1 with its 95% interval, then its groups' scores."""
+    intervals = row.get("intervals", {})
+
+    def score(key, value):
+        ci = intervals.get(key)
+        return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+    lines = [f"  {name}: " + ", ".join(
+        f"{k} {score(k, v)}" if isinstance(v, float) else f"{k} {v}"
+        for k, v in row.items() if k not in ("intervals", "by"))]
+    for attribute, groupings in row.get("by", {}).items():
+        for by, values in groupings.items():
+            lines.append(f"    {attribute} by {by}: " + ", ".join(
+                f"{v['value']} {v['macro_f1']:.3f} [{v['macro_f1_ci'][0]:.3f}, "
+                f"{v['macro_f1_ci'][1]:.3f}]" for v in values))
+    return lines
 
 
 def _attribute_lines(attribute: str, meta: dict, evaluations: dict) -> list[str]:
