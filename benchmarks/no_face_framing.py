@@ -1,9 +1,12 @@
-"""Face crops where the detector finds no face: how the shipped mask model answers them when they
-are framed as today (the whole image stretched to the input), as one face filling the image (the
-crop rule with the image as the face box), or always so (no detection at all). Inference only:
-it says whether the framing alone helps the models as trained.
+"""Face crops, framed three ways, on the held-out street crops (realmasks' crops of the photos no
+shipped model trains on): the largest face found, else the whole image stretched to the input
+(the fallback of models trained before `frame`); the face found, else the image framed as one
+face filling it (the crop rule with the image as the face box: `frame`, today's default); and
+always framed so, no detection at all. Mask macro-F1 with 95% bootstrap intervals (whole photos
+resampled), for every model folder given, on all crops and on those with / without a face found.
 
-    python -m benchmarks.no_face_framing --shared ../shared/data
+    python -m benchmarks.no_face_framing --shared ../shared/data \
+        --models new=facet/assets/models --models previous=/tmp/previous_set
 """
 from __future__ import annotations
 
@@ -16,56 +19,59 @@ import pandas as pd
 
 from facet import shipped
 from facet.combine import MASK
-from facet.faces import Face, crop_box, cut
-from facet.metrics import macro_f1_counts
-from facet.preprocess import read_image, resize
+from facet.faces import Face, image_face
+from facet.metrics import f1_interval, macro_f1_counts
+from facet.preprocess import PreprocessSpec, cut_face, read_image, resize
+from facet.release.plan import held_out_photos
 from facet.serve.options import AnswerOptions
 from facet.serve.predictor import Predictor
 
 RESULTS = Path(__file__).parent / "results"
+FRAMINGS = ("found, else stretched", "found, else framed (frame)", "always framed")
 
 
-def framings(rgb: np.ndarray, faces: list[Face], spec) -> dict[str, np.ndarray]:
-    height, width = rgb.shape[:2]
-    left, top, side = crop_box(Face((0, 0, width, height), 1.0), spec.margin)
-    as_face = resize(cut(rgb, left, top, side, side), spec)
-    stretched = resize(rgb, spec)
+def framings(rgb: np.ndarray, faces: list[Face], spec: PreprocessSpec) -> list[np.ndarray]:
+    """The crop's input under each of :data:`FRAMINGS`."""
+    framed = cut_face(rgb, image_face(rgb.shape[1], rgb.shape[0]), spec)
     if not faces:
-        return {"detected, else stretched (today)": stretched,
-                "detected, else framed as a face": as_face, "always framed as a face": as_face}
-    largest = max(faces, key=lambda f: f.box[2] * f.box[3])
-    left, top, side = crop_box(largest, spec.margin)
-    detected = resize(cut(rgb, left, top, side, side), spec)
-    return {"detected, else stretched (today)": detected,
-            "detected, else framed as a face": detected, "always framed as a face": as_face}
+        return [resize(rgb, spec), framed, framed]
+    found = cut_face(rgb, max(faces, key=lambda f: f.box[2] * f.box[3]), spec)
+    return [found, found, framed]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", type=Path, required=True, help="../shared/data")
+    parser.add_argument("--models", action="append", default=[], metavar="NAME=DIR",
+                        help="model folders (crop=face); default: the shipped set")
+    parser.add_argument("--resamples", type=int, default=1000)
     args = parser.parse_args()
     root = args.shared / "realmasks"
     labels = pd.read_csv(root / "labels.csv")
+    labels = labels[labels["photo"].isin(held_out_photos(args.shared))].reset_index(drop=True)
     truth = labels["mask"].map({m: i for i, m in enumerate(MASK)}).to_numpy()
-    predictor = Predictor(shipped.resolve(None)[0])
-    spec = predictor.distinct_specs[0]  # the shipped set: one spec (128 px, crop=face x2.0)
     detector = AnswerOptions().face_detector()  # as `facet predict` finds faces
-    found, inputs = [], {}
-    for path in labels["path"]:
-        rgb = read_image(root / path)
-        faces = detector.detect(rgb)
-        found.append(bool(faces))
-        for name, image in framings(rgb, faces, spec).items():
-            inputs.setdefault(name, []).append(image)
-    found = np.array(found)
-    result = {"crops": len(labels), "no_face_found": int((~found).sum())}
-    for name, images in inputs.items():
-        batch = np.stack(images)
-        pred = predictor.predict({s: batch for s in predictor.distinct_specs}
-                                 ).attributes["mask"].argmax(1)
-        result[name] = {part: round(macro_f1_counts(truth[rows], pred[rows], 3), 4)
-                        for part, rows in (("all", slice(None)), ("no face found", ~found),
-                                           ("face found", found))}
+    images = [read_image(root / p) for p in labels["path"]]
+    faces = [detector.detect(rgb) for rgb in images]
+    found = np.array([bool(f) for f in faces])
+    result = {"crops": len(labels), "photos": int(labels["photo"].nunique()),
+              "no_face_found": int((~found).sum())}
+    folders = dict(m.split("=", 1) for m in args.models) or {"shipped": shipped.resolve(None)[0]}
+    rng = np.random.default_rng(0)
+    for name, folder in folders.items():
+        predictor = Predictor(Path(folder))
+        spec = predictor.distinct_specs[0]
+        inputs = list(zip(*(framings(rgb, f, spec) for rgb, f in zip(images, faces))))
+        result[name] = {}
+        for framing, batch in zip(FRAMINGS, inputs):
+            pred = predictor.predict({s: np.stack(batch) for s in predictor.distinct_specs}
+                                     ).attributes["mask"].argmax(1)
+            result[name][framing] = {
+                part: {"macro_f1": round(macro_f1_counts(truth[rows], pred[rows], 3), 4),
+                       "ci": f1_interval(truth[rows], pred[rows], 3, rng, args.resamples,
+                                         clusters=labels["photo"].to_numpy()[rows])}
+                for part, rows in (("all", np.ones(len(found), bool)), ("no face found", ~found),
+                                   ("face found", found))}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "no_face_framing.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -5,8 +5,9 @@ with the same scoring: gender and age-group macro-F1 with 95% bootstrap interval
 The peer runs in a venv of its own (created on first use; never a dependency of facet) through
 benchmarks/peer_predict.py. Each answers as a user gets it: the first face found, else the
 whole image taken as the face. Sets (none trained on by the shipped models):
-- aafrest: All-Age-Faces faces outside the shipped models' training list, mostly East Asian;
-- utkextra: UTKFace faces no maskfaces split uses, also by race and at 13+ for gender;
+- aaf val, aafrest val: All-Age-Faces faces, mostly East Asian: the val split of the gender / age
+  runs of the shipped set's build;
+- utkextra val: UTKFace faces no maskfaces split uses, also by race and at 13+ for gender;
 - maskfaces eval: the same 900 persons without a mask and with a drawn mask worn (mask1).
 Writes benchmarks/results/peer.json and peer.md.
 
@@ -25,7 +26,8 @@ import pandas as pd
 
 from facet import shipped
 from facet.combine import TRUE_AGE_RULE
-from facet.metrics import macro_f1_counts
+from facet.metrics import f1_interval, macro_f1_counts
+from facet.release.sets import source_val
 from facet.serve.batch import predict_paths
 from facet.serve.predictor import Predictor
 
@@ -52,15 +54,16 @@ def peer_answers(python: Path, paths: list[str]) -> pd.DataFrame:
 
 
 def sets(shared: Path) -> dict[str, pd.DataFrame]:
-    """name -> frame with path, gender (0/1), age_group, and years / race where known."""
+    """name -> frame with path, gender (0/1) and/or age_group, and years / race where known.
+    aaf, aafrest and utkextra: the val split of each (the rows the gender / age runs of the shipped
+    set's build did not train on), one set per attribute."""
     out = {}
-    for name in ("aafrest", "utkextra"):
-        frame = pd.read_csv(shared / name / "labels.csv")
-        frame["path"] = [str(shared / name / p) for p in frame["path"]]
-        frame["gender"] = frame["gender"].map(GENDERS)
-        frame["years"] = frame["age"]
-        frame["age_group"] = [TRUE_AGE_RULE.group(int(a)) for a in frame["age"]]
-        out[name] = frame
+    for name in ("aaf", "aafrest", "utkextra"):
+        for attribute in ("gender", "age"):
+            frame = source_val(shared, name, attribute).rename(columns={"age_years": "years"})
+            if attribute == "age":
+                frame["age_group"] = [TRUE_AGE_RULE.group(int(a)) for a in frame.pop("age")]
+            out[f"{name} val ({attribute})"] = frame
     answers = pd.read_csv(shared / "maskfaces" / "eval" / "answers.csv")
     answers["path"] = [str(shared / "maskfaces" / "eval" / "images" / i) for i in answers["ImageID"]]
     answers = answers.rename(columns={"age": "age_group"})
@@ -70,21 +73,21 @@ def sets(shared: Path) -> dict[str, pd.DataFrame]:
 
 
 def f1_with_interval(truth: np.ndarray, pred: np.ndarray, n: int, rng, resamples: int) -> dict:
-    draws = rng.integers(0, len(truth), (resamples, len(truth)))
-    f1s = [macro_f1_counts(truth[d], pred[d], n) for d in draws]
     return {"images": len(truth), "macro_f1": round(macro_f1_counts(truth, pred, n), 4),
-            "ci": [round(float(x), 4) for x in np.percentile(f1s, [2.5, 97.5])]}
+            "ci": f1_interval(truth, pred, n, rng, resamples)}
 
 
 def score(frame: pd.DataFrame, gender: np.ndarray, age: np.ndarray, rng, resamples: int) -> dict:
-    result = {"images": len(frame),
-              "gender": f1_with_interval(frame["gender"].to_numpy(), gender, 2, rng, resamples),
-              "age": f1_with_interval(frame["age_group"].to_numpy(), age, 3, rng, resamples)}
-    if "years" in frame:  # gender from 13 on, where children's faces no longer decide it
+    result = {"images": len(frame)}
+    if "gender" in frame:
+        result["gender"] = f1_with_interval(frame["gender"].to_numpy(), gender, 2, rng, resamples)
+    if "age_group" in frame:
+        result["age"] = f1_with_interval(frame["age_group"].to_numpy(), age, 3, rng, resamples)
+    if "years" in frame and "gender" in frame:  # from 13 on, where children's faces no longer decide it
         teen = (frame["years"] >= 13).to_numpy()
         result["gender_13+"] = f1_with_interval(frame["gender"].to_numpy()[teen], gender[teen], 2,
                                                 rng, resamples)
-    if "race" in frame:
+    if "race" in frame and "gender" in frame:
         result["gender_by_race"] = {
             race: f1_with_interval(frame["gender"].to_numpy()[idx], gender[idx], 2, rng,
                                    resamples)
@@ -97,24 +100,31 @@ def main():
     parser.add_argument("--shared", type=Path, required=True, help="../shared/data")
     parser.add_argument("--venv", type=Path, default=Path(".cache/peer-venv"))
     parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--models", action="append", default=[], metavar="NAME=DIR",
+                        help="facet model folders to score beside the peer (default: the "
+                             "shipped set, as 'facet'); repeat for several")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     python = peer_venv(args.venv)
-    predictor = Predictor(shipped.resolve(None)[0])
+    folders = dict(m.split("=", 1) for m in args.models) or {"facet": shipped.resolve(None)[0]}
+    predictors = {name: Predictor(Path(folder)) for name, folder in folders.items()}
     result = {}
     for name, frame in sets(args.shared).items():
         paths = frame["path"].tolist()
-        ours = predict_paths(predictor, paths, progress=False)
+        result[name] = {}
+        for who, predictor in predictors.items():
+            ours = predict_paths(predictor, paths, progress=False)
+            result[name][who] = {
+                **score(frame, ours.attributes["gender"].argmax(1),
+                        ours.attributes["age"].argmax(1), rng, args.resamples),
+                "face_found": round(float(np.mean([f is True for f in ours.face_found])), 4)}
         theirs = peer_answers(python, paths)
-        result[name] = {
-            "facet": {**score(frame, ours.attributes["gender"].argmax(1),
-                              ours.attributes["age"].argmax(1), rng, args.resamples),
-                      "face_found": round(float(np.mean([f is True for f in ours.face_found])), 4)},
-            "peer": {**score(frame, theirs["gender"].map(GENDERS).to_numpy(),
-                             np.array([TRUE_AGE_RULE.group(int(a)) for a in theirs["age"]]),
-                             rng, args.resamples),
-                     "face_found": round(float(theirs["detected"].mean()), 4)}}
-        print(name, json.dumps({k: (v["gender"], v["age"]) for k, v in result[name].items()}))
+        result[name]["peer"] = {
+            **score(frame, theirs["gender"].map(GENDERS).to_numpy(),
+                    np.array([TRUE_AGE_RULE.group(int(a)) for a in theirs["age"]]),
+                    rng, args.resamples),
+            "face_found": round(float(theirs["detected"].mean()), 4)}
+        print(name, json.dumps({k: (v.get("gender"), v.get("age")) for k, v in result[name].items()}))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "peer.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "peer.md").write_text(table(result))
@@ -125,19 +135,19 @@ def table(result: dict) -> str:
     def cell(entry: dict) -> str:
         return f"{entry['macro_f1']:.3f} ({entry['ci'][0]:.3f}-{entry['ci'][1]:.3f})"
 
-    lines = ["| set | metric | images | facet | peer |", "|---|---|---|---|---|"]
-    for name, both in result.items():
-        ours, theirs = both["facet"], both["peer"]
-        rows = [("gender", ours["gender"], theirs["gender"]), ("age", ours["age"], theirs["age"])]
-        if "gender_13+" in ours:
-            rows.append(("gender, 13+", ours["gender_13+"], theirs["gender_13+"]))
-        for race in ours.get("gender_by_race", {}):
-            rows.append((f"gender, {race}", ours["gender_by_race"][race],
-                         theirs["gender_by_race"][race]))
-        for metric, a, b in rows:
-            lines.append(f"| {name} | {metric} | {a['images']:,} | {cell(a)} | {cell(b)} |")
-        lines.append(f"| {name} | face found | {ours['images']:,} | {ours['face_found']:.3f} | "
-                     f"{theirs['face_found']:.3f} |")
+    who = list(next(iter(result.values())))
+    lines = [f"| set | metric | images | {' | '.join(who)} |", "|---|---|---|" + "---|" * len(who)]
+    for name, scored in result.items():
+        first = scored[who[0]]
+        metrics = [m for m in ("gender", "age", "gender_13+") if m in first]
+        rows = [(m.replace("_", ", "), [scored[w][m] for w in who]) for m in metrics]
+        rows += [(f"gender, {race}", [scored[w]["gender_by_race"][race] for w in who])
+                 for race in first.get("gender_by_race", {})]
+        for metric, cells in rows:
+            lines.append(f"| {name} | {metric} | {cells[0]['images']:,} | "
+                         + " | ".join(cell(c) for c in cells) + " |")
+        lines.append(f"| {name} | face found | {first['images']:,} | "
+                     + " | ".join(f"{scored[w]['face_found']:.3f}" for w in who) + " |")
     return "\n".join(lines) + "\n"
 
 

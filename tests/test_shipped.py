@@ -56,9 +56,9 @@ def test_info_describes_the_shipped_set():
     # what --json says of the folder is what is in it: the files, their sizes, their metadata
     assert info["folder"] == str(shipped.MODELS) and info["default_variant"] == "compact"
     files = info["variants"]["compact"]
-    assert {a: f["file"] for a, f in files.items()} == {"mask": "mask.onnx",
-                                                       "gender": "gender.int8.onnx",
-                                                       "age": "age.onnx"}
+    chosen = info["card"]["chosen"]  # each attribute's file is the variant the build chose
+    assert {a: f["file"] for a, f in files.items()} == {
+        a: f"{a}.int8.onnx" if chosen[a] == "int8" else f"{a}.onnx" for a in ATTRIBUTES}
     for f in files.values():
         assert f["bytes"] == (shipped.MODELS / f["file"]).stat().st_size > 1_000_000
     for attribute, meta in info["attributes"].items():

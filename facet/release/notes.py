@@ -27,8 +27,8 @@ Sources: {'; '.join(f'{k}: {v}' for k, v in LICENSES.items())}.
 - The groups that score lowest (race, real-age band) are listed under "Where it fails" above,
   with their intervals; a group of few images has a wide interval.
 - Small, turned or partly hidden faces: a face that is not found gets no answer of its own (the
-  photo's answer then comes from the whole image, `face_found=false`); the share found on street
-  photos is the realphotos row's "found".
+  photo's answer then comes from the whole image framed as one face, `face_found=false`); the
+  share found on street photos is the realphotos row's "found".
 - `incorrect` masks are rare in real photos: their F1 moves by about 0.1 per face, so the
   realphotos and realmasks mask scores have the widest intervals.
 - Tight face crops (the realmasks row) score lower than photos: the models are trained to see
