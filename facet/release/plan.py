@@ -77,10 +77,9 @@ def train_commands(data: Path, runs: Path, budget: str) -> dict[str, list[str]]:
     real = [a for s in REAL_FACES for a in ("--manifest", f"{data / s / 'labels.csv'},group=group")]
     sources = {
         "mask": [*faces, "--manifest", f"{data / 'maskon/labels.csv'},group=group",
-                 "--manifest", f"{runs / 'realphotos_train.csv'},group=photo,name=realphotos",
-                 "--manifest", f"{runs / 'realmasks_train.csv'},group=photo,name=realmasks,crops=1",
-                 "--manifest", f"{data / 'aaf/labels.csv'},group=group,name=aafdrawn,draw=masks",
-                 "--manifest", f"{data / 'utkextra/labels.csv'},group=group,name=utkdrawn,draw=masks"],
+                 # the street crops (crops=1) and drawn masks on real faces (draw=masks)
+                 # lowered photo -> mask on the held-out photos: BENCHMARKS, "Ready-made models"
+                 "--manifest", f"{runs / 'realphotos_train.csv'},group=photo,name=realphotos"],
         "gender": [*faces, *real], "age": [*faces, *real]}
     return {a: ["train", a, *sources[a], "--set", "crop=face", *budget_overrides(a, budget),
                 "--run-dir", str(runs / a)] for a in ATTRIBUTES}
@@ -131,17 +130,6 @@ def boxed_source(data: Path, held: set[str], out: Path) -> Path:
     return out
 
 
-def realmasks_train(data: Path, held: set[str], out: Path) -> Path:
-    """realmasks' crops of the photos that are not held out (paths absolute)."""
-    csv = data / "realmasks/labels.csv"
-    rows = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    rows = rows[~rows["photo"].isin(held)]
-    rows = rows.assign(path=[str((csv.parent / p).resolve()) for p in rows["path"]])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    rows.to_csv(out, index=False)
-    return out
-
-
 def plan(data: Path, runs: Path, budget: str = "auto") -> Plan:
     """Check the data folder, write RUNS' training manifests and say what runs."""
     check_layout(data)
@@ -149,7 +137,6 @@ def plan(data: Path, runs: Path, budget: str = "auto") -> Plan:
     runs.mkdir(parents=True, exist_ok=True)
     held = held_out_photos(data)
     boxed_source(data, held, runs / "realphotos_train.csv")
-    realmasks_train(data, held, runs / "realmasks_train.csv")
     return Plan(data, runs, budget, train_commands(data, runs, budget), held)
 
 

@@ -2,13 +2,12 @@
 
 A model trained on the competition layout alone learns how its masks are drawn and fails on
 street photos, so the recipe is made for a mix of sources (see README, "Mask on real faces"):
-the competition layout (drawn masks), real faces with fitted masks (maskon), street faces cut
-from their photos around their annotated boxes (realphotos) and the same faces as tight crops
-framed as one face filling the image (realmasks, ``crops=1``: what an image where no face is
-found is answered as), and real faces without masks with masks drawn over the nose, below it or
-on the chin (aafdrawn, utkdrawn: ``draw=masks``), the street faces weighted up and choosing the
-checkpoint. Trained from the competition layout alone, it still works: weights and selection
-name sources it then ignores.
+the competition layout (drawn masks), real faces with fitted masks (maskon), street faces as
+tight crops (realmasks) or, for crop=face models, cut from the photos around their annotated
+boxes (realphotos), the street faces weighted up and choosing the checkpoint. Weights are set
+for two optional sources too: realmasks' crops framed as faces (``crops=1``) and real faces
+with masks drawn (aafdrawn, utkdrawn: ``draw=masks``). Trained from the competition layout
+alone, it still works: weights and selection name sources it then ignores.
 
 Augmentation groups (``aug_groups``; all by default): ``flip``; ``crop`` (zoom and shift: a
 detector's box is never centred like an aligned crop, and its margin varies); ``colour``
