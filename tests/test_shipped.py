@@ -80,10 +80,22 @@ def test_info_prints_every_score_of_the_card():
     output = runner.invoke(app, ["info"]).output
     scores = json.loads((shipped.MODELS / "facet.json").read_text())["card"]["scores"]
     assert "Research use only" in shipped.CARD.read_text()
+    lines = output.splitlines()
     for name, row in scores.items():
-        line = next(x for x in output.splitlines() if x.startswith(f"  {name}: "))
+        at = next(i for i, x in enumerate(lines) if x.startswith(f"  {name}: "))
+        intervals = row.get("intervals", {})
         for key, value in row.items():
-            assert (f"{key} {value:.3f}" if isinstance(value, float) else f"{key} {value}") in line
+            if key in ("intervals", "by"):
+                continue
+            shown = f"{key} {value:.3f}" if isinstance(value, float) else f"{key} {value}"
+            if key in intervals:
+                shown += f" [{intervals[key][0]:.3f}, {intervals[key][1]:.3f}]"
+            assert shown in lines[at]
+        groups = [x for x in lines[at + 1:at + 1 + 20] if x.startswith("    ")]
+        for attribute, groupings in row.get("by", {}).items():
+            for by, values in groupings.items():
+                line = next(x for x in groups if x.startswith(f"    {attribute} by {by}: "))
+                assert all(f"{v['value']} {v['macro_f1']:.3f}" in line for v in values)
 
 
 def test_every_shipped_file_is_package_data():

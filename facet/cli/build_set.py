@@ -27,7 +27,7 @@ def build_set(export: Optional[Path] = typer.Argument(None, help="A folder `face
               runs: Path = typer.Option(Path("runs/shipped"), help="--from-data: the runs, export and benchmark sets go here (an attribute already trained there is kept)."),
               budget: str = typer.Option("auto", help="--from-data: cpu (the recipes as they are), gpu (176 px, twice the epochs) or auto (gpu when torch sees CUDA)."),
               ):
-    """Build a model set for release from exported models, or from a data folder.
+    """A release model set, from exports or from a data folder.
 
     Per attribute, int8 where it loses at most --max-loss macro-F1 on every set, else fp32;
     the chosen files go into OUT as its default variant (compact), scored on the same sets

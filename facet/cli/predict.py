@@ -61,7 +61,10 @@ def predict(source: str = typer.Argument(..., help="eval/ folder, info.csv, a CS
 
     A row whose image cannot be read keeps `ans` empty, and the exit status is 3 (see the
     .errors.csv file). Models exported with crop=face find the faces first; the details
-    say whether a face was found."""
+    say whether a face was found. Face crops are answered the same way: the face the detector
+    finds in a crop frames it better than the crop taken whole (held-out street crops,
+    BENCHMARKS.md "Face crops without a detectable face"), and a crop where none is found is
+    framed as one face filling it (models trained with the frame fallback)."""
     from facet.atomic import write_csv
     from facet.faces import DetectorError
     from facet.model_folder import default_variant, read_index
