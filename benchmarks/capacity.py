@@ -2,7 +2,7 @@
 size, as onnxruntime runs it on this machine's CPU (per face, one at a time and in batches of
 64) and as CPU training runs it (images per second of forward + backward, channels_last, the
 loop's settings), measured in one run, sizes interleaved over rounds (medians). A GPU's cost
-is measured by `python -m benchmarks.gpu_check` where one is lent.
+is measured by `python -m benchmarks.gpu_check` on a GPU machine.
 
     python -m benchmarks.capacity --sizes 112,128,160,176,192,224 --rounds 3
 """

@@ -38,14 +38,13 @@ from benchmarks.mask_real import eval_sets, source_args
 from facet.combine import ATTRIBUTES
 from facet.faces import FACE_SCORE, Face, YuNet
 from facet.metrics import scores
-from facet.release.plan import read_boxes as load_boxes  # noqa: F401 (the benchmarks' name)
+from facet.release.plan import read_boxes as load_boxes
 from facet.preprocess import cut_face, read_image
 from facet.score import match_faces, score_photo_faces
 from facet.serve.batch import predict_paths
 from facet.serve.predictor import Predictor
 
 MASKS = ATTRIBUTES["mask"]
-MIN_SIDE = 24
 QUICK = ["--set", "epochs=1", "--set", "samples_per_epoch=1280"]
 
 

@@ -1,9 +1,9 @@
 """Face crops, framed three ways, on the held-out street crops (realmasks' crops of the photos no
 shipped model trains on): the largest face found, else the whole image stretched to the input
 (the fallback of models trained before `frame`); the face found, else the image framed as one
-face filling it (the crop rule with the image as the face box: `frame`, today's default); and
+face filling it (the crop rule with the image as the face box: `frame`, the default); and
 always framed so, no detection at all. Mask macro-F1 with 95% bootstrap intervals (whole photos
-resampled), for every model folder given, on all crops and on those with / without a face found.
+resampled; the same draws for every row), for every model folder given, on all crops and on those with / without a face found.
 
     python -m benchmarks.no_face_framing --shared ../shared/data \
         --models new=facet/assets/models --models previous=/tmp/previous_set
@@ -57,7 +57,6 @@ def main():
     result = {"crops": len(labels), "photos": int(labels["photo"].nunique()),
               "no_face_found": int((~found).sum())}
     folders = dict(m.split("=", 1) for m in args.models) or {"shipped": shipped.resolve(None)[0]}
-    rng = np.random.default_rng(0)
     for name, folder in folders.items():
         predictor = Predictor(Path(folder))
         spec = predictor.distinct_specs[0]
@@ -68,7 +67,8 @@ def main():
                                      ).attributes["mask"].argmax(1)
             result[name][framing] = {
                 part: {"macro_f1": round(macro_f1_counts(truth[rows], pred[rows], 3), 4),
-                       "ci": f1_interval(truth[rows], pred[rows], 3, rng, args.resamples,
+                       "ci": f1_interval(truth[rows], pred[rows], 3, np.random.default_rng(0),
+                                         args.resamples,
                                          clusters=labels["photo"].to_numpy()[rows])}
                 for part, rows in (("all", np.ones(len(found), bool)), ("no face found", ~found),
                                    ("face found", found))}

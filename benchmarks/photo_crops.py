@@ -20,14 +20,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from benchmarks.faces_bench import load_boxes
 from benchmarks.mask_real import classify, load_run, source_args
 from facet.faces import YUNET, YUNET_S, YuNet
 from facet.preprocess import cut_face, read_image
-from facet.release.plan import boxed_source, held_out_photos
+from facet.release.plan import boxed_source, held_out_photos, read_boxes
 from facet.score import score_photo_faces
 
 BOXED = {"source_weights": "maskfaces=1,maskon=1,realphotos=2", "select_on": "realphotos,all"}
@@ -81,7 +79,7 @@ def main() -> None:
     args = p.parse_args()
     held_photos = held_out_photos(args.shared)
     boxed = boxed_source(args.shared, held_photos, args.runs / "realphotos_train.csv")
-    boxes = load_boxes(args.shared)
+    boxes = read_boxes(args.shared)
     held = boxes[boxes["photo"].isin(held_photos) & boxes["big"]]
     found = {name: detect_all(sorted(held["path"].unique()), *d) for name, d in DETECTORS.items()}
     rows = []

@@ -102,8 +102,8 @@ class PreprocessSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PreprocessSpec":
-        """Models exported before faces were cropped have no crop fields: they take crops;
-        those exported before the ``frame`` fallback have none either: they stretch the image."""
+        """Models exported before faces were cropped have no crop fields (crop=none); every
+        crop=face model's metadata names its fallback (``whole`` before ``frame`` existed)."""
         return cls(int(d["height"]), int(d["width"]), str(d["resize_mode"]),
                    tuple(float(x) for x in d["mean"]), tuple(float(x) for x in d["std"]),
                    str(d.get("crop", "none")), float(d.get("margin", CROP_MARGIN)),

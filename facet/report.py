@@ -63,10 +63,12 @@ def build(details: pd.DataFrame, answers: pd.DataFrame, out_dir: Path,
                                                                 overall["per_class_f1"])))})
     groups, missing = _group_columns(frame)
     rng = np.random.default_rng(seed)
-    result["groups"] = {name if full else f"{score} by {name}":
-                        by_group(values, *target, rng, resamples) | {"score": score, "by": name}
-                        for name, values in groups.items()
-                        for score, target in targets.items() if name != score}
+    scored = {name if full else f"{score} by {name}":
+              by_group(values, *target, rng, resamples) | {"score": score, "by": name}
+              for name, values in groups.items()
+              for score, target in targets.items() if name != score}
+    # a group column with no value where the score has a label says nothing of that score
+    result["groups"] = {k: g for k, g in scored.items() if g["values"]}
     result["groups_not_reported"] = missing
     result["calibration"] = _calibration(attributes, true_codes, truth if full else None,
                                          temperatures)

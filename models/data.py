@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from facet.combine import MASK_BY_STEM, TRUE_AGE_RULE, AgeRule, parse_code
+from facet.combine import MASK, MASK_BY_STEM, TRUE_AGE_RULE, AgeRule, parse_code
 from facet.csvfile import read_csv
 from facet.manifest import COLUMNS, NO_GROUP, DataError, Problems, Table, parse_age, source_name
 from facet.preprocess import SUFFIXES
@@ -106,7 +106,7 @@ def with_drawn_masks(table: Table) -> Table:
     frame = table.frame.copy()
     if (frame["mask"] >= 0).any():
         raise DataError(f"source {table.name}: draw=masks is for faces without mask labels")
-    frame["mask"] = [int(hashlib.sha1(p.encode()).hexdigest(), 16) % 3 for p in frame["path"]]
+    frame["mask"] = [int(hashlib.sha1(p.encode()).hexdigest(), 16) % len(MASK) for p in frame["path"]]
     frame["drawn"] = True
     return Table(frame, table.problems, table.group, table.name)
 

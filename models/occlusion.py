@@ -12,6 +12,8 @@ import albumentations as A
 import cv2
 import numpy as np
 
+from facet.combine import MASK
+
 # Where an aligned face crop has its landmarks (x, y as shares of the side; YuNet's order:
 # the eye and mouth corner on the image's left first), the median over maskfaces' faces.
 FACE_FRAME = np.array([[0.28, 0.34], [0.70, 0.34], [0.47, 0.56], [0.31, 0.73], [0.67, 0.73]],
@@ -94,9 +96,9 @@ def _texture(h: int, w: int, rng: np.random.Generator, top, down, span) -> np.nd
     return cloth
 
 
-#: The mask state a drawn mask shows (``draw=masks`` sources): worn over the nose (0, wear);
-#: below the nose or on the chin (1, incorrect); none (2, not_wear).
-DRAWN_HEIGHTS = {0: ("over_nose",), 1: ("below_nose", "chin")}
+#: The mask state a drawn mask shows (``draw=masks`` sources): worn over the nose (wear);
+#: below the nose or on the chin (incorrect); none (not_wear).
+DRAWN_HEIGHTS = {MASK.index("wear"): ("over_nose",), MASK.index("incorrect"): ("below_nose", "chin")}
 
 
 def draw_for_label(image: np.ndarray, landmarks: np.ndarray, code: int,

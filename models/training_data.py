@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import (DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler,
                               Subset, WeightedRandomSampler, get_worker_info)
 
-from facet.combine import combine_labels
+from facet.combine import MASK, combine_labels
 from facet.manifest import DataError, Table
 from facet.metrics import AGE_BANDS
 from facet.preprocess import PreprocessSpec, normalize_factors
@@ -195,11 +195,14 @@ def prepare(recipe: Recipe, table: Table, augment: A.Compose, cache_dir: Path,
         split["landmarks_found_share"] = round(float(found[train_rows].mean()), 4)
         face = {"landmarks": landmarks, "maskable": ~frame["mask"].isin([0, 1]).to_numpy()}
         if drawn.any():  # a mask is drawn only where the face's landmarks place it
-            placed = ~drawn[train_rows] | found[train_rows]
+            bare = frame["mask"].to_numpy() == MASK.index("not_wear")  # nothing to draw
+            placed = (~drawn | found | bare)[train_rows]
             split["drawn_masks"] = int(drawn[train_rows][placed].sum())
             split["drawn_without_landmarks"] = int((~placed).sum())
             train_rows = train_rows[placed]
             split["train_images"] = len(train_rows)
+            for name, counts in split["sources"].items():
+                counts["train_images"] = int((frame["source"].iloc[train_rows] == name).sum())
             face["draw"] = np.where(drawn, frame["mask"].to_numpy(), -1)
     train_set = CachedImages(images, train_rows, train_labels[train_rows], r.preprocess,
                              augment, **face, seed=r.seed)

@@ -49,7 +49,7 @@ class EvalSet:
     photos: bool = False
 
 
-def score_set(predictor: Predictor, frame: pd.DataFrame, resamples: int = RESAMPLES) -> dict:
+def score_set(predictor: Predictor, frame: pd.DataFrame) -> dict:
     """macro-F1 of every attribute the set labels, and of the 18 classes where it labels all
     three, each with its 95% bootstrap interval (``intervals``); per attribute, by each group
     column the set carries (:data:`GROUPS`) and by real-age band where ages are known (``by``)."""
@@ -68,21 +68,21 @@ def score_set(predictor: Predictor, frame: pd.DataFrame, resamples: int = RESAMP
             continue
         pred = result.attributes[attribute].argmax(1)
         row[attribute] = round(scores(truth, pred, len(classes))["macro_f1"], 4)
-        intervals[attribute] = f1_interval(truth, pred, len(classes), rng, resamples)
-        by[attribute] = {name: by_group(values, truth, pred, len(classes), rng, resamples)["values"]
+        intervals[attribute] = f1_interval(truth, pred, len(classes), rng)
+        by[attribute] = {name: by_group(values, truth, pred, len(classes), rng)["values"]
                          for name, values in groups.items()
                          if not (name == "age band" and attribute == "age")}
     if all(a in row for a in ATTRIBUTES):
         truth = combine_labels(frame["mask"], frame["gender"], frame["age"])
         row["18 classes"] = round(scores(truth, result.labels, N_CLASSES)["macro_f1"], 4)
-        intervals["18 classes"] = f1_interval(truth, result.labels, N_CLASSES, rng, resamples)
+        intervals["18 classes"] = f1_interval(truth, result.labels, N_CLASSES, rng)
     row["intervals"] = intervals
     if any(by.values()):
         row["by"] = {a: g for a, g in by.items() if g}
     return row
 
 
-def score_photos(predictor: Predictor, faces: pd.DataFrame, resamples: int = RESAMPLES) -> dict:
+def score_photos(predictor: Predictor, faces: pd.DataFrame) -> dict:
     """Photo -> faces -> mask on annotated photos (``faces``: a row per annotated face): each
     face of :data:`MIN_FACE` px or more takes the detection matched to it; a missed face is
     wrong. The interval draws whole photos (their faces go together)."""
@@ -95,7 +95,7 @@ def score_photos(predictor: Predictor, faces: pd.DataFrame, resamples: int = RES
     big = np.array([min(b[2], b[3]) >= MIN_FACE for b in faces["box"]])
     s = score_photo_faces(faces, found, "mask", scored=big, answers=True)
     interval = f1_interval(s["truth"], s["pred"], len(ATTRIBUTES["mask"]),
-                           np.random.default_rng(SEED), resamples, clusters=s["photo"])
+                           np.random.default_rng(SEED), clusters=s["photo"])
     return {"photos": len(photos), "faces": s["faces"], "missed": s["missed"],
             "face recall": round(1 - s["missed"] / max(1, s["faces"]), 4),
             "mask": s["macro_f1"], "mask per class": s["per_class_f1"],

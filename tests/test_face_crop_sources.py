@@ -1,5 +1,6 @@
 """Sources made for crop=face models: face crops framed as one face filling the image (crops=1),
 and faces without masks turned into mask-state examples by drawing the mask (draw=masks)."""
+import json
 import shutil
 from pathlib import Path
 
@@ -106,3 +107,8 @@ def test_source_options_reach_training_and_bad_values_are_clear(faces_csv, datas
                              "--manifest", f"{faces_csv},draw=masks,crops=1,name=drawn"])
     assert ok.exit_code == 0, ok.output
     assert "7 with masks drawn" in ok.output
+    split = json.loads((tmp_path / "r" / "recipe.json").read_text())["data"]
+    codes = with_drawn_masks(read_manifest(faces_csv, name="drawn")).frame["mask"]
+    assert split["drawn_masks"] + split["drawn_without_landmarks"] == 7
+    assert split["drawn_masks"] >= (codes == 2).sum()  # nothing to draw: kept without landmarks
+    assert sum(s["train_images"] for s in split["sources"].values()) == split["train_images"]

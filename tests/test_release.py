@@ -18,7 +18,8 @@ from facet.cli import app
 from facet.combine import ATTRIBUTES
 from facet.models.recipe import load_recipe
 from facet.preprocess import PreprocessSpec
-from facet.release.plan import LAYOUT, PlanError, plan, resolve_budget, train_commands
+from facet.release.plan import (LAYOUT, PlanError, budget_shape, plan, resolve_budget,
+                                train_commands)
 from facet.release.sets import MASKED, write_sets
 
 from test_pseudo import PHOTOS, _model
@@ -154,11 +155,17 @@ def test_from_data_builds_the_set_with_trained_runs_in_place(data, tmp_path):
     for seed, attribute in enumerate(ATTRIBUTES):
         (runs / attribute).mkdir()
         (runs / attribute / "best.safetensors").write_bytes(b"")
+        (runs / attribute / "recipe.json").write_text(
+            json.dumps({"recipe": budget_shape(attribute, "cpu")}))
         onnx.save(_model(attribute, PreprocessSpec(32, 32, crop="face"), seed),
                   export / f"{attribute}.onnx")
     (export / "facet.json").write_text(json.dumps({"models": {
         "fp32": {a: f"{a}.onnx" for a in ATTRIBUTES}}}))
     out = tmp_path / "set"
+    gpu = runner.invoke(app, ["build-set", "--from-data", str(data), "--runs", str(runs),
+                              "--out", str(out), "--budget", "gpu"])
+    assert gpu.exit_code == 2 and "the gpu budget trains" in gpu.output  # not a card that lies
+    assert not out.exists()
     result = runner.invoke(app, ["build-set", "--from-data", str(data), "--runs", str(runs),
                                  "--out", str(out), "--budget", "cpu", "--results",
                                  str(tmp_path / "r.json")])

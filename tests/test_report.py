@@ -156,3 +156,26 @@ def test_f1_interval_holds_the_estimate_is_seeded_and_narrows_with_more_rows():
     clustered = f1_interval(truth, np.where(photos % 2 == 0, truth, pred), 3,
                             np.random.default_rng(0), clusters=photos)
     assert clustered[0] < macro_f1_counts(truth, np.where(photos % 2 == 0, truth, pred), 3) < clustered[1]
+
+
+def test_a_group_known_only_where_the_score_is_unlabelled_is_left_out(tmp_path):
+    """race is given only for faces without a gender label: no gender-by-race row, no crash."""
+    rng = np.random.default_rng(5)
+    n = 300
+    years, gender = rng.choice([6, 25, 40, 70], n), rng.integers(0, 2, n)
+    age_codes = np.digitize(years, [30, 60])
+    details = {"path": [f"/photos/{i:05d}.jpg" for i in range(n)],
+               "label": combine_labels(np.full(n, 2), gender, age_codes)}
+    for attribute, truth in (("mask", np.full(n, 2)), ("gender", gender), ("age", age_codes)):
+        probs = np.eye(len(ATTRIBUTES[attribute]))[truth] * 0.8 + 0.2 / len(ATTRIBUTES[attribute])
+        details.update({f"p_{attribute}_{c}": probs[:, j]
+                        for j, c in enumerate(ATTRIBUTES[attribute])})
+    manifest = pd.DataFrame({"path": [f"images/{i:05d}.jpg" for i in range(n)],
+                             "gender": np.array(["male", "female"])[gender],
+                             "age": years.astype(str), "group": np.arange(n).astype(str),
+                             "race": None})
+    manifest.loc[:19, "gender"] = ""
+    manifest.loc[:9, "race"], manifest.loc[10:19, "race"] = "asian", "black"
+    result = build(pd.DataFrame(details), manifest, tmp_path, resamples=50)
+    assert "age by race" in result["groups"] and "gender by race" not in result["groups"]
+    assert [v["images"] for v in result["groups"]["age by race"]["values"]] == [10, 10]

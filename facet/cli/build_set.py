@@ -17,7 +17,7 @@ READ_COLUMNS = {"path", "mask", "gender", "age", "age_group", "x0", "y0", "x1", 
 
 def build_set(export: Optional[Path] = typer.Argument(None, help="A folder `facet export --quantize` wrote (its fp32 and int8 files); or give --from-data."),
               out: Path = typer.Option(..., "--out", "-o", help="Folder to write the set into (its earlier models are replaced)."),
-              sets: list[str] = typer.Option([], "--eval", help="NAME=CSV: a labelled set to choose on and score (a manifest: path and any of mask, gender, age or age_group; other columns, such as race, are groups scored apart; age_years: real ages for the age bands only); repeat for several."),
+              sets: list[str] = typer.Option([], "--eval", help="NAME=CSV: a labelled set to choose on and score (a manifest: path and any of mask, gender, age or age_group; a race column: groups scored apart; age_years: real ages for the age bands only); repeat for several."),
               photos: list[str] = typer.Option([], "--photos", help="NAME=CSV: annotated photos, a row per face (path, face box x0,y0,x1,y1, mask), scored photo -> faces -> mask; repeat for several."),
               max_loss: float = typer.Option(0.005, min=0, help="Macro-F1 an int8 model may lose against fp32 on any set and still be chosen."),
               notes: Optional[Path] = typer.Option(None, help="Markdown added to the card: the data's sources and licences, known failure modes."),
@@ -86,11 +86,13 @@ def build_set(export: Optional[Path] = typer.Argument(None, help="A folder `face
 
 
 def with_groups(frame, csv: Path):
-    """The manifest's other columns (race, ...) joined on the path; ``age_years`` gives real
-    ages (for the age bands) where the manifest labels none."""
+    """The manifest's group columns (:data:`serve.model_set.GROUPS`) joined on the path;
+    ``age_years`` gives real ages (for the age bands) where the manifest labels none."""
     import pandas as pd
+
+    from serve.model_set import GROUPS
     raw = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    extra = [c for c in raw.columns if c not in READ_COLUMNS]
+    extra = [c for c in raw.columns if c in (*GROUPS, "age_years") and c not in READ_COLUMNS]
     if not extra:
         return frame
     raw["path"] = [str(csv.parent / p) for p in raw["path"]]

@@ -2,6 +2,8 @@
 measures (those measured are the card's "Where it fails", from the scores)."""
 from __future__ import annotations
 
+from facet.release.sets import MASKED
+
 LICENSES = {"maskfaces": "UTKFace faces: non-commercial research only",
             "maskon": "MaskedFace-Net / FFHQ: CC BY-NC-SA 4.0",
             "realmasks, realphotos": "Kaggle Face Mask Detection: CC0",
@@ -15,6 +17,8 @@ def card_notes(record: dict) -> str:
     masked = record.get("masked") or {}
     skipped = (f" ({masked['no_face_found']} of its images had no face found, so no mask drawn, "
                "and are left out)" if masked.get("no_face_found") else "")
+    drawn = (f'; "{MASKED}" draws masks on aaf\'s val faces{skipped}, still drawn masks, not '
+             "real ones" if masked.get("images") else "")
     return f"""**Research use only.** The training data is licensed for non-commercial research (UTKFace,
 MaskedFace-Net/FFHQ CC BY-NC-SA 4.0, All-Age-Faces: no license stated), and the models inherit
 that. Gender is predicted as two classes and age as three groups from appearance alone: they are
@@ -34,8 +38,7 @@ Sources: {'; '.join(f'{k}: {v}' for k, v in LICENSES.items())}.
 - Tight face crops (the realmasks row) score lower than photos: the models are trained to see
   the surroundings of a face; for crops, train with `--set crop=none`.
 - Gender and age of masked faces: no labelled set of real masked faces measures them (realphotos
-  has mask labels only); "{'aaf val, masks drawn (gender)'}" draws masks on aaf's val faces{skipped},
-  still drawn masks, not real ones.
+  has mask labels only){drawn}.
 - The faces are mostly East Asian (aaf, aafrest) and UTKFace's mix (maskfaces, utkextra, scored by
   race above): other populations are not measured.
 """

@@ -3,6 +3,7 @@ held-out street photos chosen, the training manifests written, and the exact `fa
 `facet export` commands of each attribute for a budget."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from facet.combine import ATTRIBUTES, combine_labels
 from facet.manifest import read_manifest
 from facet.model_folder import INDEX
 from facet.preprocess import DEFAULT_RULES
+from serve.model_set import MIN_FACE
 
 # What the data folder must hold (the layout of shared/data's DATASETS.md)
 LAYOUT = ("maskfaces/train", "maskfaces/eval/answers.csv", "maskon/labels.csv",
@@ -22,7 +24,6 @@ LAYOUT = ("maskfaces/train", "maskfaces/eval/answers.csv", "maskon/labels.csv",
           "aafrest/labels.csv", "utkextra/labels.csv")
 BUDGETS = ("auto", "cpu", "gpu")
 GPU_IMAGE_SIZE = 176  # the gpu budget's input side; it also trains twice each recipe's epochs
-MIN_SIDE = 24  # annotated faces smaller than this (px, shorter side) are not scored
 MASKS = ATTRIBUTES["mask"]
 REAL_FACES = ("aaf", "aafrest", "utkextra")  # gender and age: real faces beside maskfaces
 
@@ -33,7 +34,6 @@ class PlanError(ValueError):
 
 @dataclass
 class Plan:
-    data: Path
     runs: Path
     budget: str  # cpu or gpu (auto resolved)
     commands: dict[str, list[str]]  # attribute -> `facet` arguments (after the program)
@@ -62,17 +62,24 @@ def resolve_budget(budget: str) -> str:
     return budget
 
 
+def budget_shape(attribute: str, budget: str) -> dict[str, int]:
+    """The input side and epochs ``budget`` trains ``attribute`` with."""
+    from facet.models.recipe import load_recipe
+    recipe = load_recipe(attribute)[0]
+    if budget == "cpu":
+        return {"image_size": recipe.image_size, "epochs": recipe.epochs}
+    return {"image_size": GPU_IMAGE_SIZE, "epochs": 2 * recipe.epochs}
+
+
 def budget_overrides(attribute: str, budget: str) -> list[str]:
     if budget == "cpu":
         return []
-    from facet.models.recipe import load_recipe
-    epochs = load_recipe(attribute)[0].epochs
-    return ["--set", f"image_size={GPU_IMAGE_SIZE}", "--set", f"epochs={2 * epochs}"]
+    return [x for k, v in budget_shape(attribute, budget).items() for x in ("--set", f"{k}={v}")]
 
 
 def train_commands(data: Path, runs: Path, budget: str) -> dict[str, list[str]]:
     """The exact `facet train` arguments of each attribute (default recipe and seed, crop=face,
-    the budget's overrides); mask reads the manifests :func:`write_training_manifests` writes."""
+    the budget's overrides); mask reads the manifest :func:`boxed_source` writes."""
     faces = ["--data", str(data / "maskfaces/train")]
     real = [a for s in REAL_FACES for a in ("--manifest", f"{data / s / 'labels.csv'},group=group")]
     sources = {
@@ -108,10 +115,10 @@ def held_out_photos(data: Path) -> set[str]:
 
 def read_boxes(data: Path) -> pd.DataFrame:
     """realphotos' annotated faces: a row each, with ``box`` (x, y, w, h), ``big`` (short side
-    >= :data:`MIN_SIDE`), ``mask`` as a code and the photo's absolute ``path``."""
+    >= :data:`serve.model_set.MIN_FACE`), ``mask`` as a code and the photo's absolute ``path``."""
     boxes = pd.read_csv(data / "realphotos/boxes.csv")
     boxes["box"] = [(r.xmin, r.ymin, r.xmax - r.xmin, r.ymax - r.ymin) for r in boxes.itertuples()]
-    boxes["big"] = [min(b[2], b[3]) >= MIN_SIDE for b in boxes["box"]]
+    boxes["big"] = [min(b[2], b[3]) >= MIN_FACE for b in boxes["box"]]
     boxes["label"] = boxes["mask"] = [MASKS.index(m) for m in boxes["mask"]]
     boxes["path"] = [str((data / "realphotos" / f).resolve()) for f in boxes["file"]]
     return boxes
@@ -137,7 +144,7 @@ def plan(data: Path, runs: Path, budget: str = "auto") -> Plan:
     runs.mkdir(parents=True, exist_ok=True)
     held = held_out_photos(data)
     boxed_source(data, held, runs / "realphotos_train.csv")
-    return Plan(data, runs, budget, train_commands(data, runs, budget), held)
+    return Plan(runs, budget, train_commands(data, runs, budget), held)
 
 
 def facet(args: list[str]) -> None:
@@ -147,12 +154,22 @@ def facet(args: list[str]) -> None:
     subprocess.run(cmd, check=True)
 
 
-def train_and_export(p: Plan, attributes=tuple(ATTRIBUTES)) -> Path:
-    """Train what is missing (an attribute whose run has ``best.safetensors`` is skipped),
-    export what is missing; returns the export folder."""
-    for attribute in attributes:
-        if not (p.runs / attribute / "best.safetensors").exists():
+def train_and_export(p: Plan) -> Path:
+    """Train what is missing (an attribute whose run has ``best.safetensors`` is kept when the
+    budget would train it the same way), export what is missing; returns the export folder."""
+    for attribute in ATTRIBUTES:
+        run = p.runs / attribute
+        if not (run / "best.safetensors").exists():
             facet(p.commands[attribute])
+            continue
+        if not (run / "recipe.json").exists():
+            raise PlanError(f"{run} has best.safetensors but no recipe.json: not a facet run")
+        recipe = json.loads((run / "recipe.json").read_text())["recipe"]
+        wanted = budget_shape(attribute, p.budget)
+        had = {k: recipe[k] for k in wanted}
+        if had != wanted:
+            raise PlanError(f"{run} was trained with {had}, the {p.budget} budget trains {wanted}: "
+                            f"remove it to retrain, or pass the budget it was built with")
     export = p.runs / "export"
     if not (export / INDEX).exists():
         facet(p.export_command())
