@@ -3,7 +3,8 @@ shipped model trains on): the largest face found, else the whole image stretched
 (the fallback of models trained before `frame`); the face found, else the image framed as one
 face filling it (the crop rule with the image as the face box: `frame`, the default); and
 always framed so, no detection at all. Mask macro-F1 with 95% bootstrap intervals (whole photos
-resampled; the same draws for every row), for every model folder given, on all crops and on those with / without a face found.
+resampled; the same draws for every row), for every model folder given, on all crops and on
+those with / without a face found.
 
     python -m benchmarks.no_face_framing --shared ../shared/data \
         --models new=facet/assets/models --models previous=/tmp/previous_set

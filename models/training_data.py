@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import (DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler,
                               Subset, WeightedRandomSampler, get_worker_info)
 
-from facet.combine import MASK, combine_labels
+from facet.combine import combine_labels
 from facet.manifest import DataError, Table
 from facet.metrics import AGE_BANDS
 from facet.preprocess import PreprocessSpec, normalize_factors
@@ -21,7 +21,7 @@ from facet.preprocess import PreprocessSpec, normalize_factors
 from .augment import uses_landmarks
 from .cache import build_cache, cached_landmarks
 from .data import training_labels
-from .occlusion import draw_for_label
+from .occlusion import DRAWN_HEIGHTS, draw_for_label
 from .recipe import Recipe
 from .split import split_by_source
 
@@ -160,9 +160,8 @@ def prepare(recipe: Recipe, table: Table, augment: A.Compose, cache_dir: Path,
         train_rows = train_rows[persons.isin(kept).to_numpy()]
     split = {
         "train_images": len(train_rows), "val_images": len(val_rows),
-        "sources": {name: {"train_images": int((frame["source"].iloc[train_rows] == name).sum()),
-                           "val_images": int((frame["source"].iloc[val_rows] == name).sum())}
-                    for name in frame["source"].unique()},
+        "sources": {name: {"train_images": n, "val_images": _per_source(frame, val_rows)[name]}
+                    for name, n in _per_source(frame, train_rows).items()},
         "train_persons": int(frame["person"].iloc[train_rows].nunique()),
         "val_persons": int(frame["person"].iloc[val_rows].nunique()),
         "dropped_boundary_ages": int((training_labels(frame, r.attribute, r.age_rule) < 0).sum()),
@@ -195,20 +194,26 @@ def prepare(recipe: Recipe, table: Table, augment: A.Compose, cache_dir: Path,
         split["landmarks_found_share"] = round(float(found[train_rows].mean()), 4)
         face = {"landmarks": landmarks, "maskable": ~frame["mask"].isin([0, 1]).to_numpy()}
         if drawn.any():  # a mask is drawn only where the face's landmarks place it
-            bare = frame["mask"].to_numpy() == MASK.index("not_wear")  # nothing to draw
+            bare = ~frame["mask"].isin(list(DRAWN_HEIGHTS)).to_numpy()  # nothing to draw
             placed = (~drawn | found | bare)[train_rows]
             split["drawn_masks"] = int(drawn[train_rows][placed].sum())
             split["drawn_without_landmarks"] = int((~placed).sum())
             train_rows = train_rows[placed]
             split["train_images"] = len(train_rows)
-            for name, counts in split["sources"].items():
-                counts["train_images"] = int((frame["source"].iloc[train_rows] == name).sum())
+            for name, n in _per_source(frame, train_rows).items():
+                split["sources"][name]["train_images"] = n
             face["draw"] = np.where(drawn, frame["mask"].to_numpy(), -1)
     train_set = CachedImages(images, train_rows, train_labels[train_rows], r.preprocess,
                              augment, **face, seed=r.seed)
     val_set = CachedImages(images, val_rows, true_labels[val_rows], r.preprocess)
     return TrainingData(frame, split, train_set, val_set, val_rows, sources, val_sources,
                         select_on, problems)
+
+
+def _per_source(frame: pd.DataFrame, rows: np.ndarray) -> dict[str, int]:
+    """How many of ``rows`` each source of ``frame`` holds (0 for a source with none)."""
+    counts = frame["source"].iloc[rows].value_counts()
+    return {name: int(counts.get(name, 0)) for name in frame["source"].unique()}
 
 
 def loaders(data: TrainingData, recipe: Recipe, device: torch.device, workers: int,

@@ -107,6 +107,18 @@ def test_unusable_group_columns_are_named_not_a_crash(tmp_path):
         build(pd.concat([details, details]), answers, tmp_path)
 
 
+def _unmasked_answers(gender, age_codes) -> pd.DataFrame:
+    """Predictions without masks that answer ``gender`` and ``age_codes``, each at 0.8+."""
+    n = len(gender)
+    details = {"path": [f"/photos/{i:05d}.jpg" for i in range(n)],
+               "label": combine_labels(np.full(n, 2), gender, age_codes)}
+    for attribute, truth in (("mask", np.full(n, 2)), ("gender", gender), ("age", age_codes)):
+        probs = np.eye(len(ATTRIBUTES[attribute]))[truth] * 0.8 + 0.2 / len(ATTRIBUTES[attribute])
+        details.update({f"p_{attribute}_{c}": probs[:, j]
+                        for j, c in enumerate(ATTRIBUTES[attribute])})
+    return pd.DataFrame(details)
+
+
 def test_a_manifest_with_real_ages_is_scored_per_attribute_by_age_band(tmp_path):
     rng = np.random.default_rng(4)
     n = 2000
@@ -115,16 +127,11 @@ def test_a_manifest_with_real_ages_is_scored_per_attribute_by_age_band(tmp_path)
     right = rng.random(n) < np.where(years < 13, 0.6, 0.95)  # children: the weak band
     picked = np.where(right, gender, 1 - gender)
     age_codes = np.digitize(years, [30, 60])
-    details = {"path": [f"/photos/{i:05d}.jpg" for i in range(n)],
-               "label": combine_labels(np.full(n, 2), picked, age_codes)}
-    for attribute, truth in (("mask", np.full(n, 2)), ("gender", picked), ("age", age_codes)):
-        probs = np.eye(len(ATTRIBUTES[attribute]))[truth] * 0.8 + 0.2 / len(ATTRIBUTES[attribute])
-        details.update({f"p_{attribute}_{c}": probs[:, j]
-                        for j, c in enumerate(ATTRIBUTES[attribute])})
+    details = _unmasked_answers(picked, age_codes)
     manifest = pd.DataFrame({"path": [f"images/{i:05d}.jpg" for i in range(n)],
                              "gender": np.array(["male", "female"])[gender],
                              "age": years.astype(str), "group": np.arange(n).astype(str)})
-    result = build(pd.DataFrame(details), manifest, tmp_path, resamples=200)
+    result = build(details, manifest, tmp_path, resamples=200)
     assert result["scored"] == ["gender", "age"] and "macro_f1" not in result
     assert result["attributes"]["age"]["macro_f1"] == 1.0
     assert result["attributes"]["gender"]["accuracy"] == pytest.approx(right.mean(), abs=1e-4)
@@ -137,7 +144,7 @@ def test_a_manifest_with_real_ages_is_scored_per_attribute_by_age_band(tmp_path)
     assert "18 classes" not in result["calibration"] and "gender" in result["calibration"]
     manifest.loc[3, "gender"] = "robot"
     with pytest.raises(ReportError, match="line 5"):
-        build(pd.DataFrame(details), manifest, tmp_path, resamples=100)
+        build(details, manifest, tmp_path, resamples=100)
 
 
 def test_f1_interval_holds_the_estimate_is_seeded_and_narrows_with_more_rows():
@@ -164,18 +171,13 @@ def test_a_group_known_only_where_the_score_is_unlabelled_is_left_out(tmp_path):
     n = 300
     years, gender = rng.choice([6, 25, 40, 70], n), rng.integers(0, 2, n)
     age_codes = np.digitize(years, [30, 60])
-    details = {"path": [f"/photos/{i:05d}.jpg" for i in range(n)],
-               "label": combine_labels(np.full(n, 2), gender, age_codes)}
-    for attribute, truth in (("mask", np.full(n, 2)), ("gender", gender), ("age", age_codes)):
-        probs = np.eye(len(ATTRIBUTES[attribute]))[truth] * 0.8 + 0.2 / len(ATTRIBUTES[attribute])
-        details.update({f"p_{attribute}_{c}": probs[:, j]
-                        for j, c in enumerate(ATTRIBUTES[attribute])})
+    details = _unmasked_answers(gender, age_codes)
     manifest = pd.DataFrame({"path": [f"images/{i:05d}.jpg" for i in range(n)],
                              "gender": np.array(["male", "female"])[gender],
                              "age": years.astype(str), "group": np.arange(n).astype(str),
                              "race": None})
     manifest.loc[:19, "gender"] = ""
     manifest.loc[:9, "race"], manifest.loc[10:19, "race"] = "asian", "black"
-    result = build(pd.DataFrame(details), manifest, tmp_path, resamples=50)
+    result = build(details, manifest, tmp_path, resamples=50)
     assert "age by race" in result["groups"] and "gender by race" not in result["groups"]
     assert [v["images"] for v in result["groups"]["age by race"]["values"]] == [10, 10]
